@@ -1,0 +1,49 @@
+"""The torch executors as backends: ``reference`` (float64 oracle) and ``streaming``."""
+from __future__ import annotations
+
+import torch
+
+from .base import Target, check_config
+from .reference import run_reference
+from .streaming import run_streaming
+
+
+def _compute_dtype(inputs: dict) -> torch.dtype:
+    dts = {t.dtype for t in inputs.values()}
+    return torch.float64 if dts == {torch.float64} else torch.float32
+
+
+class ReferenceBackend:
+    """Materialises every statement in float64 (whatever the input dtype)."""
+    name = "reference"
+    config_keys = ()
+
+    def supports(self, target: Target) -> bool:
+        return target.kind == "reference"
+
+    def prepare(self, plan, target: Target, config: dict):
+        check_config(self.name, config, {})
+        return plan.original
+
+    def launch(self, artifact, inputs, sizes, params):
+        return run_reference(artifact, inputs, sizes, params, torch.float64)
+
+
+class StreamingBackend:
+    """Runs the rewritten plan key tile by key tile (config: BLOCK_N, default 64).
+
+    Computes in float64 for float64 inputs, else float32.
+    """
+    name = "streaming"
+    config_keys = ("BLOCK_N",)
+
+    def supports(self, target: Target) -> bool:
+        return target.kind == "streaming"
+
+    def prepare(self, plan, target: Target, config: dict):
+        cfg = {"BLOCK_N": 64, **check_config(self.name, config, {"BLOCK_N": int})}
+        return plan, cfg["BLOCK_N"]
+
+    def launch(self, artifact, inputs, sizes, params):
+        plan, block_n = artifact
+        return run_streaming(plan, inputs, sizes, params, block_n, _compute_dtype(inputs))

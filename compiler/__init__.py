@@ -1,0 +1,7 @@
+"""einattn.compiler: pass analysis, rewrites and the pass plan. Imports only einattn.ir."""
+from .passes import Placement, Role, count_passes, pass_chain, place
+from .rewrites import PIPELINE, defer_normalization, online_rescaling, prune_unused
+from .plan import PassPlan, Plan, Step, make_plan, rewrite, schedule
+
+__all__ = ["Placement", "Role", "count_passes", "pass_chain", "place", "PIPELINE", "defer_normalization",
+           "online_rescaling", "prune_unused", "PassPlan", "Plan", "Step", "make_plan", "rewrite", "schedule"]

@@ -1,0 +1,46 @@
+"""The readable report behind ``einattn explain``."""
+from __future__ import annotations
+
+from .passes import Role
+
+_WHY = {
+    "prune_unused": "dropped statements no output depends on",
+    "defer_normalization": "moved key-independent divisors/factors out of sums over the keys",
+    "online_rescaling": "running max + rescaled running sums (FlashAttention form)",
+}
+
+
+def render_plan(plan) -> str:
+    c0, c = plan.original, plan.cascade
+    key = c.key
+    out = [f"{c0.name}: {c0.doc}" if c0.doc else c0.name,
+           f"structural hash {c0.structural_hash()}", "",
+           "cascade as written:"]
+    out += [f"  {s}" for s in c0.stmts]
+    out.append(f"outputs: {', '.join(c0.outputs)}")
+    out += ["", f"passes over '{key}' as written: {plan.naive_passes}"]
+    out += [f"  {line}" for line in plan.naive_chain]
+    if not plan.rewrites:
+        out += ["", "rewrites: none applied"]
+    for name, stage in plan.stages:
+        from .passes import count_passes
+        out += ["", f"rewrite {name} ({_WHY.get(name, '')}) -> {count_passes(stage)} pass(es):"]
+        out += [f"  {s}" for s in stage.stmts]
+    out += ["", f"plan: {plan.passes} pass(es) over '{key}'  "
+                f"({plan.naive_passes} -> {plan.passes}: {' -> '.join(plan.rewrites) or 'no rewrite'})"]
+    if plan.prologue:
+        out.append("  before the key loop: " + ", ".join(s.name for s in plan.prologue))
+    for p in plan.schedule:
+        out.append(f"  pass {p.index}, per key tile:")
+        for st in p.loop:
+            s = c.stmt(st.name)
+            tag = {Role.TILE: "tile   ", Role.REDUCE: "reduce ", Role.RUNNING_ROW: "running"}[st.role]
+            extra = "  [recomputed]" if st.recomputed else ""
+            out.append(f"    {tag} {s}{extra}")
+        if p.epilogue:
+            out.append(f"  after pass {p.index}:")
+            out += [f"    row     {c.stmt(st.name)}" for st in p.epilogue]
+        state = plan.state[p.index]
+        if state:
+            out.append(f"  state carried across key tiles: {', '.join(state)} (O(rows), never [M, N])")
+    return "\n".join(out)

@@ -1,0 +1,119 @@
+"""``einattn.compile`` and the callable ``Kernel`` it returns."""
+from __future__ import annotations
+
+import torch
+
+from einattn.backends import get_backend, parse_target
+from einattn.compiler import Plan, make_plan
+from einattn.ir import Loc, SpecError, UnsupportedError, bind_sizes, eval_params
+
+from .specs import Spec, load_spec
+
+
+class Kernel:
+    """A compiled attention variant. Call it with torch tensors, positionally in the
+    spec's ``inputs:`` order or by name; it returns the output tensor, or a tuple in
+    ``outputs:`` order when there are several."""
+
+    def __init__(self, spec: Spec, plan: Plan, target, backend, artifact, params: dict, config: dict):
+        self.spec, self.plan, self.target, self.config = spec, plan, target, dict(config)
+        self.params = dict(params)
+        self._backend, self._artifact = backend, artifact
+
+    def __repr__(self) -> str:
+        return f"Kernel({self.spec.name!r}, target='{self.target}', passes={self.plan.passes})"
+
+    def bind(self, args, kwargs) -> dict[str, torch.Tensor]:
+        c = self.spec
+        names = [t.name for t in c.inputs]
+        if len(args) > len(names):
+            raise SpecError(f"{c.name} takes {len(names)} inputs", loc=Loc(c.file),
+                            expected=", ".join(names), found=f"{len(args)} positional arguments")
+        got = dict(zip(names, args))
+        for k, v in kwargs.items():
+            if k not in names:
+                raise SpecError(f"unknown input '{k}'", loc=Loc(c.file), expected=", ".join(names))
+            if k in got:
+                raise SpecError(f"input '{k}' given twice", loc=Loc(c.file))
+            got[k] = v
+        for n in names:
+            if n not in got:
+                raise SpecError(f"missing input '{n}'", loc=Loc(c.file), expected=", ".join(names))
+            t = got[n]
+            if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+                raise SpecError(f"input '{n}' must be a floating-point torch.Tensor", loc=Loc(c.file),
+                                found=type(t).__name__ if not isinstance(t, torch.Tensor) else str(t.dtype))
+        return {n: got[n] for n in names}
+
+    def __call__(self, *args, **kwargs):
+        inputs = self.bind(args, kwargs)
+        c = self.spec
+        sizes = bind_sizes(c, {n: tuple(t.shape) for n, t in inputs.items()})
+        params = eval_params(c, sizes, self.params)
+        _check_grouped_reads(c, sizes, params)
+        outs = self._backend.launch(self._artifact, inputs, sizes, params)
+        res = tuple(outs[o] for o in c.outputs)
+        return res[0] if len(res) == 1 else res
+
+
+def _check_grouped_reads(c, sizes: dict, params: dict) -> None:
+    for s in c.stmts:
+        for e in s.expr.walk():
+            if e.op.value != "read" or c.input(e.arg[0]) is None:
+                continue
+            dims = c.input(e.arg[0]).indices
+            for j, sub in enumerate(e.arg[1]):
+                if sub.div is None:
+                    continue
+                r = params[sub.div]
+                if not float(r).is_integer() or r < 1:
+                    raise SpecError(f"param '{sub.div}' divides an index, so it must be a positive integer",
+                                    loc=s.loc, found=repr(r))
+                last = (sizes[sub.index] - 1) // int(r)
+                if last >= sizes[dims[j]]:
+                    raise SpecError(f"'{e.arg[0]}[.., {sub}, ..]' reads past the end of dim '{dims[j]}'",
+                                    loc=s.loc, expected=f"{dims[j]} > {last}",
+                                    found=f"{dims[j]} = {sizes[dims[j]]}, {sub.index} = {sizes[sub.index]}, "
+                                          f"{sub.div} = {int(r)}",
+                                    fix=f"make {sub.index} a multiple of {dims[j]} ({sub.div} = {sub.index} // {dims[j]})")
+
+
+def explain(spec) -> Plan:
+    """Analyse a spec: passes as written, rewrites, the pass plan.
+
+    >>> p = explain("softmax"); (p.naive_passes, p.passes)
+    (3, 1)
+    """
+    return make_plan(load_spec(spec))
+
+
+def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | None = None, **params) -> Kernel:
+    """Compile a spec for a target.
+
+    Args:
+        spec: a Spec, a path, YAML text or a zoo name.
+        target: ``reference``, ``streaming``, ``cpu``, ``cuda[:sm_XX]`` or ``rocm[:gfxXXX]``.
+        tune: ``"none"`` (the autotuner is not built yet).
+        config: kernel parameters, e.g. ``{"BLOCK_N": 64}``; unknown keys are errors.
+        **params: overrides of the spec's params (``scale=0.1``).
+
+    >>> import torch
+    >>> k = compile("softmax", target="streaming", config={"BLOCK_N": 16})
+    >>> q = torch.randn(1, 2, 5, 8); v = torch.randn(1, 2, 7, 8)
+    >>> k(q, torch.randn(1, 2, 7, 8), v).shape
+    torch.Size([1, 2, 5, 8])
+    """
+    c = load_spec(spec)
+    if tune != "none":
+        raise UnsupportedError(f"tune={tune!r}: the autotuner is not built yet; use tune='none' and pin "
+                               f"kernel parameters with config={{...}}")
+    known = {p.name for p in c.params}
+    for k in params:
+        if k not in known:
+            raise SpecError(f"unknown param '{k}'", loc=Loc(c.file),
+                            expected="one of: " + (", ".join(sorted(known)) or "(this spec has no params)"))
+    t = parse_target(target)
+    backend = get_backend(t)
+    plan = make_plan(c)
+    artifact = backend.prepare(plan, t, dict(config or {}))
+    return Kernel(c, plan, t, backend, artifact, params, config or {})

@@ -1,0 +1,1 @@
+"""einattn.examples"""

@@ -1,0 +1,78 @@
+"""Binding a cascade to concrete sizes and param values (pure Python, no torch)."""
+from __future__ import annotations
+
+import math
+
+from .cascade import Cascade
+from .errors import Loc, SpecError
+from .expr import Expr, Op
+
+_FN = {Op.EXP: math.exp, Op.EXP2: lambda x: 2.0 ** x, Op.LOG: math.log, Op.LOG2: math.log2,
+       Op.SQRT: math.sqrt, Op.RSQRT: lambda x: 1 / math.sqrt(x), Op.TANH: math.tanh,
+       Op.SIGMOID: lambda x: 1 / (1 + math.exp(-x)), Op.RELU: lambda x: max(x, 0),
+       Op.SOFTPLUS: lambda x: math.log1p(math.exp(-abs(x))) + max(x, 0), Op.ABS: abs,
+       Op.SIGN: lambda x: (x > 0) - (x < 0), Op.SQUARE: lambda x: x * x, Op.NEG: lambda x: -x}
+_BIN = {Op.ADD: lambda a, b: a + b, Op.SUB: lambda a, b: a - b, Op.MUL: lambda a, b: a * b,
+        Op.DIV: lambda a, b: a / b, Op.FLOORDIV: lambda a, b: a // b, Op.MOD: lambda a, b: a % b,
+        Op.POW: lambda a, b: a ** b, Op.MIN: min, Op.MAX: max}
+
+
+def bind_sizes(c: Cascade, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """Sizes of every index from the input shapes; disagreements name both inputs."""
+    sizes: dict[str, tuple[int, str]] = {}
+    for t in c.inputs:
+        shape = tuple(shapes[t.name])
+        if len(shape) != len(t.indices):
+            raise SpecError(f"input '{t.name}' has {len(shape)} dimensions", loc=t.loc,
+                            expected=f"{len(t.indices)} ([{', '.join(t.indices)}])", found=f"shape {list(shape)}")
+        for i, n in zip(t.indices, shape):
+            if i in sizes and sizes[i][0] != n:
+                n0, who = sizes[i]
+                raise SpecError(f"inputs disagree on dim '{i}'", loc=t.loc,
+                                expected=f"{n0} (from '{who}')", found=f"{n} in '{t.name}' (shape {list(shape)})",
+                                fix=f"make '{who}' and '{t.name}' agree on '{i}'")
+            sizes[i] = (int(n), t.name)
+    return {i: n for i, (n, _) in sizes.items()}
+
+
+def eval_params(c: Cascade, sizes: dict[str, int], overrides: dict | None = None) -> dict[str, float]:
+    """Values of every param: overrides first, then the spec's expressions."""
+    overrides = dict(overrides or {})
+    known = {p.name: p for p in c.params}
+    for k in overrides:
+        if k not in known:
+            raise SpecError(f"unknown param '{k}'", loc=Loc(c.file),
+                            expected="one of: " + (", ".join(known) or "(this spec has no params)"))
+    values: dict[str, float] = {}
+
+    def ev(e: Expr, owner: str):
+        if e.op is Op.CONST:
+            return e.arg
+        if e.op is Op.INDEX:
+            return sizes[e.arg]
+        if e.op is Op.PARAM:
+            return get(e.arg)
+        try:
+            args = [ev(s, owner) for s in e.src]
+            if e.op in _FN:
+                return _FN[e.op](*args)
+            return _BIN[e.op](*args)
+        except (ValueError, ZeroDivisionError, OverflowError) as err:
+            raise SpecError(f"param '{owner}' cannot be evaluated", loc=known[owner].loc,
+                            found=f"{err} in '{e}' with sizes {sizes}") from None
+
+    def get(name: str):
+        if name not in values:
+            if name in overrides:
+                v = overrides[name]
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise SpecError(f"override of param '{name}' must be a number", loc=Loc(c.file),
+                                    found=repr(v))
+                values[name] = v
+            else:
+                values[name] = ev(known[name].expr, name)
+        return values[name]
+
+    for p in c.params:
+        get(p.name)
+    return values

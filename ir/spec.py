@@ -1,0 +1,358 @@
+"""Spec format v1 (YAML) -> :class:`Cascade`.
+
+YAML is read with ``safe_load`` semantics (``yaml.compose`` on the SafeLoader,
+kept as nodes so every error can name its line); expressions are parsed with
+``ast`` and converted through a whitelist, never evaluated. See docs/spec.md.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import keyword
+import re
+
+import yaml
+
+from .cascade import Cascade, ParamDecl, Reduce, Stmt, TensorDecl
+from .errors import Loc, SpecError
+from .expr import FUNCTIONS, Expr, Op, Sub
+from .verify import verify
+
+TOP_KEYS = ("einattn", "name", "doc", "inputs", "params", "cascade", "outputs", "key_index")
+REQUIRED = ("einattn", "name", "inputs", "cascade", "outputs")
+MAX_DEPTH = 64
+MAX_STMT_CHARS = 4000
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_STMT = re.compile(r"^\s*(?P<lhs>[A-Za-z_]\w*)\s*(?:\[(?P<idx>[^\]]*)\])?\s*(?P<op>max=|min=|=)(?P<rhs>.*)$",
+                   re.S)
+_BINOPS = {ast.Add: Op.ADD, ast.Sub: Op.SUB, ast.Mult: Op.MUL, ast.Div: Op.DIV,
+           ast.FloorDiv: Op.FLOORDIV, ast.Mod: Op.MOD, ast.Pow: Op.POW,
+           ast.BitAnd: Op.AND, ast.BitOr: Op.OR}
+_CMPOPS = {ast.Lt: Op.LT, ast.LtE: Op.LE, ast.Gt: Op.GT, ast.GtE: Op.GE, ast.Eq: Op.EQ, ast.NotEq: Op.NE}
+RESERVED = set(FUNCTIONS) | {"inf"} | set(keyword.kwlist)
+
+
+def _loc(file: str, node) -> Loc:
+    m = node.start_mark
+    return Loc(file, m.line + 1, m.column + 1)
+
+
+def _hint(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _scalar(node, file: str, what: str):
+    if not isinstance(node, yaml.ScalarNode):
+        raise SpecError(f"{what} must be a single value", loc=_loc(file, node),
+                        found=type(node).__name__.replace("Node", "").lower())
+    return yaml.SafeLoader("").construct_object(node, deep=True)
+
+
+def _ident(name, loc: Loc, what: str) -> str:
+    if not isinstance(name, str) or not _IDENT.match(name):
+        raise SpecError(f"bad {what} name", loc=loc, expected="an identifier such as 'Q' or 'm'",
+                        found=repr(name))
+    if name in RESERVED:
+        raise SpecError(f"{what} name '{name}' is reserved", loc=loc,
+                        expected="a name that is not a function, keyword or 'inf'",
+                        fix=f"rename '{name}'")
+    return name
+
+
+def _mapping(node, file: str, what: str) -> list[tuple[str, object, Loc]]:
+    if not isinstance(node, yaml.MappingNode):
+        raise SpecError(f"'{what}' must be a mapping", loc=_loc(file, node),
+                        expected=f"'{what}:' followed by indented 'name: value' lines",
+                        found=type(node).__name__.replace("Node", "").lower())
+    out, seen = [], set()
+    for k, v in node.value:
+        key = _scalar(k, file, f"a key of '{what}'")
+        loc = _loc(file, k)
+        if key in seen:
+            raise SpecError(f"duplicate key '{key}' in '{what}'", loc=loc, fix="keep one of them")
+        seen.add(key)
+        out.append((key, v, loc))
+    return out
+
+
+class _ExprParser:
+    """ast -> Expr through a whitelist. ``kind`` is "cascade" or "param"."""
+
+    def __init__(self, file: str, loc: Loc, kind: str, params, indices, tensors):
+        self.file, self.base, self.kind = file, loc, kind
+        self.params, self.indices, self.tensors = params, indices, tensors
+
+    def err(self, node, what, **kw):
+        col = getattr(node, "col_offset", 0)
+        raise SpecError(what, loc=self.base.shift(col), **kw)
+
+    def parse(self, text: str) -> Expr:
+        if len(text) > MAX_STMT_CHARS:
+            raise SpecError("expression too long", loc=self.base,
+                            expected=f"at most {MAX_STMT_CHARS} characters", found=f"{len(text)}")
+        try:
+            tree = ast.parse(text.strip(), mode="eval")
+        except SyntaxError as e:
+            raise SpecError("syntax error in expression", loc=self.base.shift((e.offset or 1) - 1),
+                            expected="a Python-style expression", found=repr(text.strip()),
+                            fix=str(e.msg)) from None
+        except (RecursionError, MemoryError, ValueError):
+            raise SpecError("expression cannot be parsed", loc=self.base,
+                            expected=f"nesting depth at most {MAX_DEPTH}", found=repr(text[:60])) from None
+        lead = len(text) - len(text.lstrip())
+        self.base = self.base.shift(lead)
+        return self.conv(tree.body, 0)
+
+    def conv(self, n, depth: int) -> Expr:
+        if depth > MAX_DEPTH:
+            self.err(n, "expression nested too deeply", expected=f"depth at most {MAX_DEPTH}")
+        d = depth + 1
+        if isinstance(n, ast.Constant):
+            if isinstance(n.value, bool) or not isinstance(n.value, (int, float)):
+                self.err(n, "unsupported constant", expected="a number", found=repr(n.value))
+            return Expr.const(n.value)
+        if isinstance(n, ast.Name):
+            return self.name(n)
+        if isinstance(n, ast.Subscript):
+            return self.subscript(n)
+        if isinstance(n, ast.BinOp):
+            op = _BINOPS.get(type(n.op))
+            if op is None:
+                self.err(n, "unsupported operator", expected="one of + - * / // % ** & |",
+                         found=type(n.op).__name__)
+            return Expr(op, (self.conv(n.left, d), self.conv(n.right, d)))
+        if isinstance(n, ast.UnaryOp):
+            x = self.conv(n.operand, d)
+            if isinstance(n.op, ast.USub):
+                return Expr.const(-x.arg) if x.op is Op.CONST else Expr(Op.NEG, (x,))
+            if isinstance(n.op, ast.UAdd):
+                return x
+            if isinstance(n.op, ast.Invert):
+                return Expr(Op.NOT, (x,))
+            self.err(n, "unsupported unary operator", expected="- or ~", found="not",
+                     fix="write ~cond for logical negation")
+        if isinstance(n, ast.Compare):
+            if self.kind == "param":
+                self.err(n, "comparisons are not allowed in params", expected="a number")
+            parts, left = [], self.conv(n.left, d)
+            for op, right in zip(n.ops, n.comparators):
+                cop = _CMPOPS.get(type(op))
+                if cop is None:
+                    self.err(n, "unsupported comparison", expected="< <= > >= == !=", found=type(op).__name__)
+                r = self.conv(right, d)
+                parts.append(Expr(cop, (left, r)))
+                left = r
+            out = parts[0]
+            for p in parts[1:]:
+                out = Expr(Op.AND, (out, p))
+            return out
+        if isinstance(n, ast.Call):
+            return self.call(n, d)
+        if isinstance(n, ast.BoolOp):
+            self.err(n, "'and' / 'or' are not supported", expected="& or | between parenthesised comparisons",
+                     fix="write (n <= m) & (n > m - W)")
+        if isinstance(n, ast.Attribute):
+            self.err(n, "attribute access is not allowed", expected="a name, number, read or call",
+                     found=f".{n.attr}")
+        self.err(n, "unsupported syntax", expected="numbers, names, T[i, j] reads, operators and whitelisted calls",
+                 found=type(n).__name__)
+
+    def name(self, n: ast.Name) -> Expr:
+        x = n.id
+        if x == "inf":
+            return Expr.const(float("inf"))
+        if x in self.params:
+            return Expr(Op.PARAM, (), x)
+        if x in self.indices:
+            return Expr(Op.INDEX, (), x)
+        if x in self.tensors:
+            self.err(n, f"tensor '{x}' used without subscripts", expected=f"{x}[{', '.join(self.tensors[x])}]",
+                     fix="read a tensor with one index per dimension")
+        if x in FUNCTIONS:
+            self.err(n, f"function '{x}' used as a value", expected=f"{x}(...)")
+        allowed = list(self.params) + list(self.indices) + (list(self.tensors) if self.kind == "cascade" else [])
+        self.err(n, f"unknown name '{x}'", expected="a param, an index" + (" or a tensor read" if self.kind == "cascade" else ""),
+                 found=x, fix=_hint(x, allowed) or "declare it under 'params:' or as an input index")
+
+    def subscript(self, n: ast.Subscript) -> Expr:
+        if self.kind == "param":
+            self.err(n, "tensor reads are not allowed in params", expected="numbers, dim sizes and other params")
+        if not isinstance(n.value, ast.Name):
+            self.err(n, "only named tensors can be read", expected="T[i, j]", found=ast.unparse(n.value)[:40])
+        t = n.value.id
+        if t not in self.tensors:
+            self.err(n, f"unknown tensor '{t}'", expected="an input or a tensor defined by an earlier statement",
+                     found=t, fix=_hint(t, self.tensors) or f"declare '{t}' under 'inputs:' or define it first")
+        elts = n.slice.elts if isinstance(n.slice, ast.Tuple) else [n.slice]
+        subs = []
+        for e in elts:
+            if isinstance(e, ast.Name) and e.id in self.indices:
+                subs.append(Sub(e.id))
+            elif (isinstance(e, ast.BinOp) and isinstance(e.op, ast.FloorDiv) and isinstance(e.left, ast.Name)
+                  and e.left.id in self.indices and isinstance(e.right, ast.Name) and e.right.id in self.params):
+                subs.append(Sub(e.left.id, e.right.id))
+            else:
+                self.err(e, f"bad subscript of '{t}'", expected="an index name or 'index // param'",
+                         found=repr(ast.unparse(e)), fix=f"declared indices are {', '.join(self.indices)}")
+        dims = self.tensors[t]
+        if len(subs) != len(dims):
+            self.err(n, f"'{t}' read with {len(subs)} subscripts", expected=f"{len(dims)} ({t}[{', '.join(dims)}])",
+                     found=f"{t}[{', '.join(map(str, subs))}]")
+        return Expr.read(t, tuple(subs))
+
+    def call(self, n: ast.Call, d: int) -> Expr:
+        if not isinstance(n.func, ast.Name):
+            self.err(n, "only whitelisted functions can be called", expected=", ".join(sorted(FUNCTIONS)),
+                     found=ast.unparse(n.func)[:40])
+        f = n.func.id
+        if f not in FUNCTIONS:
+            self.err(n, f"unknown function '{f}'", expected="one of " + ", ".join(sorted(FUNCTIONS)), found=f,
+                     fix=_hint(f, FUNCTIONS) or "write it from the whitelisted functions")
+        if n.keywords:
+            self.err(n, f"'{f}' takes no keyword arguments", found=", ".join(k.arg or "**" for k in n.keywords))
+        op, arity = FUNCTIONS[f]
+        if len(n.args) != arity or any(isinstance(a, ast.Starred) for a in n.args):
+            self.err(n, f"'{f}' takes {arity} argument{'s' * (arity > 1)}", expected=f"{arity}", found=f"{len(n.args)}")
+        if self.kind == "param" and op is Op.WHERE:
+            self.err(n, "where() is not allowed in params")
+        return Expr(op, tuple(self.conv(a, d) for a in n.args))
+
+
+def parse_spec(text: str, file: str = "<spec>") -> Cascade:
+    """Parse spec text (YAML, format v1) into a verified :class:`Cascade`."""
+    if not isinstance(text, str):
+        raise SpecError("spec must be text", loc=Loc(file), found=type(text).__name__)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        loc = Loc(file, mark.line + 1, mark.column + 1) if mark else Loc(file)
+        raise SpecError("invalid YAML", loc=loc, found=str(getattr(e, "problem", e)),
+                        fix="check indentation, colons and quoting") from None
+    except (RecursionError, MemoryError, ValueError, TypeError) as e:
+        raise SpecError("invalid YAML", loc=Loc(file), found=type(e).__name__) from None
+    if root is None:
+        raise SpecError("empty spec", loc=Loc(file), expected="a mapping with keys " + ", ".join(REQUIRED))
+    top = dict((k, (v, loc)) for k, v, loc in _mapping(root, file, "<spec>"))
+    for k in top:
+        if k not in TOP_KEYS:
+            raise SpecError(f"unknown key '{k}'", loc=top[k][1], expected="one of " + ", ".join(TOP_KEYS),
+                            fix=_hint(str(k), TOP_KEYS) or "remove it")
+    for k in REQUIRED:
+        if k not in top:
+            raise SpecError(f"missing required key '{k}'", loc=Loc(file, 1, 1), fix=f"add '{k}:' (see docs/spec.md)")
+    version = _scalar(top["einattn"][0], file, "'einattn'")
+    if version != 1:
+        raise SpecError("unsupported spec format version", loc=_loc(file, top["einattn"][0]),
+                        expected="einattn: 1", found=repr(version))
+    name = _scalar(top["name"][0], file, "'name'")
+    if not isinstance(name, str) or not name.strip():
+        raise SpecError("'name' must be a non-empty string", loc=_loc(file, top["name"][0]), found=repr(name))
+    doc = _scalar(top["doc"][0], file, "'doc'") if "doc" in top else ""
+    doc = "" if doc is None else str(doc)
+
+    # inputs -> declared indices
+    inputs, tensors, indices = [], {}, {}
+    for tname, v, loc in _mapping(top["inputs"][0], file, "inputs"):
+        _ident(tname, loc, "input")
+        if not isinstance(v, yaml.SequenceNode):
+            raise SpecError(f"input '{tname}' needs a list of index names", loc=_loc(file, v),
+                            expected=f"{tname}: [b, h, m, d]", found=repr(_scalar(v, file, "input")))
+        dims = tuple(_ident(_scalar(x, file, "an index"), _loc(file, x), "index") for x in v.value)
+        if len(set(dims)) != len(dims):
+            raise SpecError(f"input '{tname}' repeats an index", loc=loc, found=f"[{', '.join(dims)}]",
+                            fix="give each dimension its own index name")
+        inputs.append(TensorDecl(tname, dims, loc))
+        tensors[tname] = dims
+        indices.update(dict.fromkeys(dims))
+    if not inputs:
+        raise SpecError("'inputs' is empty", loc=top["inputs"][1], expected="at least one input tensor")
+
+    # params
+    pnodes = _mapping(top["params"][0], file, "params") if "params" in top and \
+        not (isinstance(top["params"][0], yaml.ScalarNode) and top["params"][0].value in ("", "~", "null")) else []
+    pnames = {}
+    for pname, v, loc in pnodes:
+        _ident(pname, loc, "param")
+        if pname in tensors or pname in indices:
+            raise SpecError(f"param '{pname}' clashes with an input or index of the same name", loc=loc,
+                            fix="rename the param")
+        pnames[pname] = None
+    params = []
+    for pname, v, loc in pnodes:
+        raw = _scalar(v, file, f"param '{pname}'")
+        vloc = _loc(file, v)
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise SpecError(f"param '{pname}' must be a number or an expression", loc=vloc, found=repr(raw))
+        if isinstance(raw, (int, float)):
+            expr = Expr.const(raw)
+        else:
+            expr = _ExprParser(file, vloc, "param", pnames, indices, {}).parse(raw)
+        params.append(ParamDecl(pname, expr, loc))
+
+    # key index
+    key = "n"
+    if "key_index" in top:
+        key = _ident(_scalar(top["key_index"][0], file, "'key_index'"), _loc(file, top["key_index"][0]), "index")
+
+    # cascade
+    cnode = top["cascade"][0]
+    if not isinstance(cnode, yaml.SequenceNode) or not cnode.value:
+        raise SpecError("'cascade' must be a non-empty list of statements", loc=_loc(file, cnode),
+                        expected="- S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d]")
+    stmts = []
+    for sn in cnode.value:
+        line = _scalar(sn, file, "a statement")
+        sloc = _loc(file, sn)
+        if not isinstance(line, str):
+            raise SpecError("statement must be text", loc=sloc, expected="T[i, j] = expr", found=repr(line))
+        m = _STMT.match(line)
+        if not m:
+            raise SpecError("malformed statement", loc=sloc,
+                            expected="'T[i, j] = expr', 'T[i] max= expr' or 'T[i] min= expr'",
+                            found=repr(line[:80]))
+        lhs = _ident(m["lhs"], sloc, "tensor")
+        if lhs in tensors:
+            what = "an input" if lhs in {t.name for t in inputs} else "an earlier statement"
+            raise SpecError(f"'{lhs}' is assigned twice", loc=sloc, found=f"'{lhs}' is already {what}",
+                            fix="give each statement a new tensor name")
+        if lhs in pnames or lhs in indices:
+            raise SpecError(f"'{lhs}' is already a param or index name", loc=sloc, fix="rename the tensor")
+        idx_text = m["idx"] if m["idx"] is not None else ""
+        lidx = tuple(x.strip() for x in idx_text.split(",")) if idx_text.strip() else ()
+        for x in lidx:
+            if x not in indices:
+                raise SpecError(f"unknown index '{x}' on the left of '{lhs}'", loc=sloc,
+                                expected="an index declared by some input (that is how its size binds)",
+                                found=repr(x), fix=_hint(x, indices) or "declare it in an input")
+        if len(set(lidx)) != len(lidx):
+            raise SpecError(f"left side of '{lhs}' repeats an index", loc=sloc, found=f"[{idx_text}]",
+                            fix="left-hand indices must be distinct")
+        rloc = sloc.shift(m.start("rhs"))
+        expr = _ExprParser(file, rloc, "cascade", pnames, indices, tensors).parse(m["rhs"])
+        red = Reduce(m["op"])
+        stmts.append(Stmt(lhs, lidx, red, expr, sloc))
+        tensors[lhs] = lidx
+
+    onode = top["outputs"][0]
+    if isinstance(onode, yaml.ScalarNode):
+        outs = [(_scalar(onode, file, "'outputs'"), _loc(file, onode))]
+    elif isinstance(onode, yaml.SequenceNode):
+        outs = [(_scalar(x, file, "an output"), _loc(file, x)) for x in onode.value]
+    else:
+        raise SpecError("'outputs' must be a list of tensor names", loc=_loc(file, onode), expected="[O]")
+    defined = [s.name for s in stmts]
+    for o, oloc in outs:
+        if o not in defined:
+            raise SpecError(f"output '{o}' is never defined", loc=oloc,
+                            expected="a tensor assigned in 'cascade'", found=repr(o),
+                            fix=_hint(str(o), defined) or "add a statement that defines it")
+    if not outs:
+        raise SpecError("'outputs' is empty", loc=_loc(file, onode), expected="at least one tensor name")
+    if len({o for o, _ in outs}) != len(outs):
+        raise SpecError("'outputs' repeats a name", loc=_loc(file, onode))
+    c = Cascade(tuple(inputs), tuple(params), tuple(stmts), tuple(o for o, _ in outs), key,
+                name=name.strip(), doc=doc.strip(), file=file)
+    verify(c)
+    return c
