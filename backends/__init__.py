@@ -1,27 +1,51 @@
-"""einattn.backends: executors and code generators behind one small interface."""
+"""einattn.backends: executors and code generators behind one small interface.
+
+Backends are registered by target kind. Code-generating backends live in their
+own module (``cpu.py``: TVM, ``triton.py``: CUDA and ROCm) and are imported on
+first use, so importing einattn never imports TVM or Triton.
+"""
+from __future__ import annotations
+
+import importlib
+
 from einattn.ir import UnsupportedError
 
 from .base import TARGET_KINDS, Backend, Target, check_config, parse_target
 from .executors import ReferenceBackend, StreamingBackend
 
-_BUILT = {"reference": ReferenceBackend, "streaming": StreamingBackend}
-_PLANNED = {
-    "cpu": "the CPU backend on TVM",
-    "cuda": "the CUDA backend on Triton",
-    "rocm": "the ROCm backend on Triton",
+# kind -> (module, class, what it is)
+REGISTRY = {
+    "reference": ("einattn.backends.executors", "ReferenceBackend", "the float64 reference executor"),
+    "streaming": ("einattn.backends.executors", "StreamingBackend", "the streaming executor (torch)"),
+    "cpu": ("einattn.backends.cpu", "CpuBackend", "the CPU backend on TVM"),
+    "cuda": ("einattn.backends.triton", "TritonBackend", "the CUDA backend on Triton"),
+    "rocm": ("einattn.backends.triton", "TritonBackend", "the ROCm backend on Triton"),
 }
 
 
 def get_backend(target: Target) -> Backend:
-    if target.kind in _BUILT:
-        return _BUILT[target.kind]()
-    raise UnsupportedError(f"target '{target}' is not built yet ({_PLANNED[target.kind]} is planned); "
-                           f"targets that run today: {', '.join(_BUILT)}")
+    mod, cls, what = REGISTRY[target.kind]
+    try:
+        m = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name != mod:
+            raise
+        raise UnsupportedError(f"target '{target}' is not built yet ({what} is planned); targets that run "
+                               f"today: {', '.join(built_targets())}") from None
+    return getattr(m, cls)()
 
 
 def built_targets() -> tuple[str, ...]:
-    return tuple(_BUILT)
+    out = []
+    for kind, (mod, _, _) in REGISTRY.items():
+        try:
+            importlib.util.find_spec(mod)
+        except ModuleNotFoundError:
+            continue
+        if importlib.util.find_spec(mod) is not None:
+            out.append(kind)
+    return tuple(out)
 
 
 __all__ = ["TARGET_KINDS", "Backend", "Target", "check_config", "parse_target", "get_backend",
-           "built_targets", "ReferenceBackend", "StreamingBackend"]
+           "built_targets", "REGISTRY", "ReferenceBackend", "StreamingBackend"]

@@ -1,8 +1,8 @@
 """The backend interface, target strings and the registry.
 
 A backend turns a plan (+ config) into something callable on tensors:
-``supports(target)``, ``prepare(plan, target, config) -> artifact`` (render and
-build), ``launch(artifact, inputs, sizes, params) -> {output: tensor}``.
+``supports(target)``, ``prepare(plan, target, config, **options) -> artifact``
+(render and build; options: ``interpret`` for GPU targets), ``launch(artifact, inputs, sizes, params) -> {output: tensor}``.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class Backend(Protocol):
     config_keys: tuple[str, ...]
 
     def supports(self, target: Target) -> bool: ...
-    def prepare(self, plan, target: Target, config: dict): ...
+    def prepare(self, plan, target: Target, config: dict, **options): ...
     def launch(self, artifact, inputs: dict, sizes: dict, params: dict) -> dict: ...
 
 

@@ -21,7 +21,7 @@ class ReferenceBackend:
     def supports(self, target: Target) -> bool:
         return target.kind == "reference"
 
-    def prepare(self, plan, target: Target, config: dict):
+    def prepare(self, plan, target: Target, config: dict, **options):
         check_config(self.name, config, {})
         return plan.original
 
@@ -40,7 +40,7 @@ class StreamingBackend:
     def supports(self, target: Target) -> bool:
         return target.kind == "streaming"
 
-    def prepare(self, plan, target: Target, config: dict):
+    def prepare(self, plan, target: Target, config: dict, **options):
         cfg = {"BLOCK_N": 64, **check_config(self.name, config, {"BLOCK_N": int})}
         return plan, cfg["BLOCK_N"]
 

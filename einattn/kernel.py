@@ -7,6 +7,7 @@ from einattn.backends import get_backend, parse_target
 from einattn.compiler import Plan, make_plan
 from einattn.ir import Loc, SpecError, UnsupportedError, bind_sizes, eval_params
 
+from . import settings
 from .specs import Spec, load_spec
 
 
@@ -87,7 +88,8 @@ def explain(spec) -> Plan:
     return make_plan(load_spec(spec))
 
 
-def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | None = None, **params) -> Kernel:
+def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | None = None,
+            interpret: bool | None = None, **params) -> Kernel:
     """Compile a spec for a target.
 
     Args:
@@ -95,6 +97,8 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
         target: ``reference``, ``streaming``, ``cpu``, ``cuda[:sm_XX]`` or ``rocm[:gfxXXX]``.
         tune: ``"none"`` (the autotuner is not built yet).
         config: kernel parameters, e.g. ``{"BLOCK_N": 64}``; unknown keys are errors.
+        interpret: GPU targets only: run the rendered Triton kernel in Triton's
+            interpreter on CPU tensors (default: the EINATTN_INTERPRET setting).
         **params: overrides of the spec's params (``scale=0.1``).
 
     >>> import torch
@@ -113,7 +117,13 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
             raise SpecError(f"unknown param '{k}'", loc=Loc(c.file),
                             expected="one of: " + (", ".join(sorted(known)) or "(this spec has no params)"))
     t = parse_target(target)
+    if interpret is None:
+        interpret = settings.interpret() and t.kind in ("cuda", "rocm")
+    if interpret and t.kind not in ("cuda", "rocm"):
+        raise UnsupportedError(f"interpret=True applies to cuda and rocm targets (Triton's interpreter), "
+                               f"not to '{t}'")
     backend = get_backend(t)
     plan = make_plan(c)
-    artifact = backend.prepare(plan, t, dict(config or {}))
+    options = {"interpret": True} if interpret else {}
+    artifact = backend.prepare(plan, t, dict(config or {}), **options)
     return Kernel(c, plan, t, backend, artifact, params, config or {})

@@ -1,12 +1,12 @@
 """einattn.ir: the einsum-cascade IR. Imports nothing else of einattn."""
 from .errors import (BackendUnavailable, EinattnError, Loc, SpecError, TuningError,
                      UnsupportedError)
-from .expr import FUNCTIONS, Expr, Op, Sub, build_product, product_factors
+from .expr import BINARY, COMPARE, FUNCTIONS, LOGIC, UNARY_FN, Expr, Op, Sub, build_product, product_factors
 from .cascade import Cascade, ParamDecl, Reduce, Stmt, TensorDecl
 from .verify import expr_type, verify
 from .spec import parse_spec
 from .bind import bind_sizes, eval_params
 
 __all__ = ["BackendUnavailable", "EinattnError", "Loc", "SpecError", "TuningError", "UnsupportedError",
-           "FUNCTIONS", "Expr", "Op", "Sub", "build_product", "product_factors", "Cascade", "ParamDecl",
+           "BINARY", "COMPARE", "FUNCTIONS", "LOGIC", "UNARY_FN", "Expr", "Op", "Sub", "build_product", "product_factors", "Cascade", "ParamDecl",
            "Reduce", "Stmt", "TensorDecl", "expr_type", "verify", "parse_spec", "bind_sizes", "eval_params"]

@@ -152,7 +152,8 @@ class Expr:
         return render(self)
 
 
-_PREC = {Op.OR: 1, Op.AND: 2, **{o: 3 for o in COMPARE}, Op.ADD: 4, Op.SUB: 4,
+# Python's precedence: comparisons bind looser than | and &, which bind looser than + -
+_PREC = {**{o: 1 for o in COMPARE}, Op.OR: 2, Op.AND: 3, Op.ADD: 4, Op.SUB: 4,
          Op.MUL: 5, Op.DIV: 5, Op.FLOORDIV: 5, Op.MOD: 5, Op.NEG: 6, Op.NOT: 6, Op.POW: 7}
 
 
@@ -179,7 +180,7 @@ def render(e: Expr, parent: int = 0) -> str:
         lhs = render(e.src[0], p if e.op is not Op.POW else p + 1)
         rhs = render(e.src[1], p + 1 if e.op is not Op.POW else p)
         s = f"{lhs} {e.op.value} {rhs}"
-        return f"({s})" if p < parent or (p == parent and p == 3) else s
+        return f"({s})" if p < parent or (p == parent and p == 1) else s
     return f"{e.op.value}({', '.join(render(s) for s in e.src)})"
 
 
