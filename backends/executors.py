@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from einattn.compiler import check_streamable
+
 from .base import Target, check_config
 from .reference import run_reference
 from .streaming import run_streaming
@@ -41,6 +43,7 @@ class StreamingBackend:
         return target.kind == "streaming"
 
     def prepare(self, plan, target: Target, config: dict, **options):
+        check_streamable(plan)
         cfg = {"BLOCK_N": 64, **check_config(self.name, config, {"BLOCK_N": int})}
         return plan, cfg["BLOCK_N"]
 

@@ -133,10 +133,9 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
     if not red:
         v = ev(s.expr)
         return v.expand(out_shape).contiguous() if v.dim() == len(axes) else v.expand(out_shape).contiguous()
-    if s.reduce is Reduce.SUM:
+    if s.reduce is Reduce.SUM and not any(set(f.indices()) & set(red) for f in product_factors(s.expr)[1]):
         num, den = product_factors(s.expr)
-        inner = [f for f in num if set(f.indices()) & set(red)] + \
-                [Expr(Op.DIV, (Expr.const(1.0), f)) for f in den if set(f.indices()) & set(red)]
+        inner = [f for f in num if set(f.indices()) & set(red)]
         outer_num = [f for f in num if not set(f.indices()) & set(red)]
         outer_den = [f for f in den if not set(f.indices()) & set(red)]
         letters = {a: chr(97 + j) for j, a in enumerate(axes)}
@@ -157,7 +156,11 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
         for f in outer_den:
             r = div_rule(r, ev(f).reshape(ev(f).shape[:len(s.indices)]).expand(r.shape))
         return r.expand(out_shape).contiguous()
+    # max/min, or a sum that divides by something depending on a reduced index
+    # (evaluated elementwise so the 0/0 = 0 rule holds inside the sum)
     v = ev(s.expr)
     v = v.expand(out_shape + [frame.size(a) for a in red])
     dims = tuple(range(len(s.indices), len(axes)))
+    if s.reduce is Reduce.SUM:
+        return v.sum(dim=dims).contiguous()
     return (v.amax(dim=dims) if s.reduce is Reduce.MAX else v.amin(dim=dims)).contiguous()

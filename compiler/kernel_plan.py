@@ -22,7 +22,7 @@ from einattn.ir import Cascade, Expr, Op, Reduce, UnsupportedError, build_produc
 
 from .masks import empty_tile_is_identity, predicates
 from .passes import Role
-from .plan import Plan
+from .plan import Plan, check_streamable
 
 
 class Kind(enum.Enum):
@@ -86,6 +86,7 @@ def _reads_with(e: Expr, idx: str) -> bool:
 
 
 def make_kernel_plan(plan: Plan) -> KernelPlan:
+    check_streamable(plan)
     c = plan.cascade
     key = c.key
     # 1. find the score contractions; they fix grid/query/contract indices

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from einattn.ir import Cascade, Reduce, verify
+from einattn.ir import Cascade, UnsupportedError, verify
 
 from .passes import Placement, Role, count_passes, pass_chain, place
 from .rewrites import PIPELINE
@@ -104,6 +104,11 @@ def make_plan(c: Cascade) -> Plan:
                 tuple(pass_chain(c)), stages)
 
 
-def reduction_identity(c: Cascade, name: str) -> float:
-    s = c.stmt(name)
-    return (s.reduce if s.reduce is not None else Reduce.SUM).identity
+def check_streamable(plan: Plan) -> None:
+    """Streaming executors and kernels produce key-free outputs only."""
+    c = plan.cascade
+    for o in c.outputs:
+        if c.key in c.stmt(o).indices:
+            raise UnsupportedError(f"output '{o}[{', '.join(c.stmt(o).indices)}]' keeps the key index "
+                                   f"'{c.key}': streamed kernels never hold a full [.., {c.key}] tensor; "
+                                   f"reduce over '{c.key}' or use target='reference'")

@@ -52,12 +52,16 @@ def eval_params(c: Cascade, sizes: dict[str, int], overrides: dict | None = None
             return sizes[e.arg]
         if e.op is Op.PARAM:
             return get(e.arg)
+        args = [ev(s, owner) for s in e.src]
         try:
-            args = [ev(s, owner) for s in e.src]
-            if e.op in _FN:
-                return _FN[e.op](*args)
-            return _BIN[e.op](*args)
-        except (ValueError, ZeroDivisionError, OverflowError) as err:
+            fn = _FN.get(e.op) or _BIN.get(e.op)
+            if fn is None:
+                raise ValueError(f"'{e.op.value}' has no numeric value")
+            v = fn(*args)
+            if isinstance(v, complex):
+                raise ValueError("the result is a complex number")
+            return v
+        except (ValueError, ZeroDivisionError, OverflowError, TypeError) as err:
             raise SpecError(f"param '{owner}' cannot be evaluated", loc=known[owner].loc,
                             found=f"{err} in '{e}' with sizes {sizes}") from None
 

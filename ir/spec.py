@@ -20,7 +20,7 @@ from .verify import verify
 
 TOP_KEYS = ("einattn", "name", "doc", "inputs", "params", "cascade", "outputs", "key_index")
 REQUIRED = ("einattn", "name", "inputs", "cascade", "outputs")
-MAX_DEPTH = 64
+MAX_DEPTH = 200
 MAX_STMT_CHARS = 4000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STMT = re.compile(r"^\s*(?P<lhs>[A-Za-z_]\w*)\s*(?:\[(?P<idx>[^\]]*)\])?\s*(?P<op>max=|min=|=)(?P<rhs>.*)$",
@@ -50,6 +50,10 @@ def _scalar(node, file: str, what: str):
 
 
 def _ident(name, loc: Loc, what: str) -> str:
+    if isinstance(name, bool):
+        raise SpecError(f"bad {what} name", loc=loc, expected="an identifier",
+                        found=f"the boolean {name} (YAML reads off/on/yes/no/true/false as booleans)",
+                        fix='quote the name, e.g. "off": n - m')
     if not isinstance(name, str) or not _IDENT.match(name):
         raise SpecError(f"bad {what} name", loc=loc, expected="an identifier such as 'Q' or 'm'",
                         found=repr(name))
@@ -118,6 +122,8 @@ class _ExprParser:
             return self.subscript(n)
         if isinstance(n, ast.BinOp):
             op = _BINOPS.get(type(n.op))
+            if self.kind == "param" and op in (Op.AND, Op.OR):
+                self.err(n, "'&' and '|' are not allowed in params", expected="a numeric expression")
             if op is None:
                 self.err(n, "unsupported operator", expected="one of + - * / // % ** & |",
                          found=type(n.op).__name__)
@@ -129,6 +135,8 @@ class _ExprParser:
             if isinstance(n.op, ast.UAdd):
                 return x
             if isinstance(n.op, ast.Invert):
+                if self.kind == "param":
+                    self.err(n, "'~' is not allowed in params", expected="a numeric expression")
                 return Expr(Op.NOT, (x,))
             self.err(n, "unsupported unary operator", expected="- or ~", found="not",
                      fix="write ~cond for logical negation")
@@ -266,6 +274,10 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
         inputs.append(TensorDecl(tname, dims, loc))
         tensors[tname] = dims
         indices.update(dict.fromkeys(dims))
+    for t in inputs:
+        if t.name in indices:
+            raise SpecError(f"input '{t.name}' has the same name as an index", loc=t.loc,
+                            fix="tensor and index names must differ")
     if not inputs:
         raise SpecError("'inputs' is empty", loc=top["inputs"][1], expected="at least one input tensor")
 

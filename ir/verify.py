@@ -86,6 +86,15 @@ def verify(c: Cascade) -> Cascade:
                     raise SpecError(f"'{s.name}' reads '{t}' with other indices than it was defined with",
                                     loc=loc, expected=want, found=f"{t}[{', '.join(map(str, subs))}]",
                                     fix=f"read intermediate tensors as they were defined: {want}")
+                if t in declared:
+                    for sub, want in zip(subs, declared[t]):
+                        if sub.div is None and sub.index != want:
+                            exp = f"{t}[{', '.join(declared[t])}]"
+                            raise SpecError(f"'{s.name}' reads input '{t}' with index '{sub.index}' where "
+                                            f"'{want}' is declared", loc=loc, expected=exp,
+                                            found=f"{t}[{', '.join(map(str, subs))}]",
+                                            fix="read inputs with their declared index names "
+                                                "(or 'index // param' for grouped heads)")
                 for sub in subs:
                     if sub.div is not None and (sub.div not in params or t not in declared):
                         raise SpecError(f"subscript '{sub}' of '{t}'", loc=loc,
