@@ -150,7 +150,7 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
             used.update(deps)
         out_axes = tuple(a for a in s.indices if a in used)
         r = torch.einsum(",".join(terms) + "->" + "".join(letters[a] for a in out_axes), *ops)
-        r = align(r, out_axes, s.indices)
+        r = align(r, out_axes, s.indices).expand(out_shape)
         for f in outer_num:
             r = r * ev(f).reshape(ev(f).shape[:len(s.indices)])
         for f in outer_den:
@@ -163,4 +163,6 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
     dims = tuple(range(len(s.indices), len(axes)))
     if s.reduce is Reduce.SUM:
         return v.sum(dim=dims).contiguous()
+    if v.numel() == 0:                      # no keys at all: the identity of the reduction
+        return torch.full(out_shape, s.reduce.identity, dtype=frame.dtype)
     return (v.amax(dim=dims) if s.reduce is Reduce.MAX else v.amin(dim=dims)).contiguous()

@@ -31,10 +31,16 @@ def load_spec(source) -> Spec:
     if not isinstance(source, str):
         raise SpecError("cannot load a spec from this", loc=Loc("<spec>"),
                         expected="a path, YAML text or a zoo name", found=type(source).__name__)
-    if "\n" in source or ":" in source and not Path(source).exists():
-        return parse_spec(source, "<string>")
+    if not source.strip():
+        raise SpecError("empty spec", loc=Loc("<string>"), expected="a path, YAML text or a zoo name")
     p = Path(source)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    try:
+        exists = p.is_file()
+    except (OSError, ValueError):
+        exists = False
+    if "\n" in source or ":" in source and not exists:
+        return parse_spec(source, "<string>")
+    if p.suffix in (".yaml", ".yml") or exists:
         return _load_file(p)
     if source in zoo_names():
         ref = zoo_path(source)

@@ -140,6 +140,8 @@ class Expr:
     def to_json(self):
         if self.op is Op.CONST:
             v = self.arg
+            if math.isnan(v):
+                return {"const": "nan"}
             return {"const": v if math.isfinite(v) else ("inf" if v > 0 else "-inf")}
         if self.op in (Op.PARAM, Op.INDEX):
             return {self.op.value: self.arg}

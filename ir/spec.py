@@ -46,7 +46,39 @@ def _scalar(node, file: str, what: str):
     if not isinstance(node, yaml.ScalarNode):
         raise SpecError(f"{what} must be a single value", loc=_loc(file, node),
                         found=type(node).__name__.replace("Node", "").lower())
-    return yaml.SafeLoader("").construct_object(node, deep=True)
+    try:
+        return yaml.SafeLoader("").construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
+        raise SpecError(f"{what} cannot be read", loc=_loc(file, node),
+                        expected="a plain value (no YAML tags or merge keys)",
+                        found=str(getattr(e, "problem", None) or e)[:80]) from None
+
+
+def _locator(node, text: str, file: str, value: str):
+    """offset in the scalar's value -> Loc in the file (plain and quoted, folded lines too)."""
+    start = _loc(file, node)
+    try:
+        src = text[node.start_mark.index:node.end_mark.index]
+    except (AttributeError, TypeError):
+        return start.shift
+    pos: list[tuple[int, int]] = []
+    line, col0 = start.line, start.col
+    if node.style in ("'", '"'):
+        src, col0 = src[1:-1], col0 + 1
+    parts = src.split("\n")
+    pieces = []
+    for k, raw in enumerate(parts):
+        piece = raw if k == 0 else raw.lstrip()
+        c = col0 if k == 0 else 1 + len(raw) - len(piece)
+        piece = piece.rstrip()
+        if pieces and piece:
+            pos.append(pos[-1])           # the folded space
+        if piece:
+            pos.extend((line + k, c + j) for j in range(len(piece)))
+            pieces.append(piece)
+    if " ".join(pieces) != value:
+        return start.shift
+    return lambda k: Loc(file, *pos[k]) if 0 <= k < len(pos) else start.shift(k)
 
 
 def _ident(name, loc: Loc, what: str) -> str:
@@ -83,29 +115,30 @@ def _mapping(node, file: str, what: str) -> list[tuple[str, object, Loc]]:
 class _ExprParser:
     """ast -> Expr through a whitelist. ``kind`` is "cascade" or "param"."""
 
-    def __init__(self, file: str, loc: Loc, kind: str, params, indices, tensors):
-        self.file, self.base, self.kind = file, loc, kind
+    def __init__(self, file: str, locate, kind: str, params, indices, tensors):
+        self.file, self.locate, self.kind, self.lead = file, locate, kind, 0
         self.params, self.indices, self.tensors = params, indices, tensors
 
     def err(self, node, what, **kw):
         col = getattr(node, "col_offset", 0)
-        raise SpecError(what, loc=self.base.shift(col), **kw)
+        raise SpecError(what, loc=self.locate(self.lead + col), **kw)
 
     def parse(self, text: str) -> Expr:
         if len(text) > MAX_STMT_CHARS:
-            raise SpecError("expression too long", loc=self.base,
+            raise SpecError("expression too long", loc=self.locate(0),
                             expected=f"at most {MAX_STMT_CHARS} characters", found=f"{len(text)}")
         try:
             tree = ast.parse(text.strip(), mode="eval")
         except SyntaxError as e:
-            raise SpecError("syntax error in expression", loc=self.base.shift((e.offset or 1) - 1),
+            lead = len(text) - len(text.lstrip())
+            raise SpecError("syntax error in expression", loc=self.locate(lead + (e.offset or 1) - 1),
                             expected="a Python-style expression", found=repr(text.strip()),
                             fix=str(e.msg)) from None
         except (RecursionError, MemoryError, ValueError):
-            raise SpecError("expression cannot be parsed", loc=self.base,
+            raise SpecError("expression cannot be parsed", loc=self.locate(0),
                             expected=f"nesting depth at most {MAX_DEPTH}", found=repr(text[:60])) from None
         lead = len(text) - len(text.lstrip())
-        self.base = self.base.shift(lead)
+        self.lead = lead
         return self.conv(tree.body, 0)
 
     def conv(self, n, depth: int) -> Expr:
@@ -115,7 +148,10 @@ class _ExprParser:
         if isinstance(n, ast.Constant):
             if isinstance(n.value, bool) or not isinstance(n.value, (int, float)):
                 self.err(n, "unsupported constant", expected="a number", found=repr(n.value))
-            return Expr.const(n.value)
+            try:
+                return Expr.const(n.value)
+            except OverflowError:
+                self.err(n, "number out of range", expected="a float64 number", found=f"{str(n.value)[:20]}...")
         if isinstance(n, ast.Name):
             return self.name(n)
         if isinstance(n, ast.Subscript):
@@ -220,7 +256,10 @@ class _ExprParser:
         if n.keywords:
             self.err(n, f"'{f}' takes no keyword arguments", found=", ".join(k.arg or "**" for k in n.keywords))
         op, arity = FUNCTIONS[f]
-        if len(n.args) != arity or any(isinstance(a, ast.Starred) for a in n.args):
+        if any(isinstance(a, ast.Starred) for a in n.args):
+            self.err(n, f"'{f}' called with a starred argument", expected=f"{arity} plain argument(s)",
+                     fix=f"write {f}(x)")
+        if len(n.args) != arity:
             self.err(n, f"'{f}' takes {arity} argument{'s' * (arity > 1)}", expected=f"{arity}", found=f"{len(n.args)}")
         if self.kind == "param" and op is Op.WHERE:
             self.err(n, "where() is not allowed in params")
@@ -231,6 +270,8 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
     """Parse spec text (YAML, format v1) into a verified :class:`Cascade`."""
     if not isinstance(text, str):
         raise SpecError("spec must be text", loc=Loc(file), found=type(text).__name__)
+    if not text.strip():
+        raise SpecError("empty spec", loc=Loc(file), expected="a mapping with keys " + ", ".join(REQUIRED))
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
@@ -251,7 +292,7 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
         if k not in top:
             raise SpecError(f"missing required key '{k}'", loc=Loc(file, 1, 1), fix=f"add '{k}:' (see docs/spec.md)")
     version = _scalar(top["einattn"][0], file, "'einattn'")
-    if version != 1:
+    if type(version) is not int or version != 1:
         raise SpecError("unsupported spec format version", loc=_loc(file, top["einattn"][0]),
                         expected="einattn: 1", found=repr(version))
     name = _scalar(top["name"][0], file, "'name'")
@@ -300,7 +341,7 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
         if isinstance(raw, (int, float)):
             expr = Expr.const(raw)
         else:
-            expr = _ExprParser(file, vloc, "param", pnames, indices, {}).parse(raw)
+            expr = _ExprParser(file, _locator(v, text, file, raw), "param", pnames, indices, {}).parse(raw)
         params.append(ParamDecl(pname, expr, loc))
 
     # key index
@@ -341,8 +382,9 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
         if len(set(lidx)) != len(lidx):
             raise SpecError(f"left side of '{lhs}' repeats an index", loc=sloc, found=f"[{idx_text}]",
                             fix="left-hand indices must be distinct")
-        rloc = sloc.shift(m.start("rhs"))
-        expr = _ExprParser(file, rloc, "cascade", pnames, indices, tensors).parse(m["rhs"])
+        where = _locator(sn, text, file, line)
+        off = m.start("rhs")
+        expr = _ExprParser(file, lambda k: where(off + k), "cascade", pnames, indices, tensors).parse(m["rhs"])
         red = Reduce(m["op"])
         stmts.append(Stmt(lhs, lidx, red, expr, sloc))
         tensors[lhs] = lidx

@@ -1,0 +1,69 @@
+"""Small helpers shared by the test modules (inputs, comparisons, spec text)."""
+from __future__ import annotations
+
+import torch
+
+from tests.zoo import ZOO, sizes
+
+ZOO_NAMES = list(ZOO)
+
+
+def zoo_inputs(name: str, seed: int = 0, dtype=torch.float64, **size_overrides) -> dict[str, torch.Tensor]:
+    """The zoo variant's inputs (``tests.zoo`` generator) at ``sizes(**size_overrides)``, cast to dtype."""
+    x = ZOO[name].make_inputs(sizes(**size_overrides), torch.Generator().manual_seed(seed))
+    return {k: v.to(dtype) for k, v in x.items()}
+
+
+def as_tuple(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
+
+
+def assert_rel_close(got, want, rel: float, what: str = "") -> None:
+    """max |got - want| <= rel * max |want| (both finite where want is finite), per output."""
+    got, want = as_tuple(got), as_tuple(want)
+    assert len(got) == len(want), what
+    for j, (g, w) in enumerate(zip(got, want)):
+        assert g.shape == w.shape, f"{what} output {j}: shape {tuple(g.shape)} != {tuple(w.shape)}"
+        assert not torch.isnan(g).any(), f"{what} output {j} has NaN"
+        g, w = g.double(), w.double()
+        scale = max(w.abs().max().item(), 1e-300)
+        err = (g - w).abs().max().item()
+        assert err <= rel * scale, f"{what} output {j}: max abs error {err:.3e} > {rel:g} * {scale:.3e}"
+
+
+def reference_outputs(cascade, inputs: dict, overrides: dict | None = None) -> dict[str, torch.Tensor]:
+    """Run the float64 reference executor on any cascade (original or rewritten)."""
+    from einattn.backends.reference import run_reference
+    from einattn.ir import bind_sizes, eval_params
+    sz = bind_sizes(cascade, {k: tuple(v.shape) for k, v in inputs.items()})
+    params = eval_params(cascade, sz, overrides)
+    return run_reference(cascade, inputs, sz, params, torch.float64)
+
+
+def random_inputs(cascade, sizes_by_index: dict[str, int], gen: torch.Generator | None = None,
+                  dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """randn * 0.5 inputs for a cascade, one size per index name."""
+    gen = gen or torch.Generator().manual_seed(0)
+    return {t.name: torch.randn([sizes_by_index[i] for i in t.indices], generator=gen, dtype=dtype) * 0.5
+            for t in cascade.inputs}
+
+
+# A small, valid spec (softmax) used as the base of error and IR tests; line numbers matter.
+SOFTMAX = """\
+einattn: 1
+name: softmax
+doc: Scaled dot-product attention.
+inputs:
+  Q: [b, h, m, d]
+  K: [b, h, n, d]
+  V: [b, h, n, e]
+params:
+  scale: 1 / sqrt(d)
+cascade:
+  - S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] * scale
+  - M[b,h,m] max= S[b,h,m,n]
+  - P[b,h,m,n] = exp(S[b,h,m,n] - M[b,h,m])
+  - L[b,h,m] = P[b,h,m,n]
+  - O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e] / L[b,h,m]
+outputs: [O]
+"""
