@@ -18,6 +18,7 @@ for _var, _sub in (("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "
                    ("EINATTN_CACHE_DIR", "einattn")):
     os.environ[_var] = os.path.join(_CACHE_ROOT, _sub)
     os.makedirs(os.environ[_var], exist_ok=True)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")   # explicit, to silence Triton's warning
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

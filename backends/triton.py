@@ -1,0 +1,266 @@
+"""The CUDA and ROCm backends on Triton: render, compile ahead of time, launch.
+
+``prepare`` renders the kernel plan through ``templates/triton/attention.py.jinja``
+and checks the config against the target's limits (``backends/targets/*.yaml``)
+before anything is compiled. The source is written to
+``<cache_dir>/triton/<hash>.py`` and imported, since ``@triton.jit`` needs a
+file. Two imports of the same file can coexist: the ahead-of-time one (a
+``JITFunction``, for ``triton.compile`` and real GPUs) and the interpreted one
+(loaded with Triton's interpreter switched on, because ``@triton.jit`` reads it
+when it decorates), which runs the same kernel on CPU tensors.
+
+``build(artifact, sizes, dtype)`` compiles for the target's architecture
+(PTX + cubin, or AMDGCN + hsaco) and reads the resources; ``launch`` runs the
+kernel on a visible GPU of the target's kind, in the interpreter when asked,
+and otherwise raises :class:`BackendUnavailable` saying how to run it.
+
+>>> import einattn, torch
+>>> k = einattn.compile("causal", target="cuda", interpret=True, config={"BLOCK_M": 16, "BLOCK_N": 16})
+>>> q = torch.randn(1, 2, 20, 16)
+>>> k(q, q, q).shape
+torch.Size([1, 2, 20, 16])
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from einattn import settings
+from einattn.compiler.kernel_plan import KernelPlan, make_kernel_plan
+from einattn.ir import BackendUnavailable, UnsupportedError
+
+from .base import Target
+from .triton_render import Rendered, render
+from .triton_targets import (HardwareTarget, TritonConfig, check_compiled, check_config, load_target,
+                             parse_config)
+
+_MODULES: dict[tuple[str, bool], object] = {}
+
+
+@dataclass
+class TritonArtifact:
+    """What ``prepare`` returns: the rendered kernel and what it was checked against."""
+    plan: KernelPlan
+    rendered: Rendered
+    target: Target
+    hardware: HardwareTarget
+    config: TritonConfig
+    interpret: bool
+    path: Path
+    compiled: dict = field(default_factory=dict)     # (constexprs, dtypes) -> CompiledKernel
+
+    @property
+    def source(self) -> str:
+        return self.rendered.source
+
+
+def write_source(source: str) -> Path:
+    """Write kernel source under the cache dir, atomically; the name is its hash."""
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    root = settings.cache_dir() / "triton"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / f"einattn_{digest}.py"
+    if not path.exists() or path.read_text() != source:
+        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(source)
+        os.replace(tmp, path)
+    return path
+
+
+def load_kernel(path: Path, name: str, interpret: bool):
+    """Import the kernel module once per (file, mode); ``interpret`` decides what @triton.jit builds."""
+    key = (str(path), interpret)
+    if key not in _MODULES:
+        import triton
+        modname = f"einattn_triton_{path.stem}_{'interp' if interpret else 'jit'}"
+        spec = importlib.util.spec_from_file_location(modname, path)
+        mod = importlib.util.module_from_spec(spec)
+        with triton.knobs.runtime.scope():
+            triton.knobs.runtime.interpret = interpret
+            spec.loader.exec_module(mod)
+        sys.modules[modname] = mod
+        _MODULES[key] = mod
+    return getattr(_MODULES[key], name)
+
+
+@contextlib.contextmanager
+def interpreting():
+    """Let an interpreted kernel call ``tl.zeros``, ``tl.sum``... in a process where triton.language
+    was imported without TRITON_INTERPRET (those helpers are then ``JITFunction``s, which only
+    compile): swap them for interpreted twins for the duration of the call."""
+    import triton.experimental.gluon  # noqa: F401  (imported lazily by launches; it wants the JIT originals)
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+    mods = [tl, tl.standard, tl.core, tl.math]
+    saved = []
+    try:
+        for mod in mods:
+            for name, member in list(vars(mod).items()):
+                if isinstance(member, JITFunction):
+                    saved.append((mod, name, member))
+                    setattr(mod, name, _twin(member))
+        yield
+    finally:
+        for mod, name, member in reversed(saved):
+            setattr(mod, name, member)
+
+
+_TWINS: dict = {}
+
+
+def _twin(fn):
+    from triton.runtime import interpreter
+
+    class Twin(interpreter.InterpretedFunction):
+        def __call__(self, *args, **kwargs):
+            # Triton's own nested call patches triton.language.core and never restores it (harmless
+            # when everything is interpreted); here the JIT compiler must find it untouched afterwards
+            scope = interpreter._patch_lang(self.fn)
+            try:
+                return self.rewrite()(*args, **kwargs)
+            except Exception as e:
+                raise interpreter.InterpreterError(repr(e)) from e
+            finally:
+                scope.restore()
+
+    if fn not in _TWINS:
+        _TWINS[fn] = Twin(fn.fn)
+    return _TWINS[fn]
+
+
+def next_pow2(x: int, floor: int = 16) -> int:
+    return max(floor, 1 << max(0, math.ceil(math.log2(max(x, 1)))))
+
+
+def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precision: str) -> dict:
+    out = {}
+    for i in (*r.contract, *r.value):
+        out[f"SIZE_{i}"] = int(sizes[i])
+        out[f"BLOCK_{i}"] = next_pow2(int(sizes[i]))
+    out["BLOCK_M"], out["BLOCK_N"] = config.BLOCK_M, config.BLOCK_N
+    out["DOT_PRECISION"] = dot_precision
+    return out
+
+
+def dot_precision(dtypes) -> str:
+    """Always "ieee": fp32 inputs multiply in full fp32 (TF32 would miss the 1e-4 accuracy the tests
+    hold), and fp16/bf16 products are exact anyway (AMD accepts no "tf32")."""
+    return "ieee"
+
+
+def output_dtype(r: Rendered, dims, compute: torch.dtype) -> torch.dtype:
+    """Outputs with the value index take the inputs' dtype; per-row outputs (lse) stay fp32."""
+    return compute if any(i in r.value for i in dims) else torch.float32
+
+
+def device_kind() -> str | None:
+    """'cuda' or 'rocm' when torch sees such a device, else None."""
+    if not torch.cuda.is_available():
+        return None
+    return "rocm" if getattr(torch.version, "hip", None) else "cuda"
+
+
+class TritonBackend:
+    """``cuda[:sm_80|sm_90|...]`` and ``rocm[:gfx90a|gfx942]`` through Triton.
+
+    Config keys: BLOCK_M, BLOCK_N, num_warps, num_stages.
+    """
+    name = "triton"
+    config_keys = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+
+    def supports(self, target: Target) -> bool:
+        return target.kind in ("cuda", "rocm")
+
+    def prepare(self, plan, target: Target, config: dict, interpret: bool = False, **options) -> TritonArtifact:
+        if options:
+            raise UnsupportedError(f"unknown options for the Triton backend: {sorted(options)}")
+        hw = load_target(target)
+        cfg = parse_config(config, hw)
+        kp = make_kernel_plan(plan)
+        rendered = render(kp)
+        check_config(kp, cfg, hw, sizes=None, dtype=None)
+        return TritonArtifact(kp, rendered, Target(target.kind, hw.arch), hw, cfg, bool(interpret),
+                              write_source(rendered.source))
+
+    # -- ahead of time --------------------------------------------------------------
+    def build(self, artifact: TritonArtifact, sizes: dict, dtype: torch.dtype = torch.float16):
+        """Compile for the artifact's architecture at these sizes (head dims) and input dtype."""
+        from .triton_aot import compile_kernel
+        check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=dtype)
+        key = (tuple(sorted(constexpr_values(artifact.rendered, sizes, artifact.config, "").items())), dtype)
+        if key not in artifact.compiled:
+            fn = load_kernel(artifact.path, artifact.rendered.kernel_name, interpret=False)
+            ck = compile_kernel(fn, artifact, sizes, dtype)
+            check_compiled(ck.resources, artifact.hardware, artifact.config)
+            artifact.compiled[key] = ck
+        return artifact.compiled[key]
+
+    # -- running ----------------------------------------------------------------------
+    def launch(self, artifact: TritonArtifact, inputs: dict, sizes: dict, params: dict) -> dict:
+        r = artifact.rendered
+        if artifact.interpret:
+            device = torch.device("cpu")
+        else:
+            here = device_kind()
+            if here != artifact.target.kind:
+                seen = f"a {here} device" if here else "no GPU (torch.cuda.is_available() is False)"
+                raise BackendUnavailable(
+                    f"cannot run the {artifact.target} kernel for '{artifact.plan.cascade.name}': this machine has "
+                    f"{seen}. To run the same Triton kernel on the CPU in Triton's interpreter, compile with "
+                    f"einattn.compile(..., target='{artifact.target}', interpret=True) or set EINATTN_INTERPRET=1; "
+                    f"to inspect the compiled code use `einattn compile SPEC --target {artifact.target} --out DIR`")
+            device = torch.device("cuda")
+        fn = load_kernel(artifact.path, r.kernel_name, interpret=artifact.interpret)
+        x = {k: (v.to(device) if v.device != device else v) for k, v in inputs.items()}
+        dts = [t.dtype for t in x.values()]
+        compute = dts[0] if dts[0] in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+        if any(t.dtype not in (torch.float16, torch.bfloat16, torch.float32) for t in x.values()):
+            x = {k: v.float() if v.dtype not in (torch.float16, torch.bfloat16, torch.float32) else v
+                 for k, v in x.items()}
+        outs = {}
+        for o, dims in r.outputs:
+            outs[o] = torch.empty([sizes[i] for i in dims], dtype=output_dtype(r, dims, compute), device=device)
+        args = []
+        for a in r.args:
+            if a.kind == "ptr":
+                args.append(x[a.of] if a.of in x else outs[a.of])
+            elif a.kind == "stride":
+                t = x[a.of] if a.of in x else outs[a.of]
+                args.append(t.stride(a.dim))
+            elif a.kind == "size":
+                args.append(int(sizes[a.of]))
+            else:
+                v = params[a.of]
+                args.append(int(v) if a.dtype == "i32" else float(v))
+        ce = constexpr_values(r, sizes, artifact.config, dot_precision(dts))
+        if not artifact.interpret:
+            check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=compute)
+        grid_n = 1
+        for g in r.grid:
+            grid_n *= int(sizes[g])
+        grid = (triton_cdiv(sizes[r.query], artifact.config.BLOCK_M), grid_n)
+        if sizes[r.query] == 0 or grid_n == 0:
+            return outs
+        opts = {"num_warps": artifact.config.num_warps, "num_stages": artifact.config.num_stages}
+        if artifact.interpret:
+            import numpy as np
+            # (-inf) - (-inf) is computed before _sub_rule selects -inf: numpy would warn
+            with interpreting(), np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                fn[grid](*args, **ce, **opts)
+        else:
+            fn[grid](*args, **ce, **opts, enable_fp_fusion=True)
+        return outs
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return (int(a) + b - 1) // b

@@ -1,0 +1,147 @@
+"""Ahead-of-time compilation with ``triton.compile`` and the resources of the result.
+
+No GPU is needed: Triton lowers to PTX and assembles a cubin with its bundled
+ptxas (CUDA), or to AMDGCN and an hsaco (ROCm). The signature assumes what the
+launcher passes for contiguous tensors: 16-byte aligned pointers and unit
+last-dim strides (specialised as constants, as Triton's JIT does for a stride
+of 1), so the code and its register count are those a real launch compiles.
+
+Resources: shared memory (LDS) from Triton's metadata; registers and spills
+from ``ptxas -v`` on the PTX (CUDA), or from the ``.vgpr_count``,
+``.sgpr_count`` and spill fields of the AMDGCN metadata (ROCm).
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from einattn.ir import BackendUnavailable
+
+_PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
+
+
+@dataclass
+class CompiledKernel:
+    """``files``: suffix -> text or bytes (``ptx``/``cubin`` or ``amdgcn``/``hsaco``, and ``ttgir``)."""
+    name: str
+    target: str
+    files: dict
+    resources: dict
+    metadata: dict
+    compile_seconds: float
+
+
+def signature(artifact, sizes: dict, dtype: torch.dtype):
+    """(signature, constexprs, attrs) for ``ASTSource``."""
+    from .triton import constexpr_values, dot_precision, output_dtype
+    r = artifact.rendered
+    sig, consts, attrs = {}, {}, {}
+    ndim = {t.name: len(t.indices) for t in artifact.plan.cascade.inputs}
+    ndim.update({o: len(d) for o, d in r.outputs})
+    out_dt = {o: output_dtype(r, d, dtype) for o, d in r.outputs}
+    dims = {t.name: t.indices for t in artifact.plan.cascade.inputs}
+    dims.update(dict(r.outputs))
+    for j, a in enumerate(r.args):
+        if a.kind == "ptr":
+            sig[a.name] = _PTR[out_dt.get(a.of, dtype)]
+            attrs[(j,)] = [["tt.divisibility", 16]]
+        elif a.kind in ("stride", "size"):
+            # what Triton's JIT would specialise for contiguous tensors of these sizes
+            v = sizes[a.of] if a.kind == "size" else _contiguous_stride(dims[a.of], a.dim, sizes)
+            if v == 1:
+                sig[a.name] = "constexpr"
+                consts[a.name] = 1
+            else:
+                sig[a.name] = "i32"
+                if v % 16 == 0:
+                    attrs[(j,)] = [["tt.divisibility", 16]]
+        else:
+            sig[a.name] = "i32" if a.dtype == "i32" else "fp32"
+    ce = constexpr_values(r, sizes, artifact.config, dot_precision([dtype]))
+    for k in r.constexprs:
+        sig[k] = "constexpr"
+        consts[k] = ce[k]
+    return sig, consts, attrs
+
+
+def _contiguous_stride(dims, j: int, sizes: dict) -> int:
+    out = 1
+    for i in dims[j + 1:]:
+        out *= int(sizes[i])
+    return out
+
+
+def compile_kernel(fn, artifact, sizes: dict, dtype: torch.dtype) -> CompiledKernel:
+    try:
+        import triton
+        from triton.compiler import ASTSource
+    except ImportError as e:  # pragma: no cover - triton is installed with the GPU extra
+        raise BackendUnavailable(f"the Triton backend needs the triton package ({e}); pip install triton==3.9.0") from None
+    hw = artifact.hardware
+    sig, consts, attrs = signature(artifact, sizes, dtype)
+    # explicit fp fusion (FMA contraction): Triton 3.9 warns when it falls back to its default
+    opts = {"num_warps": artifact.config.num_warps, "num_stages": artifact.config.num_stages,
+            "enable_fp_fusion": True}
+    t0 = time.perf_counter()
+    ck = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                        target=hw.triton_target, options=opts)
+    secs = time.perf_counter() - t0
+    asm = dict(ck.asm)
+    md = ck.metadata
+    meta = {"name": md.name, "shared": int(md.shared), "num_warps": md.num_warps, "num_stages": md.num_stages}
+    if hw.kind == "cuda":
+        files = {"ptx": asm["ptx"], "cubin": asm["cubin"], "ttgir": asm.get("ttgir", "")}
+        res = {"shared_memory": int(md.shared), **ptxas_resources(asm["ptx"], hw.arch, hw.compute_capability)}
+    else:
+        files = {"amdgcn": asm["amdgcn"], "hsaco": asm["hsaco"], "ttgir": asm.get("ttgir", "")}
+        res = {"shared_memory": int(md.shared), **amdgcn_resources(asm["amdgcn"])}
+    return CompiledKernel(md.name, f"{hw.kind}:{hw.arch}", files, res, meta, secs)
+
+
+def ptxas_path(capability: int) -> str:
+    """The ptxas Triton itself assembles with for this capability (it bundles two)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    return get_ptxas(capability).path
+
+
+def ptxas_resources(ptx: str, arch: str, capability: int) -> dict:
+    """Registers and spills from Triton's bundled ptxas (-v); the system ptxas may reject its PTX."""
+    m = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M)
+    gpu = m.group(1) if m else arch
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "k.ptx"
+        src.write_text(ptx)
+        # the flags Triton's own make_cubin passes, so the counts are those of the cubin
+        p = subprocess.run([ptxas_path(capability), "-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={gpu}",
+                            str(src), "-o", str(Path(d) / "k.o")],
+                           capture_output=True, text=True)
+    text = p.stdout + p.stderr
+    out: dict = {}
+    if (m := re.search(r"Used (\d+) registers", text)):
+        out["registers"] = int(m.group(1))
+    if (m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)):
+        out["spill_stores"], out["spill_loads"] = int(m.group(1)), int(m.group(2))
+    if (m := re.search(r"(\d+) bytes stack frame", text)):
+        out["stack_frame"] = int(m.group(1))
+    if p.returncode != 0 or "registers" not in out:
+        out["ptxas_error"] = text.strip()[-500:]
+    return out
+
+
+def amdgcn_resources(asm: str) -> dict:
+    """VGPRs, SGPRs, AGPRs, spills and LDS from the AMDGCN metadata notes."""
+    def field(name):
+        m = re.search(rf"\.{name}:\s+(\d+)", asm)
+        return int(m.group(1)) if m else None
+    out = {"registers": field("vgpr_count"), "sgprs": field("sgpr_count"), "agprs": field("agpr_count"),
+           "spill_vgprs": field("vgpr_spill_count"), "spill_sgprs": field("sgpr_spill_count"),
+           "static_lds": field("group_segment_fixed_size"), "scratch": field("private_segment_fixed_size")}
+    if (m := re.search(r";\s*Occupancy:\s*(\d+)", asm)):
+        out["occupancy_waves_per_simd"] = int(m.group(1))
+    return {k: v for k, v in out.items() if v is not None}

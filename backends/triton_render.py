@@ -1,0 +1,462 @@
+"""Render a KernelPlan into Triton source (``templates/triton/attention.py.jinja``).
+
+The renderer turns each tile op into lines of code through the expression
+printer (:mod:`einattn.backends.triton_expr`, the one hook for user
+expressions) and hands the template plain lists; the template only lays them
+out with ``if``/``for`` over plan flags.
+
+Key tiles are visited in up to three loops per pass: ``[lo, flo)`` and
+``[fhi, hi)`` with the mask predicate and key bounds evaluated (the SLOW body),
+``[flo, fhi)`` with neither (the FAST body). ``lo``/``hi`` bound the key tiles
+that are not empty for the query tile (only when the pass may skip empty
+tiles), ``flo``/``fhi`` the tiles where the predicate is true everywhere; both
+come from the affine atoms of a conjunctive mask at the tile's corners. Any
+other affine mask (a disjunction such as prefix-LM) classifies each key tile at
+run time instead (full / partial / empty) in one loop.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import math
+from dataclasses import dataclass, field
+
+from einattn.compiler.kernel_plan import Kind, KernelPass, KernelPlan, TileOp
+from einattn.compiler.masks import affine, substitute
+from einattn.ir import Expr, Op, Reduce, UnsupportedError
+
+from .triton_expr import NEG_INF, Printer, _neg_inf, const_text
+
+TEMPLATE = ("triton", "attention.py.jinja")
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One kernel argument: ``kind`` is ptr, stride, size or param; ``of`` names what it belongs to."""
+    name: str
+    kind: str
+    of: str
+    dim: int = 0
+    dtype: str = "fp32"     # params: fp32 or i32
+
+
+@dataclass(frozen=True)
+class Rendered:
+    source: str
+    kernel_name: str
+    args: tuple[Arg, ...]
+    constexprs: tuple[str, ...]     # names of the compile-time constants, in signature order
+    grid: tuple[str, ...]           # grid indices (one program per combination and query tile)
+    query: str
+    key: str
+    contract: tuple[str, ...]
+    value: tuple[str, ...]
+    outputs: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass
+class PassView:
+    index: int
+    init: list[str] = field(default_factory=list)
+    hoisted: list[str] = field(default_factory=list)
+    bounds: list[str] = field(default_factory=list)
+    mode: str = "intervals"           # intervals | classify
+    slow_left: bool = False           # a SLOW loop before the FAST one
+    classify: list[str] = field(default_factory=list)
+    skip_empty: bool = False
+    fast: list[str] = field(default_factory=list)
+    slow: list[str] = field(default_factory=list)
+    after: list[str] = field(default_factory=list)
+    epilogue: list[str] = field(default_factory=list)
+    mask: str = ""
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def _roles(kp: KernelPlan) -> dict[str, str]:
+    roles = {i: "grid" for i in kp.grid}
+    roles[kp.query], roles[kp.key] = "query", "key"
+    roles.update({i: "contract" for i in kp.contract})
+    roles.update({i: "value" for i in kp.value})
+    return roles
+
+
+def _deps(e: Expr, kp: KernelPlan, roles: dict[str, str], tiles: set[str]) -> set[str]:
+    """Roles an expression varies along (tile values vary along query and key)."""
+    out: set[str] = set()
+    for x in e.walk():
+        if x.op is Op.INDEX:
+            out.add(roles.get(x.arg, "?"))
+        elif x.op is Op.READ:
+            if x.arg[0] in tiles:
+                out |= {"query", "key"}
+            else:
+                out |= {roles.get(s.index, "?") for s in x.arg[1]}
+    out.discard("grid")
+    return out
+
+
+class _Body:
+    """Lines of one key-tile body (FAST or SLOW) of a pass."""
+
+    def __init__(self, r: "Renderer", kpass: KernelPass, fast: bool):
+        self.r, self.kpass, self.fast = r, kpass, fast
+        self.lines: list[str] = []
+        self.kb: dict[Expr, str] = {}
+        self.alpha: dict[tuple[str, str], str] = {}
+
+    def expr(self, e: Expr) -> Expr:
+        if self.fast and self.kpass.mask is not None:
+            e = substitute(e, self.kpass.mask, True)
+        return e
+
+    def tile(self, e: Expr) -> str:
+        """A full [BLOCK_M, BLOCK_N] value of a tile expression."""
+        code = self.r.printer(e, "tile")
+        if _deps(e, self.r.kp, self.r.roles, self.r.printer.tiles) != {"query", "key"}:
+            code = f"({code} + tl.zeros([BLOCK_M, BLOCK_N], tl.float32))"
+        return code
+
+    def bounded(self, code: str, identity: str) -> str:
+        return code if self.fast else f"tl.where(mask_n[None, :], {code}, {identity})"
+
+    def rescale(self, op: TileOp) -> str:
+        factors = []
+        for m, base in op.rescale:
+            key = (m, base)
+            if key not in self.alpha:
+                var = f"alpha_{m}" if base == "exp" else f"alpha2_{m}"
+                fn = "tl.exp" if base == "exp" else "tl.exp2"
+                self.lines.append(f"{var} = {fn}(_sub_rule(prev_{m}, r_{m}))")
+                self.alpha[key] = var
+            factors.append(self.alpha[key])
+        return " * ".join(factors)
+
+    def cached_load(self, read: Expr, axes: dict[str, str], prefix: str) -> str:
+        if read not in self.kb:
+            var = f"{prefix}{len(self.kb)}"
+            self.lines.append(f"{var} = {self.r.printer.load(read, 'tile', axes, cast=False)}")
+            self.kb[read] = var
+        return self.kb[read]
+
+    def build(self) -> list[str]:
+        r, kp = self.r, self.r.kp
+        pr = r.printer
+        pr.key_mask = not self.fast
+        pr.neg_inf = dict(r.neg_inf)
+        if self.fast and self.kpass.mask is not None:
+            # with the predicate true, masked scores are finite again: fewer guarded subtractions
+            for op in self.kpass.loop:
+                if op.kind is Kind.MAP:
+                    pr.neg_inf[op.name] = _neg_inf(self.expr(op.expr), pr.neg_inf)
+        self.lines.append("offs_n = start_n + tl.arange(0, BLOCK_N)")
+        if not self.fast:
+            self.lines.append("mask_n = offs_n < size_n")
+        for m in dict.fromkeys(m for op in self.kpass.loop for m, _ in op.rescale):
+            self.lines.append(f"prev_{m} = r_{m}")
+        for op in self.kpass.loop:
+            if op.kind is Kind.SCORE:
+                kb = self.cached_load(op.b, {op.contract: "rows", kp.key: "cols"}, "kb")
+                code = f"tl.dot({r.qa[op.a]}, {kb}, input_precision=DOT_PRECISION)"
+                if not (op.expr.op is Op.CONST and op.expr.arg == 1.0):
+                    code += f" * {pr(op.expr, 'tile')}"
+                self.lines.append(f"t_{op.name} = {code}")
+            elif op.kind is Kind.MAP:
+                self.lines.append(f"t_{op.name} = {self.tile(self.expr(op.expr))}")
+            elif op.kind is Kind.ROW_REDUCE:
+                ident = const_text(op.reduce.identity)
+                val = self.bounded(self.tile(self.expr(op.expr)), ident)
+                if op.reduce is Reduce.MAX:
+                    self.lines.append(f"r_{op.name} = tl.maximum(r_{op.name}, tl.max({val}, 1))")
+                elif op.reduce is Reduce.MIN:
+                    self.lines.append(f"r_{op.name} = tl.minimum(r_{op.name}, tl.min({val}, 1))")
+                else:
+                    old = f"r_{op.name}" + (f" * {self.rescale(op)}" if op.rescale else "")
+                    self.lines.append(f"r_{op.name} = {old} + tl.sum({val}, 1)")
+            elif op.kind is Kind.VALUE:
+                v = self.cached_load(op.a, {kp.key: "rows", kp.value[0]: "cols"}, "vb")
+                p = self.bounded(self.tile(self.expr(op.expr)), "0.0")
+                acc = f"r_{op.name}" + (f" * ({self.rescale(op)})[:, None]" if op.rescale else "")
+                self.lines.append(f"r_{op.name} = tl.dot(({p}).to({v}.dtype), {v}, {acc}, "
+                                  f"input_precision=DOT_PRECISION)")
+            elif op.kind is Kind.RUNNING:
+                self.lines.append(f"r_{op.name} = {r.row_value(op)}")
+        return self.lines
+
+
+class Renderer:
+    def __init__(self, kp: KernelPlan):
+        self.kp = kp
+        c = kp.cascade
+        if len(kp.value) > 1:
+            raise UnsupportedError(f"{c.name}: the Triton backend supports one value index, found "
+                                   f"{list(kp.value)}")
+        self.roles = _roles(kp)
+        rows = {op.name for op in kp.prologue}
+        for p in kp.passes:
+            rows |= {op.name for op in p.loop if op.kind in (Kind.ROW_REDUCE, Kind.VALUE, Kind.RUNNING)}
+            rows |= {op.name for op in p.epilogue}
+        self.printer = Printer(c, self.roles, rows=rows)
+        self.neg_inf = dict(self.printer.neg_inf)
+        self.qa: dict[Expr, str] = {}
+
+    # -- pieces -------------------------------------------------------------------
+    def row_ctx(self, dims) -> str:
+        return "rowval" if any(self.roles.get(i) == "value" for i in dims) else "row"
+
+    def row_value(self, op: TileOp) -> str:
+        ctx = self.row_ctx(op.dims)
+        code = self.printer(op.expr, ctx)
+        deps = _deps(op.expr, self.kp, self.roles, set())
+        want = {"query", "value"} if ctx == "rowval" else {"query"}
+        if self.kp.query not in op.dims:
+            want.discard("query")
+        if not want <= deps:
+            shape = "[BLOCK_M, BLOCK_{}]".format(self.kp.value[0]) if ctx == "rowval" else "[BLOCK_M]"
+            code = f"({code} + tl.zeros({shape}, tl.float32))"
+        return code
+
+    def atoms(self, pred: Expr):
+        """(cm, cn, const code, op) per affine comparison, normalised to ``lin <= 0`` / ``lin < 0``."""
+        kp = self.kp
+        a, b = (affine(s, kp.query, kp.key) for s in pred.src)
+        cm, cn = a.cm - b.cm, a.cn - b.cn
+        const = Expr(Op.SUB, (a.const, b.const))
+        op = pred.op
+        if op in (Op.GE, Op.GT):
+            cm, cn, const = -cm, -cn, Expr(Op.NEG, (const,))
+            op = Op.LE if op is Op.GE else Op.LT
+        return cm, cn, self.const(const), op
+
+    def const(self, e: Expr) -> str:
+        """A scalar (params and numbers), folded to a number when it has no params."""
+        if not e.params():
+            return _num(_eval_number(e))
+        return self.printer(e, "row")
+
+    @staticmethod
+    def conjuncts(pred: Expr) -> list[Expr]:
+        if pred.op is Op.AND:
+            return Renderer.conjuncts(pred.src[0]) + Renderer.conjuncts(pred.src[1])
+        return [pred]
+
+    def intervals(self, kpass: KernelPass, view: PassView) -> bool:
+        """Tile ranges from a conjunction of atoms; False if the mask is not one."""
+        lines = view.bounds
+        if kpass.mask is None:
+            lines += ["lo = 0", "flo = 0", "fhi = (size_n // BLOCK_N) * BLOCK_N", "hi = size_n"]
+            return True
+        atoms = self.conjuncts(kpass.mask)
+        if any(x.op not in (Op.LE, Op.LT, Op.GE, Op.GT) for x in atoms):
+            return False
+        parsed = [self.atoms(x) for x in atoms]
+        if any(cn == 0 for _, cn, _, _ in parsed):
+            return False
+        lines.append("m_lo = start_m")
+        lines.append("m_hi = tl.minimum(start_m + BLOCK_M, size_m) - 1")
+        bound = {"hull_lo": [], "hull_hi": [], "full_lo": [], "full_hi": []}
+        for k, (cm, cn, const, op) in enumerate(parsed):
+            lo_m, hi_m = ("m_lo", "m_hi") if cm >= 0 else ("m_hi", "m_lo")
+            # some row of the tile can satisfy the atom / every row does
+            for which, mm in (("hull", lo_m), ("full", hi_m)):
+                q = f"q{which[0]}{k}"
+                terms = ([] if const == "0" else [f"-({const})"]) + ([] if cm == 0 else [f"{_num(-cm)} * {mm}"])
+                num = " + ".join(terms) or "0"
+                lines.append(f"{q} = ({num}) / {float(cn)!r}")
+                if cn > 0:   # n <= q  (n < q)
+                    b = f"tl.floor({q}) + 1" if op is Op.LE else f"tl.ceil({q})"
+                    bound[f"{which}_hi"].append(b)
+                else:        # n >= q  (n > q)
+                    b = f"tl.ceil({q})" if op is Op.LE else f"tl.floor({q}) + 1"
+                    bound[f"{which}_lo"].append(b)
+
+        def fold(name, items, fn) -> bool:
+            if not items:
+                return False
+            lines.append(f"{name} = {items[0]}")
+            for it in items[1:]:
+                lines.append(f"{name} = {fn}({name}, {it})")
+            lines.append(f"{name} = {name}.to(tl.int32)")
+            return True
+        if kpass.skip_empty and fold("lo", bound["hull_lo"], "tl.maximum"):
+            lines.append("lo = (tl.maximum(lo, 0) // BLOCK_N) * BLOCK_N")
+        else:
+            lines.append("lo = 0")
+        if kpass.skip_empty and fold("hi", bound["hull_hi"], "tl.minimum"):
+            lines.append("hi = tl.maximum(tl.minimum(hi, size_n), lo)")
+        else:
+            lines.append("hi = size_n")
+        if fold("flo", bound["full_lo"], "tl.maximum"):
+            lines.append("flo = tl.minimum(((tl.maximum(flo, lo) + BLOCK_N - 1) // BLOCK_N) * BLOCK_N, hi)")
+        else:
+            lines.append("flo = lo")
+        if not fold("fhi", bound["full_hi"], "tl.minimum"):
+            lines.append("fhi = size_n")
+        lines.append("fhi = tl.maximum(tl.minimum((tl.minimum(fhi, size_n) // BLOCK_N) * BLOCK_N, hi), flo)")
+        view.slow_left = True
+        return True
+
+    def classify(self, kpass: KernelPass, view: PassView) -> None:
+        """Per-tile flags for any affine mask: three-valued logic over the tile's corners."""
+        lines = view.classify
+        lines.append("n_lo = start_n")
+        lines.append("n_hi = tl.minimum(start_n + BLOCK_N, size_n) - 1")
+        counter = [0]
+
+        def visit(e: Expr) -> tuple[str, str]:
+            if e.op is Op.AND or e.op is Op.OR:
+                (t1, f1), (t2, f2) = visit(e.src[0]), visit(e.src[1])
+                if e.op is Op.AND:
+                    return f"({t1} & {t2})", f"({f1} | {f2})"
+                return f"({t1} | {t2})", f"({f1} & {f2})"
+            if e.op is Op.NOT:
+                t, f = visit(e.src[0])
+                return f, t
+            k = counter[0]
+            counter[0] += 1
+            if e.op in (Op.EQ, Op.NE):
+                kp = self.kp
+                a, b = (affine(s, kp.query, kp.key) for s in e.src)
+                cm, cn, const, op = a.cm - b.cm, a.cn - b.cn, self.const(Expr(Op.SUB, (a.const, b.const))), e.op
+            else:
+                cm, cn, const, op = self.atoms(e)
+            lo = [const, f"{_num(cm)} * {'m_lo' if cm >= 0 else 'm_hi'}",
+                  f"{_num(cn)} * {'n_lo' if cn >= 0 else 'n_hi'}"]
+            hi = [const, f"{_num(cm)} * {'m_hi' if cm >= 0 else 'm_lo'}",
+                  f"{_num(cn)} * {'n_hi' if cn >= 0 else 'n_lo'}"]
+            lines.append(f"a{k}_min = {' + '.join(lo)}")
+            lines.append(f"a{k}_max = {' + '.join(hi)}")
+            mn, mx = f"a{k}_min", f"a{k}_max"
+            if op is Op.LE:
+                return f"({mx} <= 0)", f"({mn} > 0)"
+            if op is Op.LT:
+                return f"({mx} < 0)", f"({mn} >= 0)"
+            eq = (f"(({mn} == 0) & ({mx} == 0))", f"(({mn} > 0) | ({mx} < 0))")
+            return eq if op is Op.EQ else (eq[1], eq[0])
+
+        t, f = visit(kpass.mask)
+        lines.append(f"tile_full = {t} & (start_n + BLOCK_N <= size_n)")
+        lines.append(f"tile_empty = {f}")
+        view.bounds += ["m_lo = start_m", "m_hi = tl.minimum(start_m + BLOCK_M, size_m) - 1",
+                        "lo = 0", "hi = size_n"]
+
+    def pass_view(self, kpass: KernelPass) -> PassView:
+        kp, pr = self.kp, self.printer
+        view = PassView(kpass.index, skip_empty=kpass.skip_empty,
+                        mask=str(kpass.mask) if kpass.mask is not None else "")
+        pr.tiles = {op.name for op in kpass.loop if op.kind in (Kind.SCORE, Kind.MAP)}
+        for op in kpass.loop:
+            if op.kind is Kind.ROW_REDUCE:
+                view.init.append(f"r_{op.name} = tl.full([BLOCK_M], {const_text(op.reduce.identity)}, tl.float32)")
+            elif op.kind is Kind.VALUE:
+                view.init.append(f"r_{op.name} = tl.zeros([BLOCK_M, BLOCK_{kp.value[0]}], tl.float32)")
+            elif op.kind is Kind.RUNNING:
+                view.init.append(f"r_{op.name} = tl.full([BLOCK_M], {NEG_INF}, tl.float32)")
+        hoist: dict[str, str] = {}
+        pr.hoist = hoist
+        view.fast = _Body(self, kpass, True).build()
+        view.slow = _Body(self, kpass, False).build()
+        view.after = [f"r_{op.name} = {self.row_value(op)}" for op in kpass.loop if op.kind is Kind.RUNNING]
+        pr.hoist = None
+        view.hoisted = [f"{var} = {code}" for code, var in hoist.items()]
+        pr.tiles = set()
+        view.epilogue = [f"r_{op.name} = {self.row_value(op)}" for op in kpass.epilogue]
+        if not self.intervals(kpass, view):
+            view.mode = "classify"
+            self.classify(kpass, view)
+        return view
+
+    # -- the whole kernel ------------------------------------------------------------
+    def render(self) -> Rendered:
+        kp, c, pr = self.kp, self.kp.cascade, self.printer
+        args: list[Arg] = []
+        for t in c.inputs:
+            args.append(Arg(f"{t.name}_ptr", "ptr", t.name))
+            args += [Arg(f"stride_{t.name}_{j}", "stride", t.name, j) for j in range(len(t.indices))]
+        outputs = []
+        for o in c.outputs:
+            s = c.stmt(o)
+            if s is None or any(self.roles.get(i) not in ("grid", "query", "value") for i in s.indices):
+                raise UnsupportedError(f"{c.name}: output '{o}' must be per row ([.., {kp.query}] or "
+                                       f"[.., {kp.query}, {', '.join(kp.value) or 'e'}]) for the Triton backend")
+            outputs.append((o, s.indices))
+            args.append(Arg(f"{o}_ptr", "ptr", o))
+            args += [Arg(f"stride_{o}_{j}", "stride", o, j) for j in range(len(s.indices))]
+        for i in (*kp.grid, kp.query, kp.key):
+            args.append(Arg(f"size_{i}", "size", i))
+        divs = {x.arg[1][j].div for s in c.stmts for x in s.expr.walk() if x.op is Op.READ
+                for j in range(len(x.arg[1])) if x.arg[1][j].div}
+        for p in c.params:
+            args.append(Arg(f"p_{p.name}", "param", p.name, dtype="i32" if p.name in divs else "fp32"))
+        feats = (*kp.contract, *kp.value)
+        constexprs = tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
+                           + ["DOT_PRECISION"])
+
+        grid_lines, rest = [], "pid_g"
+        for j, g in enumerate(reversed(kp.grid)):
+            if j == len(kp.grid) - 1:
+                grid_lines.append(f"idx_{g} = {rest}")
+            else:
+                grid_lines.append(f"idx_{g} = {rest} % size_{g}")
+                grid_lines.append(f"rest_{j} = {rest} // size_{g}")
+                rest = f"rest_{j}"
+        qa_lines = []
+        for p in kp.passes:
+            for op in p.loop:
+                if op.kind is Kind.SCORE and op.a not in self.qa:
+                    var = f"qa{len(self.qa)}"
+                    self.qa[op.a] = var
+                    qa_lines.append(f"{var} = {pr.load(op.a, 'tile', {op.contract: 'cols'}, cast=False)}")
+        prologue = [f"r_{op.name} = {self.row_value(op)}" for op in kp.prologue]
+        passes = [self.pass_view(p) for p in kp.passes]
+        stores = []
+        for o, dims in outputs:
+            ctx = self.row_ctx(dims)
+            offs = [f"{o}_ptr"] + [f"{pr.coord(i, ctx)} * stride_{o}_{j}" for j, i in enumerate(dims)]
+            masks = [pr.mask_of(i, ctx) for i in dims]
+            masks = [m for m in masks if m is not None]
+            val = f"r_{o}"
+            shape_ok = kp.query in dims
+            if not shape_ok:
+                raise UnsupportedError(f"{c.name}: output '{o}' must carry the query index '{kp.query}'")
+            mask = f", mask={' & '.join(masks)}" if masks else ""
+            stores.append(f"tl.store({' + '.join(offs)}, {val}.to({o}_ptr.dtype.element_ty){mask})")
+        name = f"einattn_{_ident(c.name)}_kernel"
+        from jinja2 import Environment, StrictUndefined
+        env = Environment(undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
+                          lstrip_blocks=True)
+        text = importlib.resources.files("einattn.templates").joinpath(*TEMPLATE).read_text()
+        src = env.from_string(text).render(
+            name=name, spec=c.name, structural_hash=c.structural_hash(), args=args, constexprs=constexprs,
+            grid=kp.grid, grid_lines=grid_lines, query=kp.query, key=kp.key, contract=kp.contract,
+            value=kp.value, qa_lines=qa_lines, prologue=prologue, passes=passes, stores=stores,
+            n_passes=len(passes))
+        return Rendered(src, name, tuple(args), constexprs, kp.grid, kp.query, kp.key, kp.contract,
+                        kp.value, tuple(outputs))
+
+
+def _eval_number(e: Expr) -> float:
+    if e.op is Op.CONST:
+        return e.arg
+    v = [_eval_number(x) for x in e.src]
+    return {Op.ADD: lambda: v[0] + v[1], Op.SUB: lambda: v[0] - v[1], Op.MUL: lambda: v[0] * v[1],
+            Op.NEG: lambda: -v[0]}[e.op]()
+
+
+def _ident(s: str) -> str:
+    out = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in s)
+    return out if out and not out[0].isdigit() else f"k_{out}"
+
+
+def render(kp: KernelPlan) -> Rendered:
+    """Triton source of a kernel plan, with its argument list.
+
+    >>> from einattn.compiler import make_plan
+    >>> from einattn.compiler.kernel_plan import make_kernel_plan
+    >>> from einattn.specs import load_spec
+    >>> r = render(make_kernel_plan(make_plan(load_spec("softmax"))))
+    >>> r.kernel_name, "tl.dot" in r.source
+    ('einattn_softmax_kernel', True)
+    """
+    return Renderer(kp).render()

@@ -1,0 +1,205 @@
+"""GPU targets as data (``backends/targets/*.yaml``) and the checks made before and after compiling.
+
+A config is rejected *before* anything is compiled when it cannot fit: block
+sizes that are not powers of two, a head dim past what one program holds, a
+dtype the target lacks, more threads than a block may have, a shared-memory
+estimate past the per-block limit, or accumulators that need more registers
+per thread than exist. After compiling, the shared memory Triton reports and
+the register count are checked against the same limits.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from einattn.compiler.kernel_plan import Kind, KernelPlan
+from einattn.ir import UnsupportedError
+
+from .base import Target
+
+TARGET_DIR = Path(__file__).resolve().parent / "targets"
+MAX_HEAD_DIM = 256          # padded head dim one program holds in registers (FlashAttention's limit too)
+DTYPE_NAMES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "float64": "float64"}
+
+
+@dataclass(frozen=True)
+class HardwareTarget:
+    """One GPU model; every number has its source in ``sources``."""
+    name: str
+    kind: str                     # cuda | rocm
+    arch: str                     # sm_90, gfx942, ...
+    sms: int                      # SMs (NVIDIA) or CUs (AMD)
+    warp_size: int
+    max_threads_per_block: int
+    shared_memory_per_block: int  # bytes (LDS per workgroup on AMD)
+    shared_memory_per_sm: int
+    registers_per_sm: int         # 32-bit registers
+    max_registers_per_thread: int
+    dtypes: tuple[str, ...]
+    peak_flops_fp16: float
+    peak_flops_bf16: float
+    memory_bandwidth: float       # bytes/s
+    sources: dict = field(default_factory=dict, compare=False)
+    compute_capability: int | None = None
+    max_sgprs: int | None = None
+    default: bool = True
+
+    @property
+    def triton_target(self):
+        from triton.backends.compiler import GPUTarget
+        if self.kind == "cuda":
+            return GPUTarget("cuda", self.compute_capability, self.warp_size)
+        return GPUTarget("hip", self.arch, self.warp_size)
+
+    def to_json(self) -> dict:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "default"}
+        out["dtypes"] = list(self.dtypes)
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def all_targets() -> tuple[HardwareTarget, ...]:
+    out = []
+    for p in sorted(TARGET_DIR.glob("*.yaml")):
+        d = yaml.safe_load(p.read_text())
+        d["dtypes"] = tuple(d["dtypes"])
+        for k in ("peak_flops_fp16", "peak_flops_bf16", "memory_bandwidth"):
+            d[k] = float(d[k])        # YAML 1.1 reads 312.0e12 (no exponent sign) as a string
+        missing = [k for k in d if k not in ("sources", "default", "dtypes", "name", "kind", "arch")
+                   and k not in d.get("sources", {}) and k not in ("compute_capability", "max_threads_per_block")]
+        if missing:
+            raise ValueError(f"{p}: no source given for {missing}")
+        out.append(HardwareTarget(**d))
+    return tuple(out)
+
+
+DEFAULT_ARCH = {"cuda": "sm_90", "rocm": "gfx942"}
+
+
+def load_target(target: Target) -> HardwareTarget:
+    """The hardware behind ``cuda[:sm_XX]`` / ``rocm[:gfxXXX]`` (default: sm_90, gfx942)."""
+    arch = target.arch or DEFAULT_ARCH.get(target.kind)
+    cands = [t for t in all_targets() if t.kind == target.kind and t.arch == arch]
+    if not cands:
+        known = ", ".join(f"{t.kind}:{t.arch} ({t.name})" for t in all_targets() if t.default)
+        raise UnsupportedError(f"no hardware data for target '{target.kind}:{arch}'; known targets: {known} "
+                               f"(add a YAML file under backends/targets/ for another GPU)")
+    return next((t for t in cands if t.default), cands[0])
+
+
+@dataclass(frozen=True, slots=True)
+class TritonConfig:
+    BLOCK_M: int = 64
+    BLOCK_N: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+def parse_config(config: dict | None, hw: HardwareTarget) -> TritonConfig:
+    allowed = TritonConfig.__slots__
+    for k, v in (config or {}).items():
+        if k not in allowed:
+            raise UnsupportedError(f"config key {k!r} is not understood by the Triton backend; it accepts: "
+                                   f"{', '.join(allowed)}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UnsupportedError(f"config {k}={v!r} for the Triton backend must be a positive integer")
+    return TritonConfig(**(config or {}))
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
+
+
+def _block(x: int) -> int:
+    return max(16, 1 << max(0, math.ceil(math.log2(max(x, 1)))))
+
+
+def dtype_bytes(dtype) -> int:
+    return 4 if str(dtype).endswith("float32") else 8 if str(dtype).endswith("float64") else 2
+
+
+def estimate(kp: KernelPlan, cfg: TritonConfig, sizes: dict | None, dtype, hw: HardwareTarget) -> dict:
+    """Lower-bound resource estimates of one program (bytes of shared memory, fp32 registers per thread).
+
+    Shared memory follows Triton 3.9's software pipeline, checked against the
+    compiled ``metadata.shared`` at 64x64 and 128x64 tiles: ``num_stages`` key/value
+    buffers on NVIDIA (plus the query tiles on sm_90+, where wgmma reads its A
+    operand from shared memory), ``num_stages - 1`` on AMD (the stream pipeliner
+    keeps one stage in registers). Registers: the fp32 accumulators and two live
+    score tiles spread over the program's threads.
+    """
+    nb = dtype_bytes(dtype) if dtype is not None else 2
+    scores = {op.a: op for p in kp.passes for op in p.loop if op.kind is Kind.SCORE}
+    kb = {op.b: op for p in kp.passes for op in p.loop if op.kind is Kind.SCORE}
+    vals = {op.a: op for p in kp.passes for op in p.loop if op.kind is Kind.VALUE}
+    accs = {op.name for p in kp.passes for op in p.loop if op.kind is Kind.VALUE}
+    dims = {i: _block(sizes[i]) if sizes and i in sizes else 16 for i in (*kp.contract, *kp.value)}
+    ve = dims[kp.value[0]] if kp.value else 0
+    q_bytes = sum(cfg.BLOCK_M * dims[op.contract] for op in scores.values()) * nb
+    kv_bytes = cfg.BLOCK_N * (sum(dims[op.contract] for op in kb.values()) + ve * len(vals)) * nb
+    if hw.kind == "cuda":
+        smem = cfg.num_stages * kv_bytes + (q_bytes if (hw.compute_capability or 0) >= 90 else 0)
+    else:
+        smem = max(1, cfg.num_stages - 1) * kv_bytes
+    threads = cfg.num_warps * hw.warp_size
+    regs = (cfg.BLOCK_M * ve * len(accs) + 2 * cfg.BLOCK_M * cfg.BLOCK_N) / threads
+    return {"shared_memory": int(smem), "registers_per_thread": int(math.ceil(regs)), "dims": dims}
+
+
+def check_config(kp: KernelPlan, cfg: TritonConfig, hw: HardwareTarget, sizes: dict | None, dtype) -> dict:
+    """Reject what cannot fit ``hw`` before compiling; returns the estimates."""
+    where = f"target {hw.kind}:{hw.arch} ({hw.name})"
+    for k in ("BLOCK_M", "BLOCK_N"):
+        v = getattr(cfg, k)
+        if not _pow2(v) or v < 16:
+            raise UnsupportedError(f"{k}={v} on {where}: must be a power of two >= 16 (tl.dot tiles); "
+                                   f"try {max(16, 1 << (max(v, 1).bit_length() - 1))}")
+    if not _pow2(cfg.num_warps):
+        raise UnsupportedError(f"num_warps={cfg.num_warps} on {where}: must be a power of two")
+    threads = cfg.num_warps * hw.warp_size
+    if threads > hw.max_threads_per_block:
+        raise UnsupportedError(f"num_warps={cfg.num_warps} on {where}: {threads} threads (warp size "
+                               f"{hw.warp_size}) exceed the limit of {hw.max_threads_per_block} per block; use "
+                               f"num_warps <= {hw.max_threads_per_block // hw.warp_size}")
+    if dtype is not None:
+        name = str(dtype).replace("torch.", "")
+        if name not in hw.dtypes:
+            raise UnsupportedError(f"dtype {name} is not supported on {where}; it supports "
+                                   f"{', '.join(hw.dtypes)}")
+    if sizes:
+        for i in (*kp.contract, *kp.value):
+            if i in sizes and _block(sizes[i]) > MAX_HEAD_DIM:
+                raise UnsupportedError(f"head dim {i}={sizes[i]} on {where}: one program holds at most "
+                                       f"{MAX_HEAD_DIM} (padded to a power of two); split the head dim")
+    est = estimate(kp, cfg, sizes, dtype, hw)
+    if est["shared_memory"] > hw.shared_memory_per_block:
+        raise UnsupportedError(
+            f"config BLOCK_M={cfg.BLOCK_M}, BLOCK_N={cfg.BLOCK_N}, num_stages={cfg.num_stages} needs at least "
+            f"{est['shared_memory']} bytes of shared memory per block on {where}; the limit is "
+            f"{hw.shared_memory_per_block} bytes: lower BLOCK_N, BLOCK_M or num_stages")
+    if est["registers_per_thread"] > hw.max_registers_per_thread:
+        raise UnsupportedError(
+            f"config BLOCK_M={cfg.BLOCK_M}, BLOCK_N={cfg.BLOCK_N}, num_warps={cfg.num_warps} needs at least "
+            f"{est['registers_per_thread']} fp32 registers per thread for the accumulators and score tiles on "
+            f"{where}; the limit is {hw.max_registers_per_thread}: lower BLOCK_M or BLOCK_N, or raise num_warps")
+    return est
+
+
+def check_compiled(res: dict, hw: HardwareTarget, cfg: TritonConfig) -> None:
+    """The compiled kernel's own numbers against the target's limits."""
+    where = f"target {hw.kind}:{hw.arch} ({hw.name})"
+    if res.get("shared_memory", 0) > hw.shared_memory_per_block:
+        raise UnsupportedError(
+            f"the compiled kernel uses {res['shared_memory']} bytes of shared memory on {where}, over the limit "
+            f"of {hw.shared_memory_per_block} per block (config {cfg.to_json()}): lower num_stages or BLOCK_N")
+    regs = res.get("registers")
+    if regs is not None and regs > hw.max_registers_per_thread:
+        raise UnsupportedError(f"the compiled kernel uses {regs} registers per thread on {where}, over the "
+                               f"limit of {hw.max_registers_per_thread}")

@@ -1,0 +1,58 @@
+"""`einattn compile` writes the kernel source, the compiled files and report.json; `einattn targets` lists."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from einattn.cli import main
+
+pytest.importorskip("triton")
+
+SHAPE = "b=1,h=4,m=128,n=128,d=64,e=64"
+
+
+@pytest.mark.parametrize("target,suffixes,marker", [
+    ("cuda:sm_90", ("ptx", "cubin"), ".target sm_90a"),
+    ("rocm:gfx942", ("amdgcn", "hsaco"), "gfx942"),
+])
+def test_compile_writes_files_and_report(tmp_path, capsys, target, suffixes, marker):
+    out = tmp_path / "k"
+    rc = main(["compile", "causal", "--target", target, "--shape", SHAPE,
+               "--config", "BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=2", "--dtype", "float16", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    for f in rep["files"]:
+        assert (out / f).exists(), f
+    name = rep["kernel"]
+    assert marker in (out / f"{name}.{suffixes[0]}").read_text()
+    assert (out / f"{name}.{suffixes[1]}").read_bytes()[:4] == b"\x7fELF"
+    assert "tl.dot" in (out / "kernel.py").read_text()
+    assert rep["config"] == {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    assert rep["target"]["target"] == target and rep["dtype"] == "float16"
+    assert rep["plan"]["passes"] == 1 and rep["plan"]["schedule"][0]["mask"] == "n <= m"
+    assert rep["resources"]["shared_memory"] > 0 and rep["resources"]["registers"] > 0
+    assert "shared memory" in capsys.readouterr().out
+
+
+def test_compile_rejects_config_that_cannot_fit(tmp_path, capsys):
+    rc = main(["compile", "softmax", "--target", "rocm:gfx90a", "--shape", SHAPE,
+               "--config", "BLOCK_N=1024,num_stages=4", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "UnsupportedError" in err and "limit is 65536" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_compile_needs_a_gpu_target(tmp_path, capsys):
+    assert main(["compile", "softmax", "--target", "cpu", "--shape", SHAPE, "--out", str(tmp_path)]) == 2
+    assert "cuda" in capsys.readouterr().err
+
+
+def test_targets_lists_hardware_and_host(capsys):
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("A100", "H100", "MI250X", "MI300X", "cuda:sm_90", "rocm:gfx942", "host:"):
+        assert name in out
+    assert main(["targets", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["host"]["cpu"] and all("sources" in t for t in data["targets"])
