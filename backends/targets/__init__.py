@@ -1,0 +1,1 @@
+"""Hardware facts of the targets einattn compiles for (data, not literals in backends)."""
