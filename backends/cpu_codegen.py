@@ -1,0 +1,520 @@
+"""Rendering a KernelPlan into the TVMScript source of one fused CPU kernel.
+
+The template (``templates/cpu/attention.tvmscript.jinja``) is a skeleton of
+loops; this module prepares the facts it loops over (buffers, the ops of each
+pass in two variants, the contexts of the expression hook) and the config. The
+user's expressions are printed only by :func:`einattn.backends.cpu_expr.lower`,
+which the template calls.
+
+Two variants of each key-tile body are rendered:
+- ``fast``: the query tile and the key tile are full and the pass's mask is true
+  on the whole tile: no predicate, no bounds, no clamped reads;
+- ``general``: everything else (diagonal tiles, tails): the predicate is
+  evaluated per element, reads past the last row or key are clamped, reductions
+  stop at the last valid key.
+A key tile on which the mask is false everywhere is skipped when the plan says
+that this leaves every reduction at its identity (``KernelPass.skip_empty``).
+Which case a tile is in is decided from its corners with ``masks.affine``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.resources
+from dataclasses import dataclass
+
+from einattn.compiler import Kind, KernelPlan
+from einattn.compiler.masks import affine
+from einattn.ir import COMPARE, Expr, Op, Reduce, Sub, UnsupportedError
+
+from .cpu_expr import Ctx, fconst, inf_flags, lower
+
+TEMPLATE = "attention.tvmscript.jinja"
+
+
+@dataclass(frozen=True, slots=True)
+class CpuConfig:
+    """Tunables of the CPU kernel (all positive ints; see the template's header).
+
+    ``BLOCK_M`` query rows per task, ``BLOCK_N`` keys per streamed tile,
+    ``SCORE_RJ`` x ``SCORE_RI`` the keys x queries of one score register tile,
+    ``PV_RM`` x ``PV_E`` the query rows x value columns of one P.V register tile.
+    The defaults keep 16 AVX-512 accumulators per register tile.
+    """
+    BLOCK_M: int = 64
+    BLOCK_N: int = 64
+    SCORE_RJ: int = 4
+    SCORE_RI: int = 64
+    PV_RM: int = 4
+    PV_E: int = 64
+
+    @staticmethod
+    def keys() -> dict[str, type]:
+        return {f.name: int for f in dataclasses.fields(CpuConfig)}
+
+    def check(self, vec: int) -> None:
+        """Hard constraints, with what to change."""
+        rules = [
+            (self.SCORE_RI % vec == 0, f"SCORE_RI={self.SCORE_RI} must be a multiple of the vector width {vec}"),
+            (self.BLOCK_M % self.SCORE_RI == 0, f"BLOCK_M={self.BLOCK_M} must be a multiple of SCORE_RI={self.SCORE_RI}"),
+            (self.BLOCK_N % self.SCORE_RJ == 0, f"BLOCK_N={self.BLOCK_N} must be a multiple of SCORE_RJ={self.SCORE_RJ}"),
+            (self.BLOCK_M % self.PV_RM == 0, f"BLOCK_M={self.BLOCK_M} must be a multiple of PV_RM={self.PV_RM}"),
+            (self.BLOCK_M <= 1024 and self.BLOCK_N <= 1024, "BLOCK_M and BLOCK_N must be <= 1024"),
+        ]
+        for ok, why in rules:
+            if not ok:
+                raise UnsupportedError(f"CPU config {dataclasses.asdict(self)}: {why}")
+
+
+# -- template loading ---------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def template_source() -> str:
+    return (importlib.resources.files("einattn.templates") / "cpu" / TEMPLATE).read_text()
+
+
+def template_hash() -> str:
+    return hashlib.sha256(template_source().encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _template():
+    import jinja2
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.from_string(template_source())
+
+
+# -- the view the template loops over -------------------------------------------------
+
+@dataclass
+class OpView:
+    kind: str                       # SCORE MAP ROW_REDUCE VALUE RUNNING
+    name: str
+    expr: Expr | None = None
+    ctx: Ctx | None = None
+    reduce: str = ""                # sum / max / min
+    identity: str = ""
+    corr: list = dataclasses.field(default_factory=list)       # [(stabiliser, expr, ctx)] computed first
+    rescale: list = dataclasses.field(default_factory=list)    # stabiliser names multiplying the state
+    weights: str = ""               # VALUE: tile buffer of the weights
+    nkeys: str = "BLOCK_N"          # extent of loops over valid keys
+    a: Expr | None = None           # SCORE: query-side read / VALUE: V read
+    b: Expr | None = None           # SCORE: key-side read
+    bctx: Ctx | None = None
+    F: int = 0                      # SCORE: contraction size
+    reduces: list = dataclasses.field(default_factory=list)     # MAP: ROW_REDUCEs done in its loop
+    fused: bool = False             # ROW_REDUCE: done in the preceding MAP's loop
+
+
+@dataclass
+class PassView:
+    index: int
+    init: list                      # [(buffer, fill text)]
+    stabilisers: list               # names whose previous value is kept for the rescale
+    visit: str                      # condition to process a key tile (not provably empty)
+    fast_cond: str
+    fast: list
+    general: list
+    epilogue: list                  # [OpView] of ROW ops
+
+
+class KernelView:
+    """Everything the template needs, derived from a KernelPlan, static sizes and the config."""
+
+    def __init__(self, kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int):
+        self.kp, self.cfg, self.static, self.vec = kp, cfg, dict(static), vec
+        c = kp.cascade
+        self.c = c
+        q, n = kp.query, kp.key
+        if len(kp.value) > 1:
+            raise UnsupportedError(f"{c.name}: the CPU backend supports one value index, found {kp.value}")
+        for o in c.outputs:
+            s = c.stmt(o)
+            if s is None or q not in s.indices:
+                raise UnsupportedError(f"{c.name}: output '{o}' must carry the query index '{q}' on the CPU backend")
+        self.rowdims = set(kp.grid) | {q}
+        self.ops = {op.name: op for p in kp.passes for op in p.loop + p.epilogue}
+        self.ops.update({op.name: op for op in kp.prologue})
+
+        # sizes, inputs, outputs, params
+        dyn = []
+        for t in c.inputs:
+            for i in t.indices:
+                if i not in self.static and i not in dyn:
+                    dyn.append(i)
+        self.size_vars = [f"sz_{i}" for i in dyn]
+        self.inputs = []
+        for t in c.inputs:
+            shape = [self.size(i) for i in t.indices]
+            # unit innermost stride where rows are read as vectors (a compiled-in last dim)
+            unit = bool(t.indices) and t.indices[-1] in self.static
+            svars = [f"st_{t.name}_{k}" for k in range(len(t.indices) - (1 if unit else 0))]
+            strides = svars + (["1"] if unit else [])
+            self.inputs.append({"name": t.name, "shape": _tup(shape), "stride_vars": svars, "strides": _tup(strides)})
+        self.outputs = [{"name": o, "shape": _tup([self.size(i) for i in c.stmt(o).indices]),
+                         "dims": c.stmt(o).indices} for o in c.outputs]
+        self.params = [p.name for p in c.params]
+        self.args = ([f"h_{t.name}: T.handle" for t in c.inputs] + [f"h_out_{o}: T.handle" for o in c.outputs]
+                     + [f"p_{p}: T.float32" for p in self.params])
+        # grid decomposition: task = ((g0 * G1 + g1) ...) * qtiles + qt
+        self.qtiles = f"T.floordiv({self.size(q)} + {cfg.BLOCK_M - 1}, {cfg.BLOCK_M})"
+        self.ktiles = f"T.floordiv({self.size(n)} + {cfg.BLOCK_N - 1}, {cfg.BLOCK_N})"
+        self.sz_query, self.sz_key = self.size(q), self.size(n)
+        ntask = self.qtiles
+        self.grid = []
+        rest = f"T.floordiv(task, {self.qtiles})"
+        for k, g in enumerate(reversed(kp.grid)):
+            ntask = f"{ntask} * {self.size(g)}"
+            last = k == len(kp.grid) - 1
+            self.grid.insert(0, {"var": f"g_{g}", "expr": rest if last else f"T.floormod({rest}, {self.size(g)})"})
+            rest = f"T.floordiv({rest}, {self.size(g)})"
+        self.num_tasks = ntask
+
+        # buffers: rows (state, epilogue values, prev/corr), tiles, score operands
+        self.rows: dict[str, tuple[str, ...]] = {}
+        self.tiles: set[str] = set()
+        self.buffers = []
+        for op in kp.prologue:
+            self.add_row(op.name, op.dims)
+        for p in kp.passes:
+            for op in p.loop:
+                if op.kind in (Kind.SCORE, Kind.MAP):
+                    self.add_tile(op.name)
+                elif op.kind is Kind.VALUE:
+                    self.add_row(op.name, op.dims)
+                    if not _tile_read(op.expr, self.tiles):
+                        self.add_tile(op.name + "__w")
+                else:
+                    self.add_row(op.name, op.dims)
+                for m, _ in op.rescale:
+                    if "prev__" + m not in self.rows:
+                        self.add_row("prev__" + m, (q,))
+                        self.add_row("corr__" + m, (q,))
+            for op in p.epilogue:
+                self.add_row(op.name, op.dims)
+        self.scores = []
+        for p in kp.passes:
+            for op in p.loop:
+                if op.kind is Kind.SCORE and op.name not in {s["name"] for s in self.scores}:
+                    F = self.static[op.contract]
+                    self.buffers.append({"name": f"a_{op.name}", "shape": _tup([str(F), str(cfg.BLOCK_M)])})
+                    ctx = Ctx(coords=self.coords(m=f"T.min(m0 + li, {self.size(q)} - 1)", f="lf", fname=op.contract),
+                              local={}, lane="lf", lanes=1, fast=False, tag=f"sa_{op.name}_")
+                    self.scores.append({"name": op.name, "F": F, "a": op.a, "scalars": op.expr, "ctx": ctx,
+                                        "ctx1": dataclasses.replace(ctx, tag=f"sc_{op.name}_")})
+        self.prologue = [self.row_op(op, "pro") for op in kp.prologue]
+        self._staged: dict[int, dict] = {}
+        self.passes = [self.pass_view(p) for p in kp.passes]
+        self.stores = []
+        for o in self.outputs:
+            dims = o["dims"]
+            feat = [d for d in dims if d not in self.rowdims]
+            self.stores.append({"name": o["name"], "feat": [(f"l_{d}", self.static[d]) for d in feat],
+                                "dst": ", ".join(self.coord_out(d) for d in dims),
+                                "src": self.row_ref(o["name"])})
+
+    # -- helpers ------------------------------------------------------------------
+    def size(self, i: str) -> str:
+        return str(self.static[i]) if i in self.static else f"sz_{i}"
+
+    def add_row(self, name: str, dims: tuple[str, ...]) -> None:
+        if name in self.rows:
+            return
+        feat = [d for d in dims if d not in self.rowdims]
+        for d in feat:
+            if d not in self.static:
+                raise UnsupportedError(f"{self.c.name}: per-row value '{name}' carries '{d}', which is neither "
+                                       f"a grid, query, contraction nor value index")
+        local = ([self.kp.query] if self.kp.query in dims else []) + feat
+        self.rows[name] = tuple(local)
+        shape = [str(self.cfg.BLOCK_M) if d == self.kp.query else str(self.static[d]) for d in local] or ["1"]
+        self.buffers.append({"name": f"r_{name}", "shape": _tup(shape)})
+
+    def add_tile(self, name: str) -> None:
+        if name in self.tiles:
+            return
+        self.tiles.add(name)
+        self.buffers.append({"name": f"t_{name}", "shape": _tup([str(self.cfg.BLOCK_N), str(self.cfg.BLOCK_M)])})
+
+    def row_ref(self, name: str) -> str:
+        loc = {self.kp.query: "li"} | {d: f"l_{d}" for d in self.static}
+        return f"r_{name}[{', '.join(loc[d] for d in self.rows[name]) or '0'}]"
+
+    def coord_out(self, d: str) -> str:
+        if d in self.kp.grid:
+            return f"g_{d}"
+        if d == self.kp.query:
+            return "m0 + li"
+        return f"l_{d}"
+
+    def coords(self, m: str = "m0 + li", n: str = "n0 + lj", f: str | None = None, fname: str | None = None,
+               extra: dict | None = None) -> dict:
+        out = {g: f"g_{g}" for g in self.kp.grid}
+        out[self.kp.query] = m
+        out[self.kp.key] = n
+        for d in self.static:
+            out[d] = f"l_{d}"
+        if fname is not None:
+            out[fname] = f
+        out.update(extra or {})
+        return out
+
+    def ctx(self, *, tag: str, lane: str, lanes: int, fast: bool, coords: dict, flags: dict,
+            mask=None, local_extra: dict | None = None, alias: dict | None = None) -> Ctx:
+        local = {self.kp.query: "li", "__query": "li", "__key": "lj"} | {d: f"l_{d}" for d in self.static}
+        local.update(local_extra or {})
+        return Ctx(coords=coords, local=local, lane=lane, lanes=lanes, fast=fast, tiles=frozenset(self.tiles),
+                   rows=dict(self.rows), flags=dict(flags), mask=mask, tag=tag, alias=dict(alias or {}))
+
+    def row_op(self, op, where: str, flags: dict | None = None) -> OpView:
+        """An elementwise per-row statement, computed for the valid rows (epilogue, prologue)."""
+        feat = [d for d in self.rows[op.name] if d != self.kp.query]
+        if len(feat) > 1:
+            raise UnsupportedError(f"{self.c.name}: row value '{op.name}' has several feature indices {feat}; "
+                                   f"the CPU backend supports one")
+        cx = self.ctx(tag=f"s_{where}_{op.name}_", lane=f"l_{feat[-1]}" if feat else "li",
+                      lanes=self.static[feat[-1]] if feat else self.cfg.BLOCK_M, fast=False,
+                      coords=self.coords(), flags=flags or {})
+        v = OpView("ROW", op.name, op.expr, cx)
+        v.feat = [(f"l_{d}", self.static[d]) for d in feat]
+        v.has_query = self.kp.query in self.rows[op.name]
+        v.dst = self.row_ref(op.name)
+        return v
+
+    # -- passes -------------------------------------------------------------------
+    def pass_view(self, p) -> PassView:
+        kp, cfg = self.kp, self.cfg
+        init = []
+        stabs: list[str] = []
+        for op in p.loop:
+            if op.kind is Kind.ROW_REDUCE:
+                init.append((f"r_{op.name}", fconst((op.reduce or Reduce.SUM).identity), self.rows[op.name]))
+            elif op.kind is Kind.VALUE:
+                init.append((f"r_{op.name}", fconst(0.0), self.rows[op.name]))
+            elif op.kind is Kind.RUNNING:
+                init.append((f"r_{op.name}", fconst(-float("inf")), self.rows[op.name]))
+            for m, _ in op.rescale:
+                if m not in stabs:
+                    stabs.append(m)
+        init = [{"buf": b, "fill": v, "feat": [(f"l_{d}", self.static[d]) for d in dims if d != kp.query],
+                 "has_query": kp.query in dims} for b, v, dims in init]
+        full, empty = (None, None) if p.mask is None else classify_tile(p.mask, kp.query, kp.key)
+        visit = "True" if (p.mask is None or not p.skip_empty) else f"T.Not({empty})"
+        fast_cond = f"T.And(mv == {cfg.BLOCK_M}, nv == {cfg.BLOCK_N})"
+        if full is not None:
+            fast_cond = f"T.And({fast_cond}, {full})"
+        fast = self.body(p, "fast")
+        general = self.body(p, "general")
+        # rows completed by this pass: conservative flags for later readers
+        epi = [self.row_op(op, f"e{p.index}") for op in p.epilogue]
+        return PassView(p.index, init, stabs, visit, fast_cond, fast, general, epi)
+
+    def body(self, p, variant: str) -> list[OpView]:
+        kp, cfg = self.kp, self.cfg
+        fast = variant == "fast"
+        mask = (p.mask, True) if (fast and p.mask is not None) else None
+        q = kp.query
+        if fast:
+            m_c, n_c = "m0 + li", "n0 + lj"
+        else:
+            m_c, n_c = f"T.min(m0 + li, {self.size(q)} - 1)", "n0 + lj"
+        flags: dict = {}
+        # rows finished before this pass may hold -inf (empty reductions)
+        for name in self.rows:
+            flags[name] = (True, True)
+        here = {op.name for op in p.loop}
+        for name in here:
+            flags.pop(name, None)
+        out = []
+        corr_done: set[str] = set()
+        nkeys = str(cfg.BLOCK_N) if fast else "nv"
+
+        def sub(e: Expr) -> Expr:
+            if mask is None:
+                return e
+            from einattn.compiler.masks import substitute
+            return substitute(e, *mask)
+
+        alias: dict[str, str] = {}
+        if p.index not in self._staged:
+            self._staged[p.index] = self.staged_reads(p)
+        staged = self._staged[p.index]
+        out_stage = []
+        sctx = self.ctx(tag=f"s_{variant}_x_", lane="lj", lanes=cfg.BLOCK_N, fast=True, flags={},
+                        coords=self.coords(m=m_c, n=n_c if fast else f"T.min(n0 + lj, {self.size(kp.key)} - 1)"))
+        for e, buf in staged.items():
+            out_stage.append((buf, e, sctx))
+        for op in p.loop:
+            tag = f"s_{variant}_{op.name}_"
+            tctx = self.ctx(tag=tag, lane="li", lanes=cfg.BLOCK_M, fast=True, flags=flags, mask=mask,
+                            coords=self.coords(m=m_c, n=n_c), alias=alias)
+            tctx = dataclasses.replace(tctx, staged=staged)
+            if op.kind is Kind.SCORE:
+                n_k = "n0 + jt * {RJ} + jj".format(RJ=cfg.SCORE_RJ)
+                if not fast:
+                    n_k = f"T.min({n_k}, {self.size(kp.key)} - 1)"
+                bctx = self.ctx(tag=tag + "k", lane="ii", lanes=cfg.SCORE_RI, fast=True, flags={},
+                                coords=self.coords(m=m_c, n=n_k, f="lf", fname=op.contract))
+                v = OpView("SCORE", op.name, b=op.b, bctx=bctx, F=self.static[op.contract])
+                flags[op.name] = (False, False)
+            elif op.kind is Kind.MAP:
+                e = sub(op.expr)
+                flags[op.name] = inf_flags(e, flags)
+                src = _tile_read(e, self.tiles)
+                if src is not None and e.arg[1] == tuple(Sub(d) for d in op.dims):
+                    alias[op.name] = alias.get(src, src)       # a copy: read the source tile instead
+                    continue
+                v = OpView("MAP", op.name, op.expr, tctx, nkeys=nkeys)
+            elif op.kind is Kind.ROW_REDUCE:
+                r = op.reduce or Reduce.SUM
+                v = OpView("ROW_REDUCE", op.name, op.expr, tctx, reduce=r.name.lower(), nkeys=nkeys)
+                flags[op.name] = inf_flags(sub(op.expr), flags)
+                prev = out[-1] if out else None
+                if prev is not None and prev.kind == "MAP" and op.name not in prev.expr.reads():
+                    v.fused = True               # reduced in the MAP's loop: one pass over the tile
+                    prev.reduces.append(v)
+            elif op.kind is Kind.RUNNING:
+                rctx = dataclasses.replace(tctx, tag=tag)
+                v = OpView("RUNNING", op.name, op.expr, rctx)
+                flags[op.name] = inf_flags(sub(op.expr), flags)
+            else:  # VALUE
+                w = _tile_read(op.expr, self.tiles)
+                v = OpView("VALUE", op.name, op.expr, tctx, nkeys=nkeys)
+                v.weights = f"t_{w}" if w else f"t_{op.name}__w"
+                e_name = kp.value[0]
+                v.a = op.a
+                v.chunks = [(e0, ew, self.ctx(tag=f"{tag}v{e0}_", lane="ee", lanes=ew, fast=True, flags={},
+                                              coords=self.coords(m=m_c, n="n0 + lj", extra={e_name: f"{e0} + ee"})))
+                            for e0, ew in self.e_chunks]
+            if op.kind in (Kind.ROW_REDUCE, Kind.VALUE):
+                for m, base in op.rescale:
+                    if m not in corr_done:
+                        corr_done.add(m)
+                        fl = dict(flags)
+                        fl["prev__" + m] = (True, False)
+                        d = Expr(Op.SUB, (Expr.read("prev__" + m, (Sub(q),)), Expr.read(m, (Sub(q),))))
+                        e = Expr(Op.EXP if base == "exp" else Op.EXP2, (d,))
+                        cctx = self.ctx(tag=f"s_{variant}_corr_{m}_", lane="li", lanes=cfg.BLOCK_M, fast=True,
+                                        flags=fl, coords=self.coords(m=m_c, n=n_c))
+                        v.corr.append((f"r_corr__{m}", e, cctx))
+                    v.rescale.append(f"r_corr__{m}")
+            out.append(v)
+        if out_stage:
+            first = OpView("STAGE", "inputs")
+            first.stage = out_stage
+            # after the score tiles (which do not read them), before the first tile expression
+            k = next((j for j, v in enumerate(out) if v.kind != "SCORE"), len(out))
+            out.insert(k, first)
+        return out
+
+    def staged_reads(self, p) -> dict:
+        """Input reads of this pass's tile expressions whose last subscript is the key
+        index and which also carry the query index (a dense [.., m, n] input)."""
+        kp = self.kp
+        found: dict = {}
+        for op in p.loop:
+            if op.kind in (Kind.MAP, Kind.ROW_REDUCE, Kind.VALUE):
+                for e in op.expr.walk():
+                    if e.op is Op.READ and self.c.input(e.arg[0]) is not None:
+                        subs = e.arg[1]
+                        if subs and subs[-1] == Sub(kp.key) and any(x.index == kp.query for x in subs):
+                            if e not in found:
+                                name = f"x_{p.index}_{len(found)}"
+                                found[e] = name
+                                self.buffers.append({"name": name, "shape": _tup([str(self.cfg.BLOCK_M),
+                                                                                  str(self.cfg.BLOCK_N)])})
+        return found
+
+    # -- e chunks of the P.V register tiles ------------------------------------------
+    @property
+    def e_chunks(self) -> list[tuple[int, int]]:
+        if not self.kp.value:
+            return []
+        E = self.static[self.kp.value[0]]
+        step = self.cfg.PV_E
+        return [(e0, min(step, E - e0)) for e0 in range(0, E, step)]
+
+
+def _tup(xs) -> str:
+    xs = list(xs)
+    return "(" + ", ".join(xs) + ("," if len(xs) == 1 else "") + ")"
+
+
+def _tile_read(e: Expr, tiles: set[str]) -> str | None:
+    return e.arg[0] if e.op is Op.READ and e.arg[0] in tiles else None
+
+
+# -- tile classification from the corners ------------------------------------------
+
+def classify_tile(pred: Expr, query: str, key: str) -> tuple[str, str]:
+    """TIR texts (full, empty) of a predicate affine in (query, key) over the tile
+    [m0, m0 + mv) x [n0, n0 + nv), from the extremes of each atom at the corners."""
+    lo = {query: 'T.Cast("float32", m0)', key: 'T.Cast("float32", n0)'}
+    hi = {query: 'T.Cast("float32", m0 + mv - 1)', key: 'T.Cast("float32", n0 + nv - 1)'}
+
+    def const_text(e: Expr) -> str:
+        ctx = Ctx(coords={}, local={}, lane="li", lanes=1, fast=False)
+        return lower(e, ctx).value
+
+    def rng(a) -> tuple[str, str]:
+        parts_min, parts_max = [const_text(a.const)], [const_text(a.const)]
+        for idx, coef in ((query, a.cm), (key, a.cn)):
+            if coef == 0:
+                continue
+            small, big = (lo[idx], hi[idx]) if coef > 0 else (hi[idx], lo[idx])
+            parts_min.append(f"{fconst(coef)} * {small}")
+            parts_max.append(f"{fconst(coef)} * {big}")
+        return "(" + " + ".join(parts_min) + ")", "(" + " + ".join(parts_max) + ")"
+
+    def go(e: Expr) -> tuple[str, str]:
+        if e.op is Op.AND:
+            (f1, e1), (f2, e2) = go(e.src[0]), go(e.src[1])
+            return f"T.And({f1}, {f2})", f"T.Or({e1}, {e2})"
+        if e.op is Op.OR:
+            (f1, e1), (f2, e2) = go(e.src[0]), go(e.src[1])
+            return f"T.Or({f1}, {f2})", f"T.And({e1}, {e2})"
+        if e.op is Op.NOT:
+            f1, e1 = go(e.src[0])
+            return e1, f1
+        assert e.op in COMPARE, e
+        a, b = affine(e.src[0], query, key), affine(e.src[1], query, key)
+        from einattn.compiler.masks import Affine
+        d = Affine(a.cm - b.cm, a.cn - b.cn, Expr(Op.SUB, (a.const, b.const)))
+        dmin, dmax = rng(d)
+        z = "T.float32(0.0)"
+        table = {
+            Op.LT: (f"({dmax} < {z})", f"({dmin} >= {z})"),
+            Op.LE: (f"({dmax} <= {z})", f"({dmin} > {z})"),
+            Op.GT: (f"({dmin} > {z})", f"({dmax} <= {z})"),
+            Op.GE: (f"({dmin} >= {z})", f"({dmax} < {z})"),
+            Op.EQ: (f"T.And({dmin} == {z}, {dmax} == {z})", f"T.Or({dmax} < {z}, {dmin} > {z})"),
+            Op.NE: (f"T.Or({dmax} < {z}, {dmin} > {z})", f"T.And({dmin} == {z}, {dmax} == {z})"),
+        }
+        return table[e.op]
+
+    return go(pred)
+
+
+# -- entry point --------------------------------------------------------------------
+
+def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int) -> str:
+    """TVMScript source of the fused forward kernel (one ``main`` prim_func)."""
+    cfg.check(vec)
+    view = KernelView(kp, cfg, static, vec)
+    return _template().render(k=view, cfg=cfg, lower=lower, VEC=vec)
+
+
+def static_indices(kp: KernelPlan) -> tuple[str, ...]:
+    """Indices whose sizes are compiled in (the shape bucket): contraction, value and
+    per-row feature indices. Grid, query and key sizes stay runtime values."""
+    c = kp.cascade
+    out = dict.fromkeys(kp.contract + kp.value)
+    rowdims = set(kp.grid) | {kp.query, kp.key}
+    for s in c.stmts:
+        if kp.key not in s.all_indices:
+            for d in s.indices:
+                if d not in rowdims:
+                    out[d] = None
+    return tuple(out)
