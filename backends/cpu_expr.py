@@ -29,7 +29,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from einattn.ir import COMPARE, Expr, Op, UnsupportedError
+from einattn.compiler.infinity import Flags, inf_flags
+from einattn.ir import Expr, Op, UnsupportedError
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -40,7 +41,6 @@ _CMP = {Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.EQ: "==", Op.NE: "!
 _NEG_INF = '(-T.infinity("float32"))'
 _POS_INF = 'T.infinity("float32")'
 
-Flags = tuple[bool, bool]        # (may be -inf, may be +inf)
 
 
 @dataclass(frozen=True)
@@ -105,47 +105,6 @@ def fconst(v: float) -> str:
     if math.isinf(v):
         return _POS_INF if v > 0 else _NEG_INF
     return f"T.float32({float(v)!r})"
-
-
-def inf_flags(e: Expr, flags: Mapping[str, Flags]) -> Flags:
-    """Whether ``e`` may be -inf / +inf, reads and params being finite unless ``flags`` says.
-
-    Conservative: used only to decide where the masked-row rules are needed.
-    """
-    op = e.op
-    if op is Op.CONST:
-        return (e.arg == -math.inf, e.arg == math.inf)
-    if op in (Op.PARAM, Op.INDEX):
-        return (False, False)
-    if op is Op.READ:
-        return flags.get(e.arg[0], (False, False))
-    if op is Op.RUNNING:
-        return inf_flags(e.src[0], flags)
-    if op in COMPARE or op in (Op.AND, Op.OR, Op.NOT):
-        return (False, False)
-    s = [inf_flags(x, flags) for x in e.src]
-    if op is Op.ADD:
-        return (s[0][0] or s[1][0], s[0][1] or s[1][1])
-    if op is Op.SUB:
-        return (s[0][0] or s[1][1], s[0][1] or s[1][0])
-    if op is Op.NEG:
-        return (s[0][1], s[0][0])
-    if op is Op.MAX:
-        return (s[0][0] and s[1][0], s[0][1] or s[1][1])
-    if op is Op.MIN:
-        return (s[0][0] or s[1][0], s[0][1] and s[1][1])
-    if op is Op.WHERE:
-        return (s[1][0] or s[2][0], s[1][1] or s[2][1])
-    if op in (Op.EXP, Op.EXP2, Op.RELU, Op.SOFTPLUS, Op.SQRT):
-        return (False, s[0][1])
-    if op in (Op.SIGMOID, Op.TANH, Op.SIGN):
-        return (False, False)
-    if op is Op.ABS:
-        return (False, s[0][0] or s[0][1])
-    if op in (Op.LOG, Op.LOG2):
-        return (True, s[0][1])
-    anyinf = any(a or b for a, b in s)
-    return (anyinf, anyinf)
 
 
 class _Printer:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from einattn.ir import Cascade, Expr, Op, Reduce, UnsupportedError
+from einattn.compiler.infinity import Flags, cascade_inf_flags, inf_flags
+from einattn.ir import Cascade, Expr, Op, UnsupportedError
 
 NEG_INF = 'float("-inf")'
 
@@ -43,36 +44,13 @@ def const_text(v: float) -> str:
     return repr(float(v))
 
 
-def may_be_neg_inf(c: Cascade) -> dict[str, bool]:
-    """Per statement: can its value be -inf? (max reductions start there; masks put it there)."""
-    flags: dict[str, bool] = {t.name: False for t in c.inputs}
-    for s in c.stmts:
-        if s.reduced and s.reduce is not Reduce.SUM:
-            flags[s.name] = True
-        else:
-            flags[s.name] = _neg_inf(s.expr, flags)
-    return flags
+def may_be_neg_inf(c: Cascade) -> dict[str, Flags]:
+    """Per statement: (may be -inf, may be +inf); max reductions start at -inf, masks put it there."""
+    return cascade_inf_flags(c)
 
 
-def _neg_inf(e: Expr, flags: dict[str, bool]) -> bool:
-    op = e.op
-    if op is Op.CONST:
-        return e.arg == -math.inf
-    if op in (Op.PARAM, Op.INDEX):
-        return False
-    if op is Op.READ:
-        return flags.get(e.arg[0], False)
-    if op is Op.RUNNING:
-        return _neg_inf(e.src[0], flags)
-    if op is Op.WHERE:
-        return _neg_inf(e.src[1], flags) or _neg_inf(e.src[2], flags)
-    if op in (Op.ADD, Op.SUB, Op.MUL, Op.MIN):
-        return any(_neg_inf(s, flags) for s in e.src)
-    if op is Op.DIV:
-        return _neg_inf(e.src[0], flags)
-    if op is Op.MAX:
-        return all(_neg_inf(s, flags) for s in e.src)
-    return op in (Op.LOG, Op.LOG2)
+def _neg_inf(e: Expr, flags: dict[str, Flags]) -> bool:
+    return inf_flags(e, flags)[0]
 
 
 def is_scalar(e: Expr) -> bool:

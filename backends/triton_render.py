@@ -17,14 +17,15 @@ run time instead (full / partial / empty) in one loop.
 from __future__ import annotations
 
 import importlib.resources
-import math
 from dataclasses import dataclass, field
 
 from einattn.compiler.kernel_plan import Kind, KernelPass, KernelPlan, TileOp
 from einattn.compiler.masks import affine, substitute
 from einattn.ir import Expr, Op, Reduce, UnsupportedError
 
-from .triton_expr import NEG_INF, Printer, _neg_inf, const_text
+from einattn.compiler.infinity import inf_flags
+
+from .triton_expr import NEG_INF, Printer, const_text
 
 TEMPLATE = ("triton", "attention.py.jinja")
 
@@ -149,7 +150,7 @@ class _Body:
             # with the predicate true, masked scores are finite again: fewer guarded subtractions
             for op in self.kpass.loop:
                 if op.kind is Kind.MAP:
-                    pr.neg_inf[op.name] = _neg_inf(self.expr(op.expr), pr.neg_inf)
+                    pr.neg_inf[op.name] = inf_flags(self.expr(op.expr), pr.neg_inf)
         self.lines.append("offs_n = start_n + tl.arange(0, BLOCK_N)")
         if not self.fast:
             self.lines.append("mask_n = offs_n < size_n")

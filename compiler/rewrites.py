@@ -206,13 +206,12 @@ def online_rescaling(c: Cascade) -> Cascade:
     pl = place(c)
     cands = [s.name for s in c.stmts
              if c.key not in s.all_indices or (s.reduce is Reduce.MAX and s.reduced == (c.key,))]
-    changed = False
     for m in cands:
         if not any(pl[x.name].pass_no > pl[m].pass_no and m in x.expr.reads() for x in c.stmts):
             continue
         r = _try_online(c, m)
         if r is not None:
-            c, changed = r, True
+            c = r
             pl = place(c)
     return c
 

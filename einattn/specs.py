@@ -54,5 +54,5 @@ def _load_file(p: Path) -> Spec:
     try:
         text = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"cannot read spec file", loc=Loc(str(p)), found=str(e)) from None
+        raise SpecError("cannot read spec file", loc=Loc(str(p)), found=str(e)) from None
     return parse_spec(text, str(p))

@@ -153,7 +153,7 @@ class Cascade:
         return g
 
     def __str__(self) -> str:
-        lines = [f"inputs: " + ", ".join(f"{t.name}[{','.join(t.indices)}]" for t in self.inputs)]
+        lines = ["inputs: " + ", ".join(f"{t.name}[{','.join(t.indices)}]" for t in self.inputs)]
         if self.params:
             lines.append("params: " + ", ".join(f"{p.name} = {p.expr}" for p in self.params))
         lines += [f"  {s}" for s in self.stmts]

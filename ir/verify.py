@@ -105,7 +105,7 @@ def verify(c: Cascade) -> Cascade:
             raise SpecError(f"'{s.name}' uses '{s.reduce.value}' but reduces nothing", loc=loc,
                             expected="an index on the right that is not on the left",
                             found=f"left [{', '.join(s.indices)}], right uses [{', '.join(s.expr.indices())}]",
-                            fix=f"drop an index from the left side, or use '=' for an elementwise statement")
+                            fix="drop an index from the left side, or use '=' for an elementwise statement")
         if expr_type(s.expr, loc) != NUM:
             raise SpecError(f"'{s.name}' stores a boolean", loc=loc, expected="a number",
                             fix="write where(cond, 1.0, 0.0)")
