@@ -7,6 +7,7 @@ first use, so importing einattn never imports TVM or Triton.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from einattn.ir import UnsupportedError
 
@@ -36,15 +37,8 @@ def get_backend(target: Target) -> Backend:
 
 
 def built_targets() -> tuple[str, ...]:
-    out = []
-    for kind, (mod, _, _) in REGISTRY.items():
-        try:
-            importlib.util.find_spec(mod)
-        except ModuleNotFoundError:
-            continue
-        if importlib.util.find_spec(mod) is not None:
-            out.append(kind)
-    return tuple(out)
+    """Target kinds whose backend module is present (importing it may still need TVM/Triton)."""
+    return tuple(kind for kind, (mod, _, _) in REGISTRY.items() if importlib.util.find_spec(mod) is not None)
 
 
 __all__ = ["TARGET_KINDS", "Backend", "Target", "check_config", "parse_target", "get_backend",
