@@ -120,10 +120,6 @@ class Evaluator:
         return _BINARY[op](self(e.src[0]), self(e.src[1]))
 
 
-def _full(t: torch.Tensor, axes, frame: Frame, keep) -> torch.Tensor:
-    return t.expand([frame.size(a) if a in keep else t.shape[j] for j, a in enumerate(axes)])
-
-
 def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
     """Value of ``s`` over the frame's ranges, dims = ``s.indices`` (contiguous)."""
     red = s.reduced
@@ -132,7 +128,7 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
     out_shape = [frame.size(i) for i in s.indices]
     if not red:
         v = ev(s.expr)
-        return v.expand(out_shape).contiguous() if v.dim() == len(axes) else v.expand(out_shape).contiguous()
+        return v.expand(out_shape).contiguous()
     if s.reduce is Reduce.SUM and not any(set(f.indices()) & set(red) for f in product_factors(s.expr)[1]):
         num, den = product_factors(s.expr)
         inner = [f for f in num if set(f.indices()) & set(red)]
@@ -151,10 +147,13 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
         out_axes = tuple(a for a in s.indices if a in used)
         r = torch.einsum(",".join(terms) + "->" + "".join(letters[a] for a in out_axes), *ops)
         r = align(r, out_axes, s.indices).expand(out_shape)
+        k = len(s.indices)           # outer factors: drop the (size-1) reduced axes
         for f in outer_num:
-            r = r * ev(f).reshape(ev(f).shape[:len(s.indices)])
+            v = ev(f)
+            r = r * v.reshape(v.shape[:k])
         for f in outer_den:
-            r = div_rule(r, ev(f).reshape(ev(f).shape[:len(s.indices)]).expand(r.shape))
+            v = ev(f)
+            r = div_rule(r, v.reshape(v.shape[:k]).expand(r.shape))
         return r.expand(out_shape).contiguous()
     # max/min, or a sum that divides by something depending on a reduced index
     # (evaluated elementwise so the 0/0 = 0 rule holds inside the sum)

@@ -5,7 +5,7 @@ import torch
 
 from einattn.backends import get_backend, parse_target
 from einattn.compiler import Plan, make_plan
-from einattn.ir import Loc, SpecError, UnsupportedError, bind_sizes, eval_params
+from einattn.ir import Loc, Op, SpecError, UnsupportedError, bind_sizes, eval_params
 
 from . import settings
 from .specs import Spec, load_spec
@@ -20,6 +20,7 @@ class Kernel:
         self.spec, self.plan, self.target, self.config = spec, plan, target, dict(config)
         self.params = dict(params)
         self._backend, self._artifact = backend, artifact
+        self._grouped = _grouped_reads(spec)
 
     def __repr__(self) -> str:
         return f"Kernel({self.spec.name!r}, target='{self.target}', passes={self.plan.passes})"
@@ -51,32 +52,36 @@ class Kernel:
         c = self.spec
         sizes = bind_sizes(c, {n: tuple(t.shape) for n, t in inputs.items()})
         params = eval_params(c, sizes, self.params)
-        _check_grouped_reads(c, sizes, params)
+        _check_grouped_reads(self._grouped, sizes, params)
         outs = self._backend.launch(self._artifact, inputs, sizes, params)
         res = tuple(outs[o] for o in c.outputs)
         return res[0] if len(res) == 1 else res
 
 
-def _check_grouped_reads(c, sizes: dict, params: dict) -> None:
+def _grouped_reads(c) -> tuple:
+    """(statement, tensor, subscript, declared dim) of every ``index // param`` input read."""
+    out = []
     for s in c.stmts:
         for e in s.expr.walk():
-            if e.op.value != "read" or c.input(e.arg[0]) is None:
-                continue
-            dims = c.input(e.arg[0]).indices
-            for j, sub in enumerate(e.arg[1]):
-                if sub.div is None:
-                    continue
-                r = params[sub.div]
-                if not float(r).is_integer() or r < 1:
-                    raise SpecError(f"param '{sub.div}' divides an index, so it must be a positive integer",
-                                    loc=s.loc, found=repr(r))
-                last = (sizes[sub.index] - 1) // int(r)
-                if last >= sizes[dims[j]]:
-                    raise SpecError(f"'{e.arg[0]}[.., {sub}, ..]' reads past the end of dim '{dims[j]}'",
-                                    loc=s.loc, expected=f"{dims[j]} > {last}",
-                                    found=f"{dims[j]} = {sizes[dims[j]]}, {sub.index} = {sizes[sub.index]}, "
-                                          f"{sub.div} = {int(r)}",
-                                    fix=f"make {sub.index} a multiple of {dims[j]} ({sub.div} = {sub.index} // {dims[j]})")
+            if e.op is Op.READ and c.input(e.arg[0]) is not None:
+                dims = c.input(e.arg[0]).indices
+                out += [(s, e.arg[0], sub, dims[j]) for j, sub in enumerate(e.arg[1]) if sub.div is not None]
+    return tuple(out)
+
+
+def _check_grouped_reads(reads, sizes: dict, params: dict) -> None:
+    for s, t, sub, dim in reads:
+        r = params[sub.div]
+        if not float(r).is_integer() or r < 1:
+            raise SpecError(f"param '{sub.div}' divides an index, so it must be a positive integer",
+                            loc=s.loc, found=repr(r))
+        last = (sizes[sub.index] - 1) // int(r)
+        if last >= sizes[dim]:
+            raise SpecError(f"'{t}[.., {sub}, ..]' reads past the end of dim '{dim}'",
+                            loc=s.loc, expected=f"{dim} > {last}",
+                            found=f"{dim} = {sizes[dim]}, {sub.index} = {sizes[sub.index]}, "
+                                  f"{sub.div} = {int(r)}",
+                            fix=f"make {sub.index} a multiple of {dim} ({sub.div} = {sub.index} // {dim})")
 
 
 def explain(spec) -> Plan:
