@@ -14,7 +14,7 @@ Two variants of each key-tile body are rendered:
   stop at the last valid key.
 A key tile on which the mask is false everywhere is skipped when the plan says
 that this leaves every reduction at its identity (``KernelPass.skip_empty``).
-Which case a tile is in is decided from its corners with ``masks.affine``.
+Which case a tile is in is decided from its corners (``masks.atom``, ``masks.tile_decision``).
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import importlib.resources
 from dataclasses import dataclass
 
 from einattn.compiler import Kind, KernelPlan
-from einattn.compiler.masks import affine
-from einattn.ir import COMPARE, Expr, Op, Reduce, Sub, UnsupportedError
+from einattn.compiler.masks import atom, tile_decision
+from einattn.ir import Expr, Op, Reduce, Sub, UnsupportedError
 
 from .cpu_expr import Ctx, fconst, inf_flags, lower
 
@@ -468,21 +468,8 @@ def classify_tile(pred: Expr, query: str, key: str) -> tuple[str, str]:
             parts_max.append(f"{fconst(coef)} * {big}")
         return "(" + " + ".join(parts_min) + ")", "(" + " + ".join(parts_max) + ")"
 
-    def go(e: Expr) -> tuple[str, str]:
-        if e.op is Op.AND:
-            (f1, e1), (f2, e2) = go(e.src[0]), go(e.src[1])
-            return f"T.And({f1}, {f2})", f"T.Or({e1}, {e2})"
-        if e.op is Op.OR:
-            (f1, e1), (f2, e2) = go(e.src[0]), go(e.src[1])
-            return f"T.Or({f1}, {f2})", f"T.And({e1}, {e2})"
-        if e.op is Op.NOT:
-            f1, e1 = go(e.src[0])
-            return e1, f1
-        assert e.op in COMPARE, e
-        a, b = affine(e.src[0], query, key), affine(e.src[1], query, key)
-        from einattn.compiler.masks import Affine
-        d = Affine(a.cm - b.cm, a.cn - b.cn, Expr(Op.SUB, (a.const, b.const)))
-        dmin, dmax = rng(d)
+    def leaf(e: Expr) -> tuple[str, str]:
+        dmin, dmax = rng(atom(e, query, key))
         z = "T.float32(0.0)"
         table = {
             Op.LT: (f"({dmax} < {z})", f"({dmin} >= {z})"),
@@ -494,7 +481,7 @@ def classify_tile(pred: Expr, query: str, key: str) -> tuple[str, str]:
         }
         return table[e.op]
 
-    return go(pred)
+    return tile_decision(pred, leaf, lambda a, b: f"T.And({a}, {b})", lambda a, b: f"T.Or({a}, {b})")
 
 
 # -- entry point --------------------------------------------------------------------

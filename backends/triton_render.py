@@ -20,7 +20,7 @@ import importlib.resources
 from dataclasses import dataclass, field
 
 from einattn.compiler.kernel_plan import Kind, KernelPass, KernelPlan, TileOp
-from einattn.compiler.masks import affine, substitute
+from einattn.compiler.masks import atom, substitute, tile_decision
 from einattn.ir import Expr, Op, Reduce, UnsupportedError
 
 from einattn.compiler.infinity import inf_flags
@@ -220,11 +220,8 @@ class Renderer:
 
     def atoms(self, pred: Expr):
         """(cm, cn, const code, op) per affine comparison, normalised to ``lin <= 0`` / ``lin < 0``."""
-        kp = self.kp
-        a, b = (affine(s, kp.query, kp.key) for s in pred.src)
-        cm, cn = a.cm - b.cm, a.cn - b.cn
-        const = Expr(Op.SUB, (a.const, b.const))
-        op = pred.op
+        d = atom(pred, self.kp.query, self.kp.key)
+        cm, cn, const, op = d.cm, d.cn, d.const, pred.op
         if op in (Op.GE, Op.GT):
             cm, cn, const = -cm, -cn, Expr(Op.NEG, (const,))
             op = Op.LE if op is Op.GE else Op.LT
@@ -305,21 +302,12 @@ class Renderer:
         lines.append("n_hi = tl.minimum(start_n + BLOCK_N, size_n) - 1")
         counter = [0]
 
-        def visit(e: Expr) -> tuple[str, str]:
-            if e.op is Op.AND or e.op is Op.OR:
-                (t1, f1), (t2, f2) = visit(e.src[0]), visit(e.src[1])
-                if e.op is Op.AND:
-                    return f"({t1} & {t2})", f"({f1} | {f2})"
-                return f"({t1} | {t2})", f"({f1} & {f2})"
-            if e.op is Op.NOT:
-                t, f = visit(e.src[0])
-                return f, t
+        def leaf(e: Expr) -> tuple[str, str]:
             k = counter[0]
             counter[0] += 1
             if e.op in (Op.EQ, Op.NE):
-                kp = self.kp
-                a, b = (affine(s, kp.query, kp.key) for s in e.src)
-                cm, cn, const, op = a.cm - b.cm, a.cn - b.cn, self.const(Expr(Op.SUB, (a.const, b.const))), e.op
+                d = atom(e, self.kp.query, self.kp.key)
+                cm, cn, const, op = d.cm, d.cn, self.const(d.const), e.op
             else:
                 cm, cn, const, op = self.atoms(e)
             lo = [const, f"{_num(cm)} * {'m_lo' if cm >= 0 else 'm_hi'}",
@@ -336,7 +324,7 @@ class Renderer:
             eq = (f"(({mn} == 0) & ({mx} == 0))", f"(({mn} > 0) | ({mx} < 0))")
             return eq if op is Op.EQ else (eq[1], eq[0])
 
-        t, f = visit(kpass.mask)
+        t, f = tile_decision(kpass.mask, leaf, lambda a, b: f"({a} & {b})", lambda a, b: f"({a} | {b})")
         lines.append(f"tile_full = {t} & (start_n + BLOCK_N <= size_n)")
         lines.append(f"tile_empty = {f}")
         view.bounds += ["m_lo = start_m", "m_hi = tl.minimum(start_m + BLOCK_M, size_m) - 1",

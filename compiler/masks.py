@@ -54,6 +54,31 @@ def affine(e: Expr, query: str, key: str) -> Affine | None:
     return None
 
 
+def atom(e: Expr, query: str, key: str) -> Affine:
+    """A comparison ``lhs op rhs`` (affine sides) as one form ``d = lhs - rhs``: ``d op 0``."""
+    a, b = affine(e.src[0], query, key), affine(e.src[1], query, key)
+    return Affine(a.cm - b.cm, a.cn - b.cn, Expr(Op.SUB, (a.const, b.const)))
+
+
+def tile_decision(pred: Expr, leaf, and_, or_):
+    """(true on the whole tile, false on the whole tile) of an affine predicate.
+
+    Three-valued logic over ``& | ~``: full(A & B) = full(A) and full(B),
+    empty(A & B) = empty(A) or empty(B), dually for ``|``; ``~`` swaps them.
+    ``leaf(e)`` gives the pair for one comparison (a backend evaluates its
+    ``atom`` at the tile's corners); ``and_``/``or_`` combine two conditions.
+    """
+    if pred.op in (Op.AND, Op.OR):
+        (f1, e1), (f2, e2) = (tile_decision(s, leaf, and_, or_) for s in pred.src)
+        if pred.op is Op.AND:
+            return and_(f1, f2), or_(e1, e2)
+        return or_(f1, f2), and_(e1, e2)
+    if pred.op is Op.NOT:
+        f, e = tile_decision(pred.src[0], leaf, and_, or_)
+        return e, f
+    return leaf(pred)
+
+
 def is_affine_predicate(e: Expr, query: str, key: str) -> bool:
     """True if ``e`` is built from affine comparisons in (query, key) with & | ~."""
     if e.op in (Op.AND, Op.OR):
