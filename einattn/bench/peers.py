@@ -187,6 +187,13 @@ def _eager(name: str, x: dict, p: dict) -> Peer:
     return Peer("eager", fn, note)
 
 
+def _differential(impl: str, attend, x: dict, how: str) -> Peer:
+    """Differential attention from two softmax attentions: o1 - lam[h] * o2."""
+    q1, k1, q2, k2, v, lam = (x[k] for k in ("Q1", "K1", "Q2", "K2", "V", "lam"))
+    lam4 = lam[:, None, None]
+    return Peer(impl, lambda: attend(q1, k1, v) - lam4 * attend(q2, k2, v), f"{how}, combined outside (o1 - lam * o2)")
+
+
 # ---------------------------------------------------------------------------
 # torch.nn.functional.scaled_dot_product_attention
 
@@ -195,10 +202,7 @@ def _sdpa(name: str, x: dict, p: dict) -> Peer:
     sdpa = F.scaled_dot_product_attention
     sc = p.get("scale")
     if name == "differential":
-        q1, k1, q2, k2, v, lam = (x[k] for k in ("Q1", "K1", "Q2", "K2", "V", "lam"))
-        lam4 = lam[:, None, None]
-        return Peer("sdpa", lambda: sdpa(q1, k1, v, scale=sc) - lam4 * sdpa(q2, k2, v, scale=sc),
-                    "two SDPA calls, combined outside (o1 - lam * o2)")
+        return _differential("sdpa", lambda q, k, v: sdpa(q, k, v, scale=sc), x, "two SDPA calls")
     if "Q" not in x:
         return _na("sdpa", "not expressible")
     q, k, v = x["Q"], x["K"], x["V"]
@@ -256,10 +260,8 @@ def _flex(name: str, x: dict, p: dict) -> Peer:
     fa = compiled_flex()
     sc = p.get("scale")
     if name == "differential":
-        q1, k1, q2, k2, v, lam = (x[k] for k in ("Q1", "K1", "Q2", "K2", "V", "lam"))
-        lam4 = lam[:, None, None]
-        return Peer("flex", lambda: fa(q1, k1, v, scale=sc) - lam4 * fa(q2, k2, v, scale=sc),
-                    "two compiled flex_attention calls, combined outside (o1 - lam * o2)")
+        return _differential("flex", lambda q, k, v: fa(q, k, v, scale=sc), x,
+                             "two compiled flex_attention calls")
     if name not in MASKS and name not in ("softmax", "softcap", "bias", "gqa", "gated"):
         return _na("flex", f"no FlexAttention form for '{name}'")
     q, k, v = x["Q"], x["K"], x["V"]
