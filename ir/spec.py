@@ -20,7 +20,10 @@ from .verify import verify
 
 TOP_KEYS = ("einattn", "name", "doc", "inputs", "params", "cascade", "outputs", "key_index")
 REQUIRED = ("einattn", "name", "inputs", "cascade", "outputs")
-MAX_DEPTH = 200
+# Levels of one expression (a name or number is 1, each operator or call adds one). Far above any
+# real variant (the zoo needs 4) and far below what the recursive passes, renderers and CPython's
+# parser (200 nested parentheses) can take, so a too-deep expression is this clear error.
+MAX_DEPTH = 64
 MAX_STMT_CHARS = 4000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STMT = re.compile(r"^\s*(?P<lhs>[A-Za-z_]\w*)\s*(?:\[(?P<idx>[^\]]*)\])?\s*(?P<op>max=|min=|=)(?P<rhs>.*)$",
@@ -139,11 +142,14 @@ class _ExprParser:
                             expected=f"nesting depth at most {MAX_DEPTH}", found=repr(text[:60])) from None
         lead = len(text) - len(text.lstrip())
         self.lead = lead
-        return self.conv(tree.body, 0)
+        return self.conv(tree.body, 1)
 
     def conv(self, n, depth: int) -> Expr:
+        """``n`` as an Expr; ``depth`` is its level (the whole expression is level 1)."""
         if depth > MAX_DEPTH:
-            self.err(n, "expression nested too deeply", expected=f"depth at most {MAX_DEPTH}")
+            self.err(n, "expression nested too deeply", expected=f"at most {MAX_DEPTH} levels",
+                     found=f"more than {MAX_DEPTH} levels",
+                     fix="give a sub-expression its own statement (a chain a + b + ... nests one level per term)")
         d = depth + 1
         if isinstance(n, ast.Constant):
             if isinstance(n.value, bool) or not isinstance(n.value, (int, float)):
@@ -179,6 +185,7 @@ class _ExprParser:
         if isinstance(n, ast.Compare):
             if self.kind == "param":
                 self.err(n, "comparisons are not allowed in params", expected="a number")
+            d = depth + len(n.ops)      # a < b < c becomes (a < b) & (b < c): one level per extra comparison
             parts, left = [], self.conv(n.left, d)
             for op, right in zip(n.ops, n.comparators):
                 cop = _CMPOPS.get(type(op))

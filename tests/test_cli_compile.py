@@ -35,6 +35,13 @@ def test_compile_writes_files_and_report(tmp_path, capsys, target, suffixes, mar
     assert "shared memory" in capsys.readouterr().out
 
 
+def test_compile_default_dtype_is_float16_and_says_so(tmp_path, capsys):
+    out = tmp_path / "k"
+    assert main(["compile", "softmax", "--target", "cuda:sm_80", "--shape", SHAPE, "--out", str(out)]) == 0
+    assert "float16 (default --dtype)" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["dtype"] == "float16"
+
+
 def test_compile_rejects_config_that_cannot_fit(tmp_path, capsys):
     rc = main(["compile", "softmax", "--target", "rocm:gfx90a", "--shape", SHAPE,
                "--config", "BLOCK_N=1024,num_stages=4", "--out", str(tmp_path / "x")])

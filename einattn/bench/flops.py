@@ -16,10 +16,14 @@ from __future__ import annotations
 import math
 import time
 
-# fp32 FMA peak of this project's machines (2 Zen 5 cores, AVX-512), measured with a TVM kernel
-# of 24 independent zmm accumulators (shared/STACK.md). torch.matmul reaches ~177 here. Other
-# machines: pass --peak GFLOPS, or --peak matmul to measure torch.matmul 2048^3 instead.
+# fp32 FMA peak of the machines this project benchmarks on (2 Zen 5 cores, AVX-512; the machines
+# of benchmarks/RESULTS.md), measured with a TVM kernel that keeps 24 independent zmm accumulators
+# busy with FMAs: what the cores can do, not what torch.matmul reaches. Other machines: pass
+# --peak GFLOPS, or --peak matmul to measure torch.matmul 2048^3 instead.
 PEAK_FP32_GFLOPS = 474.0
+PEAK_SOURCE = ("fp32 FMA peak of the 2 Zen 5 cores (AVX-512) of benchmarks/RESULTS.md, measured with a TVM "
+               "kernel of 24 independent zmm FMA accumulators; on another machine pass --peak GFLOPS or "
+               "--peak matmul")
 
 
 def visible_pairs(mask, query: str, key: str, sizes: dict, params: dict, rows: int = 1024) -> int:
@@ -84,10 +88,11 @@ def measure_matmul_peak(reps: int = 5) -> float:
 
 
 def resolve_peak(text: str | None) -> tuple[float, str]:
-    """``--peak`` text -> (GFLOP/s, where it came from): None or "" for this machine's fp32 FMA
-    peak, "matmul" to measure torch.matmul, else a number."""
+    """``--peak`` text -> (GFLOP/s, where it came from): None or "" for PEAK_FP32_GFLOPS (the
+    benchmark machines' fp32 FMA peak, cited by PEAK_SOURCE), "matmul" to measure torch.matmul,
+    else a number."""
     if text in (None, ""):
-        return PEAK_FP32_GFLOPS, "fp32 FMA peak of 2 Zen 5 cores (TVM probe, shared/STACK.md)"
+        return PEAK_FP32_GFLOPS, PEAK_SOURCE
     if str(text).lower() == "matmul":
         return measure_matmul_peak(), "measured: torch.matmul 2048^3, best of 5"
     return float(text), "given with --peak"

@@ -3,7 +3,8 @@
 All implementations run in one process, interleaved round-robin (rep 1: einattn,
 sdpa, flex, eager; rep 2: ...), so a slow phase of the shared machine hits them
 alike; the report gives medians (and minima) after warm-up, GFLOP/s on the
-useful FLOPs, the share of the machine's fp32 FMA peak and einattn's speed
+useful FLOPs, the share of an fp32 FMA peak (by default that of the machines
+benchmarks/RESULTS.md was measured on; --peak for this one) and einattn's speed
 relative to each peer. Every output is checked against the float64 reference
 (or against einattn's output when the reference would not fit in memory) so a
 comparison is known to be like for like; a peer that cannot express the variant
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -34,10 +36,11 @@ from pathlib import Path
 from einattn.bench.flops import PEAK_FP32_GFLOPS
 from einattn.bench.harness import DEFAULT_SHAPE, BenchOptions, run_bench
 from einattn.bench.memory import MEMORY_IMPLS, MEMORY_N, measure_memory, memory_probe
-from einattn.bench.peers import PEER_KINDS
+from einattn.bench.peers import PEER_KINDS, peer_list
 from einattn.bench.timing import ENV
+from einattn.ir import SpecError
 
-from .common import DTYPES
+from .common import CMDLINE, DTYPES, parse_params, parse_shape, positive_int, seed_int
 
 REEXEC_MARK = "EINATTN_BENCH_REEXEC"
 
@@ -53,21 +56,25 @@ def add(sub):
     p = sub.add_parser("bench", help="time a kernel against SDPA, FlexAttention and eager PyTorch",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="a .yaml path or a zoo name")
-    p.add_argument("--target", default="cpu", help="reference, streaming, cpu, cuda[:sm_XX], rocm[:gfxXXX]")
+    p.add_argument("--target", default="cpu",
+                   help="reference, streaming, cpu, cuda[:sm_XX], rocm[:gfxXXX] (default %(default)s)")
     p.add_argument("--shape", default=DEFAULT_SHAPE, help=f"dim sizes (default {DEFAULT_SHAPE})")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="input and kernel dtype (default %(default)s)")
     p.add_argument("--param", action="append", help="override a spec param, e.g. --param W=256")
     p.add_argument("--config", default=None, help="kernel parameters, e.g. BLOCK_N=64")
     p.add_argument("--against", default=",".join(PEER_KINDS),
                    help="comma-separated peers among sdpa, flex, eager ('none' for none)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls of each implementation (>= 1)")
-    p.add_argument("--reps", type=int, default=10, help="timed round-robin repetitions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--warmup", type=positive_int, default=3,
+                   help="untimed calls of each implementation, >= 1 (default %(default)s)")
+    p.add_argument("--reps", type=positive_int, default=10, help="timed round-robin repetitions (default %(default)s)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random inputs (default %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="threads for everyone (default torch.get_num_threads())")
-    p.add_argument("--peak", default=None,
-                   help=f"GFLOP/s that %%peak refers to (default {PEAK_FP32_GFLOPS:g}, this machine's fp32 "
-                        f"FMA peak), or 'matmul' to measure torch.matmul 2048^3")
+    p.add_argument("--peak", type=peak_text, default=None,
+                   help=f"GFLOP/s that %%peak refers to (default {PEAK_FP32_GFLOPS:g}, the fp32 FMA peak of "
+                        f"the 2 Zen 5 cores the project measures on, not necessarily this machine's), or "
+                        f"'matmul' to measure torch.matmul 2048^3 here")
     p.add_argument("--json", default=None, metavar="FILE", help="write every number to FILE")
     p.add_argument("--memory", action="store_true",
                    help="also measure peak RSS growth of one call, einattn vs eager, each in a fresh process")
@@ -79,6 +86,37 @@ def add(sub):
     p.set_defaults(run=run)
 
 
+def peak_text(text: str) -> str:
+    """``--peak``: 'matmul' or a positive number of GFLOP/s (kept as text: the harness reads it)."""
+    if text.strip().lower() == "matmul":
+        return "matmul"
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GFLOP/s or 'matmul', found {text!r}")
+    return text.strip()
+
+
+def check_args(args) -> None:
+    """Refuse bad input before re-running in a child and before any compile or timing."""
+    import einattn
+    from einattn.backends import parse_target
+    spec = einattn.load_spec(args.spec)
+    parse_target(args.target)
+    peer_list(args.against)
+    parse_shape(args.shape, spec)
+    if args.memory_shape:
+        parse_shape(args.memory_shape, spec, "memory-shape")
+    parse_params(args.param)
+    if args.json:
+        parent = Path(args.json).absolute().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK) or Path(args.json).is_dir():
+            raise SpecError("cannot write --json", loc=CMDLINE, expected="a file in an existing, writable directory",
+                            found=repr(args.json), fix="create the directory or choose another path")
+
+
 def options(args) -> BenchOptions:
     """The parsed command line as the harness's options."""
     return BenchOptions(spec=args.spec, target=args.target, shape=args.shape, dtype=args.dtype,
@@ -88,6 +126,8 @@ def options(args) -> BenchOptions:
 
 
 def run(args) -> int:
+    if not args.memory_probe:
+        check_args(args)
     if not _env_at_start_ok():
         return _reexec(args)
     if args.memory_probe:

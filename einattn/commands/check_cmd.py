@@ -1,28 +1,46 @@
-"""einattn check SPEC --target T --shape ...: run a target against the float64 reference."""
+"""einattn check SPEC --target T --shape ...: run a target against the float64 reference.
+
+Exits 0 when every output is within the tolerance, 1 on a mismatch, 2 on bad input.
+The default dtype is float32: the tightest dtype every target runs, so a check is as
+strict as it can be (1e-4 of the float64 reference); pass --dtype float16 or bfloat16
+to check the precision GPU kernels usually run at.
+"""
 from __future__ import annotations
 
-from .common import DTYPES, TOLERANCE, make_inputs, parse_assignments, parse_params, rel_error
+from .common import (DTYPES, TOLERANCE, check_memory, make_inputs, parse_assignments, parse_params, parse_shape,
+                     rel_error, seed_int, tolerance)
+
+DEFAULT_DTYPE = "float32"
+DEFAULT_SHAPE = "b=2,h=4,m=77,n=131,d=64,e=64"
 
 
 def add(sub):
-    p = sub.add_parser("check", help="run a target on random inputs and compare with the float64 reference")
+    p = sub.add_parser("check", help="run a target on random inputs and compare with the float64 reference",
+                       description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="a .yaml path or a zoo name")
-    p.add_argument("--target", default="cpu", help="reference, streaming, cpu, cuda[:sm_XX], rocm[:gfxXXX]")
-    p.add_argument("--shape", default="b=2,h=4,m=77,n=131,d=64,e=64", help="dim sizes, e.g. b=2,h=4,m=77,n=131,d=64,e=64")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--target", default="cpu",
+                   help="reference, streaming, cpu, cuda[:sm_XX], rocm[:gfxXXX] (default %(default)s)")
+    p.add_argument("--shape", default=DEFAULT_SHAPE,
+                   help="dim sizes, positive integers below 2**31 (default %(default)s)")
+    p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
+                   help=f"input and kernel dtype (default {DEFAULT_DTYPE}: the strictest check every target runs)")
     p.add_argument("--param", action="append", help="override a spec param, e.g. --param scale=0.1")
     p.add_argument("--config", default=None, help="kernel parameters, e.g. BLOCK_N=64")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tol", type=float, default=None, help="max relative error (default by dtype)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the random inputs (default %(default)s)")
+    p.add_argument("--tol", type=tolerance, default=None,
+                   help="max relative error (default by dtype: " + ", ".join(
+                       f"{k} {TOLERANCE[DTYPES[k]]:g}" for k in ("float64", "float32", "float16", "bfloat16")) + ")")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     import einattn
     spec = einattn.load_spec(args.spec)
-    shape = parse_assignments(args.shape, "shape")
+    shape = parse_shape(args.shape, spec)
     params = parse_params(args.param)
-    dtype = DTYPES[args.dtype]
+    dtype_name = args.dtype or DEFAULT_DTYPE
+    dtype = DTYPES[dtype_name]
+    check_memory(spec, shape, dtype, reference=True)
     kern = einattn.compile(spec, target=args.target, config=parse_assignments(args.config, "config", False),
                            **params)
     ref = einattn.compile(spec, target="reference", **params)
@@ -32,7 +50,8 @@ def run(args) -> int:
     want = want if isinstance(want, tuple) else (want,)
     tol = args.tol if args.tol is not None else TOLERANCE[dtype]
     ok = True
-    print(f"{spec.name} on {args.target}, {args.dtype}, shape {args.shape}, "
+    print(f"{spec.name} on {args.target}, {dtype_name}{'' if args.dtype else ' (default --dtype)'}, "
+          f"shape {','.join(f'{k}={v}' for k, v in shape.items())}, "
           f"{kern.plan.passes} pass(es) ({kern.plan.naive_passes} as written)")
     for name, g, w in zip(spec.outputs, got, want):
         err = rel_error(g, w)

@@ -3,7 +3,10 @@
 Writes ``kernel.py`` (the rendered Triton source), the compiled files
 (``<name>.ptx`` + ``<name>.cubin`` for CUDA, ``<name>.amdgcn`` + ``<name>.hsaco``
 for ROCm, and ``<name>.ttgir``) and ``report.json`` (plan, config, resources,
-target). No GPU is needed. Example::
+target). No GPU is needed. The default dtype is float16: the dtype GPU attention
+kernels are run in, and the one tensor cores serve at full rate (float32 products
+run on the FMA units); ``einattn check`` defaults to float32 instead because it
+asks for the strictest comparison with the float64 reference. Example::
 
     einattn compile causal --target cuda:sm_90 --shape b=1,h=8,m=1024,n=1024,d=64,e=64 \\
         --config BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3 --dtype float16 --out build/causal
@@ -15,29 +18,65 @@ import os
 import tempfile
 from pathlib import Path
 
-from einattn.ir import Loc, SpecError, UnsupportedError
+from einattn.ir import SpecError, UnsupportedError
 
-from .common import DTYPES, parse_assignments, parse_params
+from .common import CMDLINE, DTYPES, parse_assignments, parse_params, parse_shape
+
+DEFAULT_DTYPE = "float16"
+GPU_DTYPES = ("float16", "bfloat16", "float32", "fp16", "bf16", "fp32")
 
 
 def add(sub):
-    p = sub.add_parser("compile", help="compile a spec ahead of time for a GPU target (PTX/cubin, AMDGCN/hsaco)")
+    p = sub.add_parser("compile", help="compile a spec ahead of time for a GPU target (PTX/cubin, AMDGCN/hsaco)",
+                       description=__doc__.split("\n\n")[0])
     p.add_argument("spec", help="a .yaml path or a zoo name")
     p.add_argument("--target", required=True, help="cuda[:sm_80|sm_90|sm_100] or rocm[:gfx90a|gfx942]")
     p.add_argument("--shape", required=True, help="dim sizes, e.g. b=1,h=8,m=1024,n=1024,d=64,e=64 "
                                                   "(the head dims are compiled in; the others bind at launch)")
     p.add_argument("--config", default=None, help="BLOCK_M=128,BLOCK_N=64,num_warps=4,num_stages=3")
-    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32", "fp16", "bf16", "fp32"])
+    p.add_argument("--dtype", default=None, choices=GPU_DTYPES,
+                   help=f"input and kernel dtype (default {DEFAULT_DTYPE}: what GPU attention kernels run in)")
     p.add_argument("--param", action="append", help="override a spec param, e.g. --param W=128")
-    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.set_defaults(run=run)
 
 
 def _write(path: Path, data) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _bad_out(text: str, why: str) -> SpecError:
+    return SpecError("cannot write to --out", loc=CMDLINE, expected="a writable directory (created if missing)",
+                     found=f"{text!r}: {why}", fix="choose another directory")
+
+
+def check_out(text: str) -> None:
+    """Refuse an --out that cannot become a writable directory, before compiling (creates nothing)."""
+    p = Path(text).absolute()
+    if p.exists() and not p.is_dir():
+        raise _bad_out(text, "it is a file")
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise _bad_out(text, f"{p} is a file")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise _bad_out(text, f"{p} is not writable")
+
+
+def make_out(text: str) -> Path:
+    """``--out`` created (with its parents) if missing."""
+    try:
+        Path(text).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _bad_out(text, e.strerror or str(e)) from None
+    return Path(text)
 
 
 def plan_summary(kp) -> dict:
@@ -64,20 +103,17 @@ def run(args) -> int:
     if target.kind not in ("cuda", "rocm"):
         raise UnsupportedError(f"einattn compile writes GPU code: --target must be cuda[:sm_XX] or rocm[:gfxXXX], "
                                f"not '{target}' (use `einattn check` for the other targets)")
+    check_out(args.out)
     spec = einattn.load_spec(args.spec)
-    shape = parse_assignments(args.shape, "shape")
-    missing = [i for t in spec.inputs for i in t.indices if i not in shape]
-    if missing:
-        raise SpecError("--shape does not give every dim", loc=Loc("<command line>"),
-                        expected="sizes for " + ", ".join(dict.fromkeys(missing)))
+    shape = parse_shape(args.shape, spec)
     sizes = bind_sizes(spec, {t.name: tuple(shape[i] for i in t.indices) for t in spec.inputs})
     params = eval_params(spec, sizes, parse_params(args.param))
-    dtype = DTYPES[args.dtype]
+    dtype_name = args.dtype or DEFAULT_DTYPE
+    dtype = DTYPES[dtype_name]
     backend = get_backend(target)
     art = backend.prepare(make_plan(spec), target, parse_assignments(args.config, "config", False))
     ck = backend.build(art, sizes, dtype)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_out(args.out)
     _write(out / "kernel.py", art.source)
     files = ["kernel.py"]
     for suffix, data in ck.files.items():
@@ -94,7 +130,8 @@ def run(args) -> int:
     r = ck.resources
     regs = f"{r.get('registers')} registers" + (f", {r.get('sgprs')} SGPRs" if "sgprs" in r else "")
     spills = r.get("spill_stores", r.get("spill_vgprs", 0))
-    print(f"{spec.name} -> {art.target} ({art.hardware.name}), {args.dtype}, config {art.config.to_json()}: "
+    print(f"{spec.name} -> {art.target} ({art.hardware.name}), "
+          f"{dtype_name}{'' if args.dtype else ' (default --dtype)'}, config {art.config.to_json()}: "
           f"{r.get('shared_memory')} B shared memory, {regs}, spills {spills}; "
           f"{len(files) + 1} files in {out}")
     return 0
