@@ -127,6 +127,9 @@ class KernelView:
         self.kp, self.cfg, self.static, self.vec = kp, cfg, dict(static), vec
         c = kp.cascade
         self.c = c
+        # inputs may hold +-inf (and NaN): the masked-row rules are printed wherever an input
+        # can reach them (a compare and a blend, small next to the dot products)
+        self.input_flags = {t.name: (True, True) for t in c.inputs}
         q, n = kp.query, kp.key
         if len(kp.value) > 1:
             raise UnsupportedError(f"{c.name}: the CPU backend supports one value index, found {kp.value}")
@@ -266,7 +269,7 @@ class KernelView:
         local = {self.kp.query: "li", "__query": "li", "__key": "lj"} | {d: f"l_{d}" for d in self.static}
         local.update(local_extra or {})
         return Ctx(coords=coords, local=local, lane=lane, lanes=lanes, fast=fast, tiles=frozenset(self.tiles),
-                   rows=dict(self.rows), flags=dict(flags), mask=mask, tag=tag, alias=dict(alias or {}))
+                   rows=dict(self.rows), flags=self.input_flags | dict(flags), mask=mask, tag=tag, alias=dict(alias or {}))
 
     def row_op(self, op, where: str, flags: dict | None = None) -> OpView:
         """An elementwise per-row statement, computed for the valid rows (epilogue, prologue)."""
@@ -301,7 +304,7 @@ class KernelView:
         init = [{"buf": b, "fill": v, "feat": [(f"l_{d}", self.static[d]) for d in dims if d != kp.query],
                  "has_query": kp.query in dims} for b, v, dims in init]
         full, empty = (None, None) if p.mask is None else classify_tile(p.mask, kp.query, kp.key)
-        visit = "True" if (p.mask is None or not p.skip_empty) else f"T.Not({empty})"
+        visit = "True" if (p.mask is None or not p.skip_empty ) else f"T.Not({empty})"
         fast_cond = f"T.And(mv == {cfg.BLOCK_M}, nv == {cfg.BLOCK_N})"
         if full is not None:
             fast_cond = f"T.And({fast_cond}, {full})"
@@ -320,7 +323,7 @@ class KernelView:
             m_c, n_c = "m0 + li", "n0 + lj"
         else:
             m_c, n_c = f"T.min(m0 + li, {self.size(q)} - 1)", "n0 + lj"
-        flags: dict = {}
+        flags: dict = dict(self.input_flags)
         # rows finished before this pass may hold -inf (empty reductions)
         for name in self.rows:
             flags[name] = (True, True)
@@ -358,7 +361,7 @@ class KernelView:
                 bctx = self.ctx(tag=tag + "k", lane="ii", lanes=cfg.SCORE_RI, fast=True, flags={},
                                 coords=self.coords(m=m_c, n=n_k, f="lf", fname=op.contract))
                 v = OpView("SCORE", op.name, b=op.b, bctx=bctx, F=self.static[op.contract])
-                flags[op.name] = (False, False)
+                flags[op.name] = (True, True)            # inputs may be infinite
             elif op.kind is Kind.MAP:
                 e = sub(op.expr)
                 flags[op.name] = inf_flags(e, flags)

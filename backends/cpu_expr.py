@@ -179,10 +179,8 @@ class _Printer:
             return self.sub(e)
         if op is Op.DIV:
             return self.div(e)
-        if op is Op.MIN:
-            return f"T.min({self.expr(e.src[0])}, {self.expr(e.src[1])})"
-        if op is Op.MAX:
-            return f"T.max({self.expr(e.src[0])}, {self.expr(e.src[1])})"
+        if op in (Op.MIN, Op.MAX):
+            return self.minmax("min" if op is Op.MIN else "max", self.expr(e.src[0]), self.expr(e.src[1]))
         if op is Op.FLOORDIV:
             return f"T.floor({self.div(e)})"
         if op is Op.MOD:
@@ -190,13 +188,9 @@ class _Printer:
             return f"({a} - {b} * T.floor({a} / {b}))"
         if op is Op.POW:
             return self.pow(e)
-        if op is Op.EXP and c.fast and e.src[0].op is Op.SUB and not self.needs_sub_rule(e.src[0]):
-            # exp(a - b) = 2**(a*log2(e) - b*log2(e)): b is usually a row value (hoisted), then one FMA
-            a, b = self.expr(e.src[0].src[0]), self.expr(e.src[0].src[1])
-            return self.exp2(f"({a} * {fconst(LOG2E)} - {b} * {fconst(LOG2E)})")
         x = self.expr(e.src[0])
         if op is Op.RELU:
-            return f"T.max({x}, T.float32(0.0))"
+            return self.minmax("max", x, "T.float32(0.0)")
         if op is Op.ABS:
             return f"T.fabs({x})"
         if op is Op.SQUARE:
@@ -243,7 +237,7 @@ class _Printer:
     def exact_fn(self, op: Op, x: str) -> str:
         if op is Op.SOFTPLUS:
             x = self.stage(x)
-            return f"(T.max({x}, T.float32(0.0)) + T.log1p(T.exp(T.float32(0.0) - T.fabs({x}))))"
+            return f"({self.minmax('max', x, 'T.float32(0.0)')} + T.log1p(T.exp(T.float32(0.0) - T.fabs({x}))))"
         fn = {Op.EXP: "T.exp", Op.EXP2: "T.exp2", Op.LOG: "T.log", Op.LOG2: "T.log2",
               Op.TANH: "T.tanh", Op.SIGMOID: "T.sigmoid"}.get(op)
         if fn is None:
@@ -264,22 +258,33 @@ class _Printer:
         if op is Op.SOFTPLUS:   # max(x, 0) + log1p(exp(-|x|))
             x = self.stage(x)
             t = self.exp2(f"(T.fabs({x}) * {fconst(-LOG2E)})")
-            return f"(T.max({x}, T.float32(0.0)) + {self.log1p_small(t)})"
+            return f"({self.minmax('max', x, 'T.float32(0.0)')} + {self.log1p_small(t)})"
         if op is Op.LOG:
             return self.log(x)
         if op is Op.LOG2:
             return f"({self.log(x)} * {fconst(LOG2E)})"
         raise UnsupportedError(f"function '{op.value}' is not supported by the CPU backend")
 
+    def minmax(self, fn: str, a: str, b: str) -> str:
+        """NaN-propagating min/max (torch.minimum/maximum, the reference's rule). TVM's
+        ``T.max(a, b)`` is ``a > b ? a : b``, which keeps a NaN in ``b`` but drops one in ``a``;
+        ``T.isnan``, not ``a != a``, which TVM's simplifier folds to False."""
+        a = self.stage(a)
+        return f"T.Select(T.isnan({a}), {a}, T.{fn}({a}, {b}))"
+
     def exp2(self, x: str) -> str:
-        """2**x: clamp to [-127, 127] (so -inf gives exactly 0), 2**round(x) * poly(x - round(x))."""
-        c = self.stage(f"T.max(T.min({x}, T.float32(127.0)), T.float32(-127.0))")
+        """2**x as 2**(k-1) * (2 poly(x - k)), k = round(x), with x clamped to [-126, 128]
+        by compares that keep a NaN (``T.min``/``T.max`` would drop it). Exact at the ends:
+        -inf gives 0 (the exponent field 0 times a finite), x >= 128 and +inf give +inf
+        (2**127 times 2 poly(0) overflows), NaN stays NaN (the polynomial of NaN)."""
+        c = self.stage(f"T.Select({x} > T.float32(128.0), T.float32(128.0), {x})")
+        c = self.stage(f"T.Select({c} < T.float32(-126.0), T.float32(-126.0), {c})")
         fl = self.stage(f"T.nearbyint({c})")
         f = self.stage(f"({c} - {fl})")
-        poly = fconst(EXP2_POLY[-1])
+        poly = fconst(2 * EXP2_POLY[-1])
         for k in reversed(EXP2_POLY[:-1]):
-            poly = f"({poly} * {f} + {fconst(k)})"
-        pw = f'T.reinterpret("float32", T.shift_left(T.Cast("int32", {fl}) + 127, 23))'
+            poly = f"({poly} * {f} + {fconst(2 * k)})"
+        pw = f'T.reinterpret("float32", T.shift_left(T.Cast("int32", {fl}) + 126, 23))'
         return f"({pw} * {poly})"
 
     def log1p_small(self, z: str) -> str:

@@ -23,6 +23,7 @@ torch.Size([1, 2, 20, 16])
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import math
@@ -38,7 +39,7 @@ from einattn import settings
 from einattn.compiler.kernel_plan import KernelPlan, make_kernel_plan
 from einattn.ir import BackendUnavailable, UnsupportedError
 
-from .base import Target
+from .base import Target, hidden_nonfinite
 from .triton_render import Rendered, render
 from .triton_targets import (HardwareTarget, TritonConfig, check_compiled, check_config, load_target,
                              parse_config)
@@ -57,6 +58,18 @@ class TritonArtifact:
     interpret: bool
     path: Path
     compiled: dict = field(default_factory=dict)     # (constexprs, dtypes) -> CompiledKernel
+    visit_all: "TritonArtifact | None" = None         # the variant that skips no key tile, on demand
+
+    def for_inputs(self, inputs: dict) -> "TritonArtifact":
+        """This artifact, or its variant that visits every key tile (see ``hidden_nonfinite``)."""
+        if not hidden_nonfinite(self.plan, inputs):
+            return self
+        if self.visit_all is None:
+            kp = self.plan.visiting_all()
+            r = render(kp)
+            self.visit_all = dataclasses.replace(self, plan=kp, rendered=r, path=write_source(r.source),
+                                                 compiled={})
+        return self.visit_all
 
     @property
     def source(self) -> str:
@@ -220,16 +233,20 @@ class TritonBackend:
                     f"einattn.compile(..., target='{artifact.target}', interpret=True) or set EINATTN_INTERPRET=1; "
                     f"to inspect the compiled code use `einattn compile SPEC --target {artifact.target} --out DIR`")
             device = torch.device("cuda")
-        fn = load_kernel(artifact.path, r.kernel_name, interpret=artifact.interpret)
-        x = {k: (v.to(device) if v.device != device else v) for k, v in inputs.items()}
+        x = check_inputs(artifact, inputs, device)
+        compute = dot_dtype(artifact.plan, x)
         dts = [t.dtype for t in x.values()]
-        compute = dts[0] if dts[0] in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
-        if any(t.dtype not in (torch.float16, torch.bfloat16, torch.float32) for t in x.values()):
-            x = {k: v.float() if v.dtype not in (torch.float16, torch.bfloat16, torch.float32) else v
-                 for k, v in x.items()}
+        artifact = artifact.for_inputs(x)
+        r = artifact.rendered
+        fn = load_kernel(artifact.path, r.kernel_name, interpret=artifact.interpret)
+        if artifact.interpret and compute == torch.bfloat16:
+            # Triton 3.9's interpreter computes tl.dot on bf16 wrongly (outputs ~1e8): interpret the
+            # kernel on fp32 copies (bf16 values are exact in fp32) and round the outputs to bf16
+            x = {k: v.float() for k, v in x.items()}
+        run = torch.float32 if artifact.interpret and compute == torch.bfloat16 else compute
         outs = {}
         for o, dims in r.outputs:
-            outs[o] = torch.empty([sizes[i] for i in dims], dtype=output_dtype(r, dims, compute), device=device)
+            outs[o] = torch.empty([sizes[i] for i in dims], dtype=output_dtype(r, dims, run), device=device)
         args = []
         for a in r.args:
             if a.kind == "ptr":
@@ -251,15 +268,67 @@ class TritonBackend:
         grid = (triton_cdiv(sizes[r.query], artifact.config.BLOCK_M), grid_n)
         if sizes[r.query] == 0 or grid_n == 0:
             return outs
+        check_offsets(artifact, x, outs, grid_n)
         opts = {"num_warps": artifact.config.num_warps, "num_stages": artifact.config.num_stages}
         if artifact.interpret:
             import numpy as np
             # (-inf) - (-inf) is computed before _sub_rule selects -inf: numpy would warn
             with interpreting(), np.errstate(invalid="ignore", over="ignore", divide="ignore"):
                 fn[grid](*args, **ce, **opts)
+            if run != compute:
+                outs = {o: outs[o].to(output_dtype(r, dims, compute)) for o, dims in r.outputs}
         else:
             fn[grid](*args, **ce, **opts, enable_fp_fusion=True)
         return outs
+
+
+def check_inputs(artifact: TritonArtifact, inputs: dict, device: torch.device) -> dict:
+    """Every input on the kernel's device in fp32, fp16 or bf16; never moved or cast silently."""
+    where = "CPU tensors (Triton's interpreter)" if device.type == "cpu" else "CUDA/ROCm tensors"
+    for k, v in inputs.items():
+        if v.device.type != device.type:
+            fix = ".cpu()" if device.type == "cpu" else ".cuda()"
+            raise UnsupportedError(f"input '{k}' is on {v.device}; the {artifact.target} kernel"
+                                   f"{' in interpret mode' if artifact.interpret else ''} takes {where}: "
+                                   f"move it with {k}{fix}")
+        if v.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            fix = ("the Triton kernels compute in fp32 at most: convert with .float(), or use "
+                   "target='reference' for float64") if v.dtype == torch.float64 else "convert with .float()"
+            raise UnsupportedError(f"input '{k}' is {v.dtype}; the {artifact.target} target takes float32, "
+                                   f"float16 or bfloat16 tensors: {fix}")
+    return dict(inputs)
+
+
+def dot_dtype(kp: KernelPlan, x: dict) -> torch.dtype:
+    """The one dtype of the dot products' operands (Q, K, V...); other inputs may differ (they
+    are read in fp32). Outputs with the value index take this dtype."""
+    ops = [op for p in kp.passes for op in p.loop if op.a is not None or op.b is not None]
+    names = list(dict.fromkeys(e.arg[0] for op in ops for e in (op.a, op.b)
+                               if e is not None and e.arg[0] in x))
+    dts = {n: x[n].dtype for n in names}
+    if len(set(dts.values())) > 1:
+        found = ", ".join(f"{n}: {str(d).replace('torch.', '')}" for n, d in dts.items())
+        raise UnsupportedError(f"'{kp.cascade.name}': the inputs of the dot products must share one dtype, "
+                               f"found {found}; convert them to one (e.g. .half() or .float())")
+    return next(iter(dts.values()), torch.float32)
+
+
+def check_offsets(artifact: TritonArtifact, x: dict, outs: dict, grid_n: int) -> None:
+    """Offsets inside one (batch, head) slice are 32-bit in the kernel; grid offsets are 64-bit."""
+    r, c = artifact.rendered, artifact.plan.cascade
+    if grid_n > 65535 and not artifact.interpret:
+        raise UnsupportedError(f"{' x '.join(r.grid)} = {grid_n} programs along the grid's second axis; CUDA "
+                               f"and ROCm allow at most 65535: call the kernel on slices of the batch")
+    dims = {t.name: t.indices for t in c.inputs} | {o: d for o, d in r.outputs}
+    for name, t in list(x.items()) + list(outs.items()):
+        reach = sum((s - 1) * abs(st) for d, s, st in zip(dims[name], t.shape, t.stride())
+                    if d not in r.grid and s > 0)
+        if reach >= 2 ** 31:
+            raise UnsupportedError(
+                f"tensor '{name}' (shape {tuple(t.shape)}) spans {reach} elements within one "
+                f"({', '.join(r.grid)}) slice; the {artifact.target} kernel indexes inside a slice with 32-bit "
+                f"offsets (< 2**31; batch and head offsets are 64-bit). Queries are independent: call the "
+                f"kernel on chunks of the query rows; a key length that large is not supported yet")
 
 
 def triton_cdiv(a: int, b: int) -> int:

@@ -25,12 +25,12 @@ NEG_INF = 'float("-inf")'
 
 _UNARY = {Op.EXP: "tl.exp({})", Op.EXP2: "tl.exp2({})", Op.LOG: "tl.log({})", Op.LOG2: "tl.log2({})",
           Op.SQRT: "tl.sqrt({})", Op.RSQRT: "tl.rsqrt({})", Op.TANH: "_tanh({})",
-          Op.SIGMOID: "tl.sigmoid({})", Op.RELU: "tl.maximum({}, 0.0)", Op.SOFTPLUS: "_softplus({})",
+          Op.SIGMOID: "tl.sigmoid({})", Op.RELU: "_max_nan({}, 0.0)", Op.SOFTPLUS: "_softplus({})",
           Op.ABS: "tl.abs({})", Op.SIGN: "_sign({})", Op.SQUARE: "_square({})", Op.NEG: "(-{})",
           Op.NOT: "({} == 0)"}
 _INFIX = {Op.ADD: "+", Op.MUL: "*", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.EQ: "==",
           Op.NE: "!=", Op.AND: "&", Op.OR: "|"}
-_CALL2 = {Op.MIN: "tl.minimum", Op.MAX: "tl.maximum", Op.POW: "_pow"}
+_CALL2 = {Op.MIN: "_min_nan", Op.MAX: "_max_nan", Op.POW: "_pow"}     # min/max: NaN propagates
 _FOLD = {Op.EXP: math.exp, Op.EXP2: lambda x: 2.0 ** x, Op.LOG: math.log, Op.LOG2: math.log2,
          Op.SQRT: math.sqrt, Op.TANH: math.tanh, Op.ABS: abs, Op.NEG: lambda x: -x,
          Op.SQUARE: lambda x: x * x, Op.RELU: lambda x: max(x, 0.0)}

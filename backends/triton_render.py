@@ -169,9 +169,9 @@ class _Body:
                 ident = const_text(op.reduce.identity)
                 val = self.bounded(self.tile(self.expr(op.expr)), ident)
                 if op.reduce is Reduce.MAX:
-                    self.lines.append(f"r_{op.name} = tl.maximum(r_{op.name}, tl.max({val}, 1))")
+                    self.lines.append(f"r_{op.name} = _max_nan(r_{op.name}, tl.reduce({val}, 1, _max_nan))")
                 elif op.reduce is Reduce.MIN:
-                    self.lines.append(f"r_{op.name} = tl.minimum(r_{op.name}, tl.min({val}, 1))")
+                    self.lines.append(f"r_{op.name} = _min_nan(r_{op.name}, tl.reduce({val}, 1, _min_nan))")
                 else:
                     old = f"r_{op.name}" + (f" * {self.rescale(op)}" if op.rescale else "")
                     self.lines.append(f"r_{op.name} = {old} + tl.sum({val}, 1)")
@@ -382,7 +382,9 @@ class Renderer:
         constexprs = tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
                            + ["DOT_PRECISION"])
 
-        grid_lines, rest = [], "pid_g"
+        # grid coordinates in 64 bits: (batch, head) offsets reach past 2**31 elements in large
+        # tensors; offsets inside one (batch, head) slice stay 32-bit (checked at launch)
+        grid_lines, rest = [], "pid_g.to(tl.int64)"
         for j, g in enumerate(reversed(kp.grid)):
             if j == len(kp.grid) - 1:
                 grid_lines.append(f"idx_{g} = {rest}")

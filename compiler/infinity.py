@@ -1,9 +1,9 @@
 """Infinity analysis: where a value may be -inf or +inf.
 
 Backends use it to emit the masked-row rules (``(-inf) - (-inf) = -inf``,
-``0 / 0 = 0``) only where they can matter, keeping them out of hot loops.
-Conservative: inputs and params are taken as finite; a max/min reduction may
-be -inf/+inf (its identity, e.g. a fully masked row).
+``0 / 0 = 0``) only where they can matter. Conservative: an input may hold
+-inf/+inf (a user's additive mask, an overflowed activation), params are finite,
+a max/min reduction may be -inf/+inf (its identity, e.g. a fully masked row).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def inf_flags(e: Expr, flags: Mapping[str, Flags]) -> Flags:
 
 def cascade_inf_flags(c: Cascade) -> dict[str, Flags]:
     """Per input and statement: may its value be -inf / +inf?"""
-    flags: dict[str, Flags] = {t.name: (False, False) for t in c.inputs}
+    flags: dict[str, Flags] = {t.name: (True, True) for t in c.inputs}
     for s in c.stmts:
         f = inf_flags(s.expr, flags)
         if s.reduced and s.reduce is Reduce.MAX:

@@ -15,6 +15,7 @@ Epilogue (and prologue) statements are elementwise over [m] or [m, e].
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -71,6 +72,26 @@ class KernelPlan:
     @property
     def cascade(self) -> Cascade:
         return self.plan.cascade
+
+    def skipped_inputs(self) -> tuple[str, ...]:
+        """Inputs read with the key index in a pass that skips hidden key tiles. Skipping
+        is exact only while they are finite: a NaN or inf at a hidden key reaches the row
+        in the reference (through ``0 * NaN``), so a launcher that finds one runs the
+        kernel without skipping."""
+        c, out = self.cascade, {}
+        for p in self.passes:
+            if p.skip_empty:
+                for op in p.loop:
+                    for x in (op.expr, op.a, op.b):
+                        for e in (x.walk() if x is not None else ()):
+                            if e.op is Op.READ and c.input(e.arg[0]) is not None and _reads_with(e, self.key):
+                                out[e.arg[0]] = None
+        return tuple(out)
+
+    def visiting_all(self) -> "KernelPlan":
+        """The same plan with no key tile skipped (for inputs that are not all finite)."""
+        passes = tuple(dataclasses.replace(p, skip_empty=False) for p in self.passes)
+        return dataclasses.replace(self, passes=passes)
 
     def state(self, p: KernelPass) -> tuple[TileOp, ...]:
         """Per-row state carried across key tiles in pass ``p``."""
@@ -159,6 +180,10 @@ def make_kernel_plan(plan: Plan) -> KernelPlan:
             return TileOp(Kind.RUNNING, s.name, s.indices, s.expr)
         if not dims <= rowdims | set(value) | set(contract):
             raise _unsupported(s, f"a row statement may only carry {sorted(rowdims | set(value))}")
+        if s.reduced:
+            raise _unsupported(s, f"a per-row statement that sums over {', '.join(s.reduced)} (a statistic "
+                                  f"computed before the key loop) is not supported by the kernels yet; "
+                                  f"compute it in PyTorch and pass it as an input, or use target='streaming'")
         return TileOp(Kind.ROW, s.name, s.indices, s.expr)
 
     passes = []

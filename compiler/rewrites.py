@@ -5,6 +5,8 @@ precondition does not hold, so the pipeline can report which ones fired.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, Sub, build_product, product_factors
 
 from .passes import Role, place
@@ -216,7 +218,36 @@ def online_rescaling(c: Cascade) -> Cascade:
     return c
 
 
+def _fold(e: Expr) -> Expr:
+    src = tuple(_fold(x) for x in e.src)
+    e = Expr(e.op, src, e.arg) if src != e.src else e
+    zero = lambda x: x.op is Op.CONST and x.arg == 0.0    # noqa: E731
+    one = lambda x: x.op is Op.CONST and x.arg == 1.0     # noqa: E731
+    if e.op is Op.SUB and zero(src[1]) or e.op is Op.ADD and zero(src[1]) or e.op in (Op.MUL, Op.DIV) and one(src[1]):
+        return src[0]
+    if e.op is Op.ADD and zero(src[0]) or e.op is Op.MUL and one(src[0]):
+        return src[1]
+    if e.op is Op.NEG and src[0].op is Op.NEG:
+        return src[0].src[0]
+    if e.op is Op.NEG and any(x.op is Op.READ for x in src[0].walk()):
+        return Expr(Op.MUL, (Expr.const(-1.0), src[0]))   # a factor, so -Q*K plans as a score
+    return e
+
+
+def fold_identities(c: Cascade) -> Cascade:
+    """Fold ``x - 0``, ``x + 0``, ``x * 1``, ``x / 1``, ``-(-x)``, and write a negated value as
+    ``-1 * x``.
+
+    Precondition: none. Exact under IEEE arithmetic (a NaN stays NaN, ``-0.0`` stays ``-0.0``);
+    it makes ``-Q*K*scale`` and ``Q*K*scale - 0`` plan like ``Q*K*scale * -1``: products of
+    reads and scalars.
+    """
+    new = [s if _fold(s.expr) == s.expr else dataclasses.replace(s, expr=_fold(s.expr)) for s in c.stmts]
+    return c if all(a is b for a, b in zip(new, c.stmts)) else c.with_stmts(new)
+
+
 PIPELINE = (
+    ("fold_identities", fold_identities),
     ("prune_unused", prune_unused),
     ("defer_normalization", defer_normalization),
     ("online_rescaling", online_rescaling),

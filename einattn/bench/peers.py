@@ -73,11 +73,11 @@ def _na(kind: str, why: str) -> Peer:
     return Peer(kind, None, why)
 
 
-def dense_mask(name: str, m: int, n: int, params: dict) -> Tensor | None:
+def dense_mask(name: str, m: int, n: int, params: dict, device="cpu") -> Tensor | None:
     """The [M, N] visibility of a masked zoo variant (True = visible), or None if unmasked."""
     if name not in MASKS:
         return None
-    return MASKS[name](torch.arange(m)[:, None], torch.arange(n)[None, :], params)
+    return MASKS[name](torch.arange(m, device=device)[:, None], torch.arange(n, device=device)[None, :], params)
 
 
 def make_peer(kind: str, name: str, x: dict[str, Tensor], params: dict) -> Peer:
@@ -123,7 +123,7 @@ def _eager(name: str, x: dict, p: dict) -> Peer:
         return Peer("eager", diff, "two softmax attentions, combined")
     q, k, v = x["Q"], x["K"], x["V"]
     m, n = q.shape[-2], k.shape[-2]
-    vis = dense_mask(name, m, n, p)
+    vis = dense_mask(name, m, n, p, q.device)
     empty = None
     if vis is not None and not bool(vis.any(dim=-1).all()):
         empty = ~vis.any(dim=-1, keepdim=True)
@@ -134,7 +134,7 @@ def _eager(name: str, x: dict, p: dict) -> Peer:
     if name in ("softmax", "causal", "causal_bottom_right", "sliding_window", "prefix_lm"):
         fn = lambda: _masked_softmax(_scores(q, k, sc), vis, empty) @ v
     elif name == "alibi":
-        dist = (torch.arange(m)[:, None] - torch.arange(n)[None, :]).to(q.dtype)   # m - n
+        dist = (torch.arange(m, device=q.device)[:, None] - torch.arange(n, device=q.device)[None, :]).to(q.dtype)   # m - n
         slope = x["slope"][:, None, None]
         fn = lambda: _masked_softmax(_scores(q, k, sc) - slope * dist, vis, empty) @ v
     elif name in ("softcap", "softcap_sliding_window"):
@@ -212,12 +212,12 @@ def _sdpa(name: str, x: dict, p: dict) -> Peer:
     if name == "causal" or (name == "causal_bottom_right" and m == n and int(p["off"]) == 0):
         return Peer("sdpa", lambda: sdpa(q, k, v, is_causal=True, scale=sc), "is_causal=True")
     if name in ("causal_bottom_right", "sliding_window", "prefix_lm"):
-        mask = dense_mask(name, m, n, p)
+        mask = dense_mask(name, m, n, p, q.device)
         return Peer("sdpa", lambda: sdpa(q, k, v, attn_mask=mask, scale=sc),
                     "bool attn_mask [M,N], built outside the timing")
     if name == "alibi":
-        dist = (torch.arange(m)[:, None] - torch.arange(n)[None, :]).to(q.dtype)
-        bias = (-x["slope"][:, None, None] * dist).masked_fill(~dense_mask(name, m, n, p), -math.inf)
+        dist = (torch.arange(m, device=q.device)[:, None] - torch.arange(n, device=q.device)[None, :]).to(q.dtype)
+        bias = (-x["slope"][:, None, None] * dist).masked_fill(~dense_mask(name, m, n, p, q.device), -math.inf)
         bias = bias.unsqueeze(0).contiguous()
         return Peer("sdpa", lambda: sdpa(q, k, v, attn_mask=bias, scale=sc),
                     "float attn_mask [1,H,M,N] (ALiBi bias, -inf above the diagonal), built outside the timing")

@@ -47,7 +47,10 @@ def test_causal_skips_empty_tiles_and_has_a_predicate_free_body():
     src = _source("causal")
     assert "if T.Not(" in src                        # empty key tiles are skipped
     fast = src.split("if T.And(T.And(mv == 64, nv == 64)")[1].split("else:", 1)[0]
-    assert "T.Select(" not in fast and "t_Sm" not in fast   # no predicate; the masked copy is an alias
+    # no predicate (the index compares of the mask) and the masked copy is an alias; the
+    # T.Selects left are the NaN-keeping exp2 clamps and the masked-row rule of S - M
+    assert '<= T.Cast("float32"' not in fast and "t_Sm" not in fast
+    assert '<= T.Cast("float32"' in src.split("if T.And(T.And(mv == 64, nv == 64)")[1]   # the general body
 
 
 def _ctx(**kw) -> Ctx:
