@@ -7,7 +7,11 @@ and sequence lengths stay runtime values, so one build serves every length).
 Builds are cached in memory and on disk under ``settings.cache_dir()/cpu``,
 keyed by the rewritten cascade's structural hash, the shape bucket, the dtype,
 the config, the host target and a hash of the template and of the code that
-fills it. A cache file that cannot be loaded is reported and rebuilt.
+fills it. Each library ``<key>.so`` has a sidecar ``<key>.json`` holding the key's
+fields and the sha256 of the library; a library is loaded only when its bytes
+match its sidecar, so a truncated or damaged file is reported (one RuntimeWarning)
+and rebuilt instead of crashing the process in the loader. Processes building
+the same key take turns on a lock file.
 
 Inputs: float32 CPU tensors, passed to the kernel without copies (DLPack).
 Any strides are accepted (views such as ``q.transpose(1, 2)`` of a [b, m, h, d]
@@ -19,13 +23,15 @@ back. float16 is rejected (this CPU has no fast fp16 arithmetic); float64 and
 bfloat16 are rejected with the conversion to use. Offsets are 32-bit: a tensor
 spanning 2**31 elements or more is rejected.
 
-Threads: ``torch.get_num_threads()`` unless ``EINATTN_NUM_THREADS`` is set. TVM's
-pool is told not to spin after a call (``TVM_THREAD_POOL_SPIN_COUNT=0``, set
-before TVM starts its pool unless the user set it), so idle einattn workers do
-not steal cores from PyTorch.
+Threads: ``torch.get_num_threads()`` (of the calling thread) unless
+``EINATTN_NUM_THREADS`` is set. TVM keeps one pool per calling thread; it is
+told not to spin after a call (``TVM_THREAD_POOL_SPIN_COUNT=0``, set before TVM
+starts its pool unless the user set it), so idle einattn workers do not steal
+cores from PyTorch. TVM has no fork handler: see ``run_kernel``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -38,13 +44,14 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock
 import torch
 
 from einattn import settings
 from einattn.compiler import KernelPlan, make_kernel_plan
 from einattn.ir import BackendUnavailable, UnsupportedError
 
-from .base import Target, check_config
+from .base import Target, check_config, hidden_nonfinite
 from .cpu_codegen import CpuConfig, render, static_indices, template_hash
 
 log = logging.getLogger("einattn.cpu")
@@ -83,6 +90,16 @@ class CpuArtifact:
     static: tuple[str, ...]
     spec_hash: str
     builds: dict = field(default_factory=dict)      # shape bucket -> kernel
+    skip: bool = True                               # hidden key tiles are skipped
+    visit_all: "CpuArtifact | None" = None          # the variant that visits them, made on demand
+
+    def for_inputs(self, inputs: dict) -> "CpuArtifact":
+        """This artifact, or its variant that visits every key tile (see ``hidden_nonfinite``)."""
+        if not hidden_nonfinite(self.kp, inputs):
+            return self
+        if self.visit_all is None:
+            self.visit_all = dataclasses.replace(self, kp=self.kp.visiting_all(), builds={}, skip=False)
+        return self.visit_all
 
 
 class CpuBackend:
@@ -105,19 +122,25 @@ class CpuBackend:
         c = artifact.kp.cascade
         args = [_check_input(t.name, inputs[t.name], bool(t.indices) and t.indices[-1] in artifact.static)
                 for t in c.inputs]
-        bucket = tuple((i, int(sizes[i])) for i in artifact.static)
-        fn = artifact.builds.get(bucket)
-        if fn is None:
-            fn = artifact.builds[bucket] = get_kernel(artifact, dict(bucket))
         outs = {}
         for o in c.outputs:
             shape = [int(sizes[i]) for i in c.stmt(o).indices]
             outs[o] = torch.empty(shape, dtype=torch.float32)
-        if any(t.numel() == 0 for t in outs.values()):
+        if all(t.numel() == 0 for t in outs.values()):
             return outs                    # no query rows (or an empty batch): nothing to compute
+        bucket = tuple((i, int(sizes[i])) for i in artifact.static)
+        zero = [f"{i}=0" for i, v in bucket if v == 0]
+        if zero or any(t.numel() == 0 for t in outs.values()):
+            raise UnsupportedError(f"{c.name}: sizes {', '.join(zero) or 'that empty an output but not all'} "
+                                   f"on the cpu target: the kernel compiles these sizes in and needs them >= 1; "
+                                   f"target='reference' gives the empty/zero result")
+        artifact = artifact.for_inputs(dict(zip([t.name for t in c.inputs], args)))
+        fn = artifact.builds.get(bucket)
+        if fn is None:
+            fn = artifact.builds[bucket] = get_kernel(artifact, dict(bucket))
         _check_offsets(list(zip([t.name for t in c.inputs], args)) + list(outs.items()))
-        set_threads(settings.num_threads() or torch.get_num_threads())
-        fn(*args, *outs.values(), *[float(params[p.name]) for p in c.params])
+        run_kernel(fn, (*args, *outs.values(), *[float(params[p.name]) for p in c.params]),
+                   settings.num_threads() or torch.get_num_threads())
         return outs
 
 
@@ -193,17 +216,58 @@ def _runtime():
     return _RUNTIME[0]
 
 
-_THREADS = [0]
+_TLS = threading.local()      # per thread: the size told to its TVM pool, whether a fork orphaned that pool
+_CHILD_LAUNCHER: list = []    # in a forked child: the executor that calls kernels for an orphaned thread
 
 
 def set_threads(n: int) -> None:
-    """Size TVM's pool (once per change; the pool reads TVM_NUM_THREADS when it starts)."""
-    if _THREADS[0] == n:
+    """Size the calling thread's TVM pool (TVM keeps one per thread; the first call creates it)."""
+    if getattr(_TLS, "threads", 0) == n:
         return
     cfg = _runtime().get_global_func("runtime.config_threadpool", allow_missing=True)
     if cfg is not None:
         cfg(1, n)          # mode 1 (TVM's "big cores"); the count is capped by TVM_NUM_THREADS
-    _THREADS[0] = n
+    _TLS.threads = n
+
+
+def run_kernel(fn, args: tuple, threads: int) -> None:
+    """Call a built kernel on ``threads`` threads.
+
+    TVM has no fork handler: in a forked child, the thread that forked keeps its
+    pool, whose workers did not survive the fork, and waits for them forever.
+    TVM cannot reset that pool either (its reset joins the dead workers). Such a
+    thread hands its calls to a thread started in the child, for which TVM
+    creates a new pool on first use, sized as here.
+    """
+    if getattr(_TLS, "orphaned", False):
+        _child_launcher().submit(_call, fn, args, threads).result()
+    else:
+        _call(fn, args, threads)
+
+
+def _call(fn, args: tuple, threads: int) -> None:
+    set_threads(threads)
+    fn(*args)
+
+
+def _child_launcher():
+    with _LOCK:
+        if not _CHILD_LAUNCHER:
+            from concurrent.futures import ThreadPoolExecutor
+            _CHILD_LAUNCHER.append(ThreadPoolExecutor(1, thread_name_prefix="einattn-tvm"))
+        return _CHILD_LAUNCHER[0]
+
+
+def _after_fork_in_child() -> None:
+    global _LOCK, _TVM_LOCK
+    # the parent's other threads are gone: any lock one of them held would never be released
+    _LOCK, _TVM_LOCK = threading.Lock(), threading.Lock()
+    _CHILD_LAUNCHER.clear()                 # its thread is gone too (a grandchild starts its own)
+    if getattr(_TLS, "threads", 0):
+        _TLS.orphaned = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- build and cache ------------------------------------------------------------------
@@ -211,7 +275,8 @@ def set_threads(n: int) -> None:
 def cache_key(art: CpuArtifact, static: dict[str, int]) -> tuple[str, dict]:
     fields = {"spec": art.spec_hash, "shape": sorted(static.items()), "dtype": "float32",
               "config": dataclasses.asdict(art.config), "target": host().fingerprint(),
-              "code": code_hash(), "tvm": _tvm_version()}
+              "code": code_hash(), "tvm": _tvm_version(), "skip": art.skip,
+              "layout": 2}        # layout 2: sidecars hold the library's sha256
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:24], fields
 
@@ -229,27 +294,87 @@ def get_kernel(art: CpuArtifact, static: dict[str, int]):
     key, fields = cache_key(art, static)
     with _LOCK:
         fn = _MEMORY.get(key)
-        if fn is not None:
-            return fn
-        path = settings.cache_dir() / "cpu" / f"{key}.so"
-        fn = _load(path) if path.exists() else None
         if fn is None:
-            fn = _build(art, static, path, fields)
-        _MEMORY[key] = fn
+            fn = _MEMORY[key] = _load_or_build(art, static, settings.cache_dir() / "cpu" / f"{key}.so", fields)
         return fn
 
 
-def _load(path: Path):
+def _load_or_build(art: CpuArtifact, static: dict[str, int], path: Path, fields: dict):
+    fn, problem = _load(path, fields)
+    if fn is not None:
+        return fn
+    with _entry_lock(path):
+        fn, problem = _load(path, fields)          # another process may have written it meanwhile
+        if fn is not None:
+            return fn
+        if problem is not _MISSING:
+            warnings.warn(f"einattn: ignoring the unreadable cpu kernel cache file {path} ({problem}); "
+                          f"rebuilding it", RuntimeWarning, stacklevel=5)
+        return _build(art, static, path, fields)
+
+
+_MISSING = "no such file"
+
+
+def check_entry(path: Path, fields: dict) -> str | None:
+    """Why the cached library at ``path`` must not be loaded (``_MISSING`` if absent), or None.
+
+    Loading an unchecked library is not an option: the loader maps a truncated
+    file and the process dies of SIGBUS; flipped bytes may run as SIGILL.
+    """
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return _MISSING
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+    except FileNotFoundError:
+        return f"its sidecar {path.with_suffix('.json').name} is missing"
+    except (OSError, ValueError) as e:
+        return f"its sidecar is unreadable: {type(e).__name__}"
+    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in _as_json(fields).items()):
+        return "its sidecar describes another kernel"
+    if meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        return f"its sha256 differs from its sidecar's: {len(data)} bytes, {meta.get('bytes')} written"
+    return None
+
+
+def _as_json(fields: dict) -> dict:
+    return json.loads(json.dumps(fields))
+
+
+def _load(path: Path, fields: dict):
+    """(kernel, None) from a checked cache entry, or (None, why not)."""
+    problem = check_entry(path, fields)
+    if problem is not None:
+        return None, problem
     t0 = time.perf_counter()
     try:
-        mod = load_library(path)
-        fn = mod["main"]
-    except Exception as e:      # noqa: BLE001 - any unreadable file is rebuilt
-        warnings.warn(f"einattn: ignoring the unreadable cpu kernel cache file {path} ({type(e).__name__}: "
-                      f"{str(e).splitlines()[0] if str(e) else ''}); rebuilding it", RuntimeWarning, stacklevel=4)
-        return None
+        fn = load_library(path)["main"]
+    except Exception as e:      # noqa: BLE001 - any unloadable file is rebuilt
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     log.info("loaded %s in %.3f s", path.name, time.perf_counter() - t0)
-    return fn
+    return fn, None
+
+
+@contextlib.contextmanager
+def _entry_lock(path: Path):
+    """Processes building one key take turns. The cache stays sound without the lock (writes are
+    atomic and every load is checked), so a lock that cannot be had costs a duplicate build only."""
+    lock = filelock.FileLock(path.with_name(f".{path.stem}.lock"), timeout=600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as e:        # filelock.Timeout is an OSError
+        log.info("building %s without the cache lock (%s)", path.name, e)
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def load_library(path: Path):
@@ -276,7 +401,7 @@ def build_module(source: str):
 
 
 def _build(art: CpuArtifact, static: dict[str, int], path: Path, fields: dict):
-    """Render, compile, write the library atomically to the disk cache and load it from there
+    """Render, compile, write the library and its sidecar to the disk cache and load it from there
     (linking the library costs about what TVM's JIT would, so the cache write is free)."""
     t0 = time.perf_counter()
     src = build_source(art, static)
@@ -286,13 +411,29 @@ def _build(art: CpuArtifact, static: dict[str, int], path: Path, fields: dict):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             ex.export_library(str(tmp))
-            path.with_suffix(".json").write_text(json.dumps(fields, sort_keys=True, indent=1))
-            os.replace(tmp, path)          # atomic: readers see no file or the whole file
+            _write_entry(tmp, path, fields)
             fn = load_library(path)["main"]
         except Exception as e:             # noqa: BLE001 - the disk cache is an optimisation
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             warnings.warn(f"einattn: could not write the cpu kernel cache file {path} ({e}); "
-                          f"using the kernel from memory", RuntimeWarning, stacklevel=4)
+                          f"using the kernel from memory", RuntimeWarning, stacklevel=6)
             fn = ex["main"]
     log.info("built %s in %.3f s", path.name, time.perf_counter() - t0)
     return fn
+
+
+def _write_entry(tmp: Path, path: Path, fields: dict) -> None:
+    """Move a library written to ``tmp`` into the cache with its sidecar. Each file is replaced
+    atomically, the sidecar first: a reader sees the old pair, the new sidecar with the old library
+    (a mismatch, so it waits for the lock and reads again) or the new pair, never a library
+    without its sidecar."""
+    data = tmp.read_bytes()
+    meta = {**fields, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    side = tmp.with_suffix(".json")
+    try:
+        side.write_text(json.dumps(meta, sort_keys=True, indent=1))
+        os.replace(side, path.with_suffix(".json"))
+    finally:
+        side.unlink(missing_ok=True)
+    os.replace(tmp, path)

@@ -16,14 +16,31 @@ class Kernel:
     spec's ``inputs:`` order or by name; it returns the output tensor, or a tuple in
     ``outputs:`` order when there are several."""
 
-    def __init__(self, spec: Spec, plan: Plan, target, backend, artifact, params: dict, config: dict):
+    def __init__(self, spec: Spec, plan: Plan, target, backend, artifact, params: dict, config: dict,
+                 *, interpret: bool = False, tune: str = "none"):
         self.spec, self.plan, self.target, self.config = spec, plan, target, dict(config)
         self.params = dict(params)
+        self.interpret, self.tune = bool(interpret), tune
         self._backend, self._artifact = backend, artifact
         self._grouped = _grouped_reads(spec)
 
     def __repr__(self) -> str:
         return f"Kernel({self.spec.name!r}, target='{self.target}', passes={self.plan.passes})"
+
+    def __reduce__(self):
+        """Pickle what the kernel was compiled from, not the build: a built library cannot cross
+        processes, and ``compile`` in the receiving process finds it in its disk cache or rebuilds it."""
+        return _recompile, (self.spec, str(self.target), self.params, self.config, self.interpret, self.tune)
+
+    def __copy__(self) -> "Kernel":
+        """A new Kernel sharing the backend and the built artifact (immutable once built)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.params, new.config = dict(self.params), dict(self.config)
+        return new
+
+    def __deepcopy__(self, memo) -> "Kernel":
+        return self.__copy__()
 
     def bind(self, args, kwargs) -> dict[str, torch.Tensor]:
         c = self.spec
@@ -49,6 +66,7 @@ class Kernel:
 
     def __call__(self, *args, **kwargs):
         inputs = self.bind(args, kwargs)
+        self._check_call(inputs)
         c = self.spec
         sizes = bind_sizes(c, {n: tuple(t.shape) for n, t in inputs.items()})
         params = eval_params(c, sizes, self.params)
@@ -56,6 +74,26 @@ class Kernel:
         outs = self._backend.launch(self._artifact, inputs, sizes, params)
         res = tuple(outs[o] for o in c.outputs)
         return res[0] if len(res) == 1 else res
+
+
+    def _check_call(self, inputs: dict) -> None:
+        """Refuse, at the call, what the target would otherwise get wrong later."""
+        meta = [n for n, t in inputs.items() if t.device.type == "meta"]
+        if meta:
+            raise UnsupportedError(f"input '{meta[0]}' is on the meta device; einattn kernels compute values "
+                                   f"(target '{self.target}'): pass real tensors (the output shapes are the "
+                                   f"spec's outputs over the input sizes, see einattn.explain)")
+        if self.target.kind not in GRAD_TARGETS and torch.is_grad_enabled():
+            grad = [n for n, t in inputs.items() if t.requires_grad]
+            if grad:
+                raise UnsupportedError(
+                    f"input '{grad[0]}' requires grad, but the {self.target} target has no backward pass yet "
+                    f"(its output would be silently detached). Call it under torch.no_grad() for inference, "
+                    f"or use target='reference' or 'streaming', which support autograd")
+
+
+# targets whose outputs carry autograd history (they compute with torch operations)
+GRAD_TARGETS = ("reference", "streaming")
 
 
 def _grouped_reads(c) -> tuple:
@@ -131,4 +169,8 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
     plan = make_plan(c)
     options = {"interpret": True} if interpret else {}
     artifact = backend.prepare(plan, t, dict(config or {}), **options)
-    return Kernel(c, plan, t, backend, artifact, params, config or {})
+    return Kernel(c, plan, t, backend, artifact, params, config or {}, interpret=interpret, tune=tune)
+
+
+def _recompile(spec: Spec, target: str, params: dict, config: dict, interpret: bool, tune: str) -> Kernel:
+    return compile(spec, target=target, tune=tune, config=config, interpret=interpret, **params)
