@@ -273,12 +273,12 @@ class _Printer:
         return f"T.Select(T.isnan({a}), {a}, T.{fn}({a}, {b}))"
 
     def exp2(self, x: str) -> str:
-        """2**x as 2**(k-1) * (2 poly(x - k)), k = round(x), with x clamped to [-126, 128]
-        by compares that keep a NaN (``T.min``/``T.max`` would drop it). Exact at the ends:
+        """2**x as 2**(k-1) * (2 poly(x - k)), k = round(x), with x clamped to [-126, 128] by
+        ``T.min(128, x)`` and ``T.max(-126, c)``: constant first, so the ``a < b ? a : b`` that TVM
+        emits (one vminps / vmaxps) returns x when x is NaN. Exact at the ends:
         -inf gives 0 (the exponent field 0 times a finite), x >= 128 and +inf give +inf
         (2**127 times 2 poly(0) overflows), NaN stays NaN (the polynomial of NaN)."""
-        c = self.stage(f"T.Select({x} > T.float32(128.0), T.float32(128.0), {x})")
-        c = self.stage(f"T.Select({c} < T.float32(-126.0), T.float32(-126.0), {c})")
+        c = self.stage(f"T.max(T.float32(-126.0), T.min(T.float32(128.0), {x}))")
         fl = self.stage(f"T.nearbyint({c})")
         f = self.stage(f"({c} - {fl})")
         poly = fconst(2 * EXP2_POLY[-1])

@@ -208,8 +208,9 @@ class TritonBackend:
     # -- ahead of time --------------------------------------------------------------
     def build(self, artifact: TritonArtifact, sizes: dict, dtype: torch.dtype = torch.float16):
         """Compile for the artifact's architecture at these sizes (head dims) and input dtype."""
-        from .triton_aot import compile_kernel
+        from .triton_aot import check_slice_offsets, compile_kernel
         check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=dtype)
+        check_slice_offsets(artifact, sizes)
         key = (tuple(sorted(constexpr_values(artifact.rendered, sizes, artifact.config, "").items())), dtype)
         if key not in artifact.compiled:
             fn = load_kernel(artifact.path, artifact.rendered.kernel_name, interpret=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from einattn.ir import BackendUnavailable
+from einattn.ir import BackendUnavailable, UnsupportedError
 
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
@@ -58,7 +58,7 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
                 sig[a.name] = "constexpr"
                 consts[a.name] = 1
             else:
-                sig[a.name] = "i32"
+                sig[a.name] = "i64" if v >= 2 ** 31 else "i32"      # as Triton's JIT specialises
                 if v % 16 == 0:
                     attrs[(j,)] = [["tt.divisibility", 16]]
         else:
@@ -68,6 +68,20 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
         sig[k] = "constexpr"
         consts[k] = ce[k]
     return sig, consts, attrs
+
+
+def check_slice_offsets(artifact, sizes: dict) -> None:
+    """Offsets inside one (batch, head) slice are 32-bit in the kernel (grid offsets are 64-bit):
+    refuse sizes whose contiguous tensors reach past 2**31 elements within a slice."""
+    r = artifact.rendered
+    dims = {t.name: t.indices for t in artifact.plan.cascade.inputs} | dict(r.outputs)
+    for name, ds in dims.items():
+        reach = sum((int(sizes[i]) - 1) * _contiguous_stride(ds, j, sizes)
+                    for j, i in enumerate(ds) if i not in r.grid and int(sizes[i]) > 0)
+        if reach >= 2 ** 31:
+            raise UnsupportedError(f"tensor '{name}' spans {reach} elements within one ({', '.join(r.grid)}) "
+                                   f"slice at these sizes; the {artifact.target} kernel indexes inside a slice "
+                                   f"with 32-bit offsets (< 2**31): use shorter sequences per call")
 
 
 def _contiguous_stride(dims, j: int, sizes: dict) -> int:

@@ -86,6 +86,38 @@ def correctness(quick: bool) -> list[dict]:
     return rows
 
 
+def random_cascades(count: int) -> list[dict]:
+    """The random attention-shaped cascades of tests/cascades.py (seeds 0..count-1) on the GPU in
+    fp32, each against the float64 reference with the test suite's criterion."""
+    from tests.cascades import random_case
+    import pytest
+    pytest.importorskip = lambda name, *a, **k: None     # the tests' TVM guard; no TVM here
+    from tests.test_random_cascades import _reference, agree
+    rows = []
+    for seed in range(count):
+        text, sizes, x, poked = random_case(seed)
+        try:
+            w64 = _reference(text, {k: v.double() for k, v in x.items()}, torch.float64)
+            w32 = _reference(text, x, torch.float32)
+            s32 = einattn.compile(text, target="streaming")(**x)
+            got = einattn.compile(text, target="cuda")(**{k: v.cuda() for k, v in x.items()})
+            agree(tuple(g.cpu() for g in as_tuple(got)), w64, w32, s32, f"seed {seed}")
+            msg = None
+        except einattn.UnsupportedError as e:     # a documented refusal (docs/backends.md): not a failure
+            rows.append({"check": "cascade", "seed": seed, "poked": poked, "ok": True,
+                         "refused": str(e)[:200]})
+            continue
+        except Exception as e:           # noqa: BLE001
+            msg = f"{type(e).__name__}: {str(e)[:300]}"
+        rows.append({"check": "cascade", "seed": seed, "poked": poked, "ok": msg is None, "msg": msg})
+        if msg:
+            print(f"cascade seed {seed} ({poked}): FAIL {msg}", flush=True)
+    refused = sum("refused" in r for r in rows)
+    print(f"random cascades: {sum(r['ok'] for r in rows) - refused} compiled and agree, {refused} refused "
+          f"(UnsupportedError), {sum(not r['ok'] for r in rows)} wrong, of {len(rows)}", flush=True)
+    return rows
+
+
 def speed(quick: bool) -> list[dict]:
     from triton.testing import do_bench
     rows = []
@@ -132,6 +164,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-correctness", action="store_true")
+    ap.add_argument("--cascades", type=int, default=0, help="also run this many random cascades")
     a = ap.parse_args()
     t0 = time.time()
     dev = torch.cuda.get_device_name()
@@ -144,6 +177,7 @@ def main() -> int:
     mm = round(2 * 8192 ** 3 / ms / 1e9, 1)
     print(f"probe: fp16 matmul 8192^3 {mm} TFLOP/s", flush=True)
     rows = [] if a.skip_correctness else correctness(a.quick)
+    rows += random_cascades(a.cascades)
     fails = [r for r in rows if not r["ok"]]
     sp = [] if a.skip_speed else speed(a.quick)
     res = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "matmul_tflops": mm,

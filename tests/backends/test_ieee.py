@@ -216,3 +216,14 @@ def test_triton_offsets_past_32_bits_are_refused():
     check_offsets(art, {"Q": small, "K": small, "V": small}, {"O": small}, 1)
     with pytest.raises(UnsupportedError, match=r"2\*\*31.*chunks of the query rows"):
         check_offsets(art, {"Q": Big(), "K": small, "V": small}, {"O": small}, 1)
+
+
+def test_triton_aot_refuses_slices_past_32_bits_and_takes_64_bit_strides():
+    from einattn.backends.triton_aot import check_slice_offsets, signature
+    art = einattn.compile("softmax", target="cuda:sm_90")._artifact
+    with pytest.raises(UnsupportedError, match=r"2\*\*31"):
+        check_slice_offsets(art, {"b": 1, "h": 1, "m": 40_000_000, "n": 128, "d": 64, "e": 64})
+    big = {"b": 2, "h": 4096, "m": 8192, "n": 128, "d": 64, "e": 64}     # Q's batch stride is 2**31
+    check_slice_offsets(art, big)
+    sig, _, _ = signature(art, big, torch.float16)
+    assert sig["stride_Q_0"] == "i64" and sig["stride_Q_1"] == "i32"
