@@ -227,3 +227,14 @@ def test_triton_aot_refuses_slices_past_32_bits_and_takes_64_bit_strides():
     check_slice_offsets(art, big)
     sig, _, _ = signature(art, big, torch.float16)
     assert sig["stride_Q_0"] == "i64" and sig["stride_Q_1"] == "i32"
+
+
+@pytest.mark.cpu
+def test_nonfinite_inputs_raise_no_numpy_warning():
+    """The finiteness check sums the inputs: inf - inf there must not reach the user as a warning."""
+    import warnings
+    x = zoo_inputs("causal", dtype=torch.float32, b=1, h=2, m=40, n=40)
+    x["K"][0, 0, 3, 0], x["K"][0, 0, 4, 0] = math.inf, -math.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernel("causal", "cpu")(**x)
