@@ -75,7 +75,6 @@ class Kernel:
         res = tuple(outs[o] for o in c.outputs)
         return res[0] if len(res) == 1 else res
 
-
     def _check_call(self, inputs: dict) -> None:
         """Refuse, at the call, what the target would otherwise get wrong later."""
         meta = [n for n, t in inputs.items() if t.device.type == "meta"]
