@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 from dataclasses import dataclass
 
 from einattn.ir import Cascade, Expr, Op, Reduce, UnsupportedError, build_product, product_factors
@@ -78,6 +79,10 @@ class KernelPlan:
         is exact only while they are finite: a NaN or inf at a hidden key reaches the row
         in the reference (through ``0 * NaN``), so a launcher that finds one runs the
         kernel without skipping."""
+        return self._skipped
+
+    @functools.cached_property
+    def _skipped(self) -> tuple[str, ...]:      # asked on every call of a kernel
         c, out = self.cascade, {}
         for p in self.passes:
             if p.skip_empty:
