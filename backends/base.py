@@ -60,6 +60,15 @@ def check_config(backend_name: str, config: dict, allowed: dict[str, type]) -> d
     return out
 
 
+INDEX_LIMIT = 2 ** 31       # kernels index with 32-bit offsets (the Triton kernels within one (batch, head) slice)
+
+
+def span(shape, strides, skip=()) -> int:
+    """The largest element offset of a tensor view: sum of (size - 1) * |stride| over its dims,
+    leaving out the dims at the positions in ``skip`` (those indexed with 64-bit offsets)."""
+    return sum((n - 1) * abs(st) for j, (n, st) in enumerate(zip(shape, strides)) if n > 0 and j not in skip)
+
+
 def all_finite(t) -> bool:
     """No NaN or inf in ``t``. On CPU tensors one single-threaded numpy pass, so PyTorch's
     OpenMP pool is not woken to spin beside TVM's; on a GPU one reduction and a sync. A sum

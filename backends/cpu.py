@@ -51,7 +51,7 @@ from einattn import settings
 from einattn.compiler import KernelPlan, make_kernel_plan
 from einattn.ir import BackendUnavailable, UnsupportedError
 
-from .base import Target, check_config, hidden_nonfinite
+from .base import INDEX_LIMIT, Target, check_config, hidden_nonfinite, span
 from .cpu_codegen import CpuConfig, render, static_indices, template_hash
 
 log = logging.getLogger("einattn.cpu")
@@ -167,10 +167,12 @@ def _check_input(name: str, t: torch.Tensor, unit_last: bool) -> torch.Tensor:
 
 def _check_offsets(tensors) -> None:
     for name, t in tensors:
-        reach = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()) if s > 0)
-        if reach >= 2 ** 31:
+        reach = span(t.shape, t.stride())
+        if reach >= INDEX_LIMIT:
             raise UnsupportedError(f"tensor '{name}' (shape {tuple(t.shape)}) spans {reach} elements; the cpu "
-                                   f"kernel indexes with 32-bit integers (< 2**31): split the batch")
+                                   f"kernel indexes with 32-bit integers (< 2**31): call it on slices of the "
+                                   f"batch or heads, or, when one (batch, head) slice is that large, on chunks "
+                                   f"of the query rows (they are independent)")
 
 
 # -- TVM, threads, the host --------------------------------------------------------

@@ -25,6 +25,7 @@ import importlib.resources
 from dataclasses import dataclass
 
 from einattn.compiler import Kind, KernelPlan
+from einattn.compiler.infinity import input_flags
 from einattn.compiler.masks import atom, tile_decision
 from einattn.ir import Expr, Op, Reduce, Sub, UnsupportedError
 
@@ -129,7 +130,7 @@ class KernelView:
         self.c = c
         # inputs may hold +-inf (and NaN): the masked-row rules are printed wherever an input
         # can reach them (a compare and a blend, small next to the dot products)
-        self.input_flags = {t.name: (True, True) for t in c.inputs}
+        self.input_flags = input_flags(c)
         q, n = kp.query, kp.key
         if len(kp.value) > 1:
             raise UnsupportedError(f"{c.name}: the CPU backend supports one value index, found {kp.value}")

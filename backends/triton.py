@@ -39,7 +39,7 @@ from einattn import settings
 from einattn.compiler.kernel_plan import KernelPlan, make_kernel_plan
 from einattn.ir import BackendUnavailable, UnsupportedError
 
-from .base import Target, hidden_nonfinite
+from .base import INDEX_LIMIT, Target, hidden_nonfinite, span
 from .triton_render import Rendered, render
 from .triton_targets import (HardwareTarget, TritonConfig, check_compiled, check_config, load_target,
                              parse_config)
@@ -322,9 +322,8 @@ def check_offsets(artifact: TritonArtifact, x: dict, outs: dict, grid_n: int) ->
                                f"and ROCm allow at most 65535: call the kernel on slices of the batch")
     dims = {t.name: t.indices for t in c.inputs} | {o: d for o, d in r.outputs}
     for name, t in list(x.items()) + list(outs.items()):
-        reach = sum((s - 1) * abs(st) for d, s, st in zip(dims[name], t.shape, t.stride())
-                    if d not in r.grid and s > 0)
-        if reach >= 2 ** 31:
+        reach = span(t.shape, t.stride(), skip=[j for j, d in enumerate(dims[name]) if d in r.grid])
+        if reach >= INDEX_LIMIT:
             raise UnsupportedError(
                 f"tensor '{name}' (shape {tuple(t.shape)}) spans {reach} elements within one "
                 f"({', '.join(r.grid)}) slice; the {artifact.target} kernel indexes inside a slice with 32-bit "

@@ -23,6 +23,8 @@ import torch
 
 from einattn.ir import BackendUnavailable, UnsupportedError
 
+from .base import INDEX_LIMIT, span
+
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
 
@@ -58,7 +60,7 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
                 sig[a.name] = "constexpr"
                 consts[a.name] = 1
             else:
-                sig[a.name] = "i64" if v >= 2 ** 31 else "i32"      # as Triton's JIT specialises
+                sig[a.name] = "i64" if v >= INDEX_LIMIT else "i32"      # as Triton's JIT specialises
                 if v % 16 == 0:
                     attrs[(j,)] = [["tt.divisibility", 16]]
         else:
@@ -76,9 +78,10 @@ def check_slice_offsets(artifact, sizes: dict) -> None:
     r = artifact.rendered
     dims = {t.name: t.indices for t in artifact.plan.cascade.inputs} | dict(r.outputs)
     for name, ds in dims.items():
-        reach = sum((int(sizes[i]) - 1) * _contiguous_stride(ds, j, sizes)
-                    for j, i in enumerate(ds) if i not in r.grid and int(sizes[i]) > 0)
-        if reach >= 2 ** 31:
+        shape = [int(sizes[i]) for i in ds]
+        reach = span(shape, [_contiguous_stride(ds, j, sizes) for j in range(len(ds))],
+                     skip=[j for j, i in enumerate(ds) if i in r.grid])
+        if reach >= INDEX_LIMIT:
             raise UnsupportedError(f"tensor '{name}' spans {reach} elements within one ({', '.join(r.grid)}) "
                                    f"slice at these sizes; the {artifact.target} kernel indexes inside a slice "
                                    f"with 32-bit offsets (< 2**31): use shorter sequences per call")

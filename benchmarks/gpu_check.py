@@ -23,26 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))      # the repo's t
 import einattn  # noqa: E402
 from einattn.bench.peers import make_peer  # noqa: E402
 from einattn.ir import bind_sizes, eval_params  # noqa: E402
-from tests.helpers import ZOO_NAMES, as_tuple, zoo_inputs  # noqa: E402
+from tests.helpers import ZOO_NAMES, agree, as_tuple, ieee_mismatch, reference_outputs, zoo_inputs  # noqa: E402
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 4e-2}
 EXTREME = ("softmax", "causal", "sliding_window", "bias", "sinks", "lse", "relu", "centered_relu", "softcap")
 SPEED = ("softmax", "causal", "alibi", "softcap", "sliding_window")
-
-
-def ieee_mismatch(got, want, rel: float) -> str | None:
-    g, w = got.double().cpu(), want.double()
-    if not torch.equal(g.isnan(), w.isnan()):
-        return f"NaN at {int(g.isnan().sum())} places, reference {int(w.isnan().sum())}"
-    for s in (1, -1):
-        if not torch.equal(g == s * math.inf, w == s * math.inf):
-            return f"{'+' if s > 0 else '-'}inf places differ"
-    f = torch.isfinite(w)
-    if f.any():
-        err = float((g[f] - w[f]).abs().max() / w[f].abs().max().clamp_min(1e-30))
-        if err > rel:
-            return f"rel error {err:.2e} > {rel:g}"
-    return None
 
 
 def check(name: str, x: dict, dtype, rel: float) -> str | None:
@@ -90,15 +75,13 @@ def random_cascades(count: int) -> list[dict]:
     """The random attention-shaped cascades of tests/cascades.py (seeds 0..count-1) on the GPU in
     fp32, each against the float64 reference with the test suite's criterion."""
     from tests.cascades import random_case
-    import pytest
-    pytest.importorskip = lambda name, *a, **k: None     # the tests' TVM guard; no TVM here
-    from tests.test_random_cascades import _reference, agree
     rows = []
     for seed in range(count):
         text, sizes, x, poked = random_case(seed)
         try:
-            w64 = _reference(text, {k: v.double() for k, v in x.items()}, torch.float64)
-            w32 = _reference(text, x, torch.float32)
+            spec = einattn.load_spec(text)
+            w64, w32 = (tuple(reference_outputs(spec, x, dtype=dt)[o] for o in spec.outputs)
+                        for dt in (torch.float64, torch.float32))
             s32 = einattn.compile(text, target="streaming")(**x)
             got = einattn.compile(text, target="cuda")(**{k: v.cuda() for k, v in x.items()})
             agree(tuple(g.cpu() for g in as_tuple(got)), w64, w32, s32, f"seed {seed}")

@@ -53,9 +53,14 @@ def inf_flags(e: Expr, flags: Mapping[str, Flags]) -> Flags:
     return (anyinf, anyinf)
 
 
+def input_flags(c: Cascade) -> dict[str, Flags]:
+    """Inputs may hold -inf and +inf (an additive mask passed as a tensor, an overflowed activation)."""
+    return {t.name: (True, True) for t in c.inputs}
+
+
 def cascade_inf_flags(c: Cascade) -> dict[str, Flags]:
     """Per input and statement: may its value be -inf / +inf?"""
-    flags: dict[str, Flags] = {t.name: (True, True) for t in c.inputs}
+    flags = input_flags(c)
     for s in c.stmts:
         f = inf_flags(s.expr, flags)
         if s.reduced and s.reduce is Reduce.MAX:

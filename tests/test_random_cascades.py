@@ -23,10 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import einattn
-from einattn.backends.reference import run_reference
-from einattn.ir import UnsupportedError, bind_sizes, eval_params
+from einattn.ir import UnsupportedError
 from tests.cascades import case
-from tests.helpers import as_tuple
+from tests.helpers import agree, reference_outputs
 
 pytest.importorskip("tvm")
 pytest.importorskip("triton")
@@ -40,30 +39,8 @@ TRITON = {"interpret": True, "config": {"BLOCK_M": 16, "BLOCK_N": 16}}
 
 def _reference(text: str, x: dict, dtype) -> tuple:
     c = einattn.load_spec(text)
-    sizes = bind_sizes(c, {k: tuple(v.shape) for k, v in x.items()})
-    out = run_reference(c, {k: v.to(dtype) for k, v in x.items()}, sizes, eval_params(c, sizes, None), dtype)
+    out = reference_outputs(c, x, dtype=dtype)
     return tuple(out[o] for o in c.outputs)
-
-
-def _places(t: torch.Tensor) -> tuple:
-    return t.isnan(), t == float("inf"), t == -float("inf")
-
-
-def agree(got, want64, want32, stream32, what: str) -> None:
-    for g, w, w32, s32 in zip(as_tuple(got), want64, want32, as_tuple(stream32)):
-        g = g.double()
-        ok64 = all(torch.equal(a, b) for a, b in zip(_places(g), _places(w)))
-        ok32 = all(torch.equal(a, b) for a, b in zip(_places(g), _places(w32.double())))
-        assert ok64 or ok32, (f"{what}: NaN/inf places differ: got {int(g.isnan().sum())} NaN "
-                              f"{int(g.isinf().sum())} inf, reference {int(w.isnan().sum())} NaN "
-                              f"{int(w.isinf().sum())} inf")
-        f = torch.isfinite(w) & torch.isfinite(g) & torch.isfinite(s32.double())
-        if not f.any():
-            continue
-        scale = w[f].abs().max().clamp_min(1e-30)
-        base = float((s32.double()[f] - w[f]).abs().max() / scale)
-        err = float((g[f] - w[f]).abs().max() / scale)
-        assert err <= max(1e-4, 8 * base), f"{what}: rel error {err:.2e} (streaming fp32: {base:.2e})"
 
 
 def _check_case(c) -> None:

@@ -14,7 +14,7 @@ import torch
 
 import einattn
 from einattn.ir import UnsupportedError
-from tests.helpers import ZOO_NAMES, as_tuple, zoo_inputs
+from tests.helpers import ZOO_NAMES, as_tuple, ieee_mismatch, zoo_inputs
 
 pytest.importorskip("tvm")
 pytest.importorskip("triton")
@@ -30,15 +30,8 @@ def kernel(name: str, target: str):
 
 def ieee_close(got, want, rel: float = 1e-3, what: str = "") -> None:
     for g, w in zip(as_tuple(got), as_tuple(want)):
-        g, w = g.double(), w.double()
-        assert torch.equal(g.isnan(), w.isnan()), f"{what}: NaN at {int(g.isnan().sum())} places, " \
-                                                  f"reference {int(w.isnan().sum())}"
-        for s in (1, -1):
-            assert torch.equal(g == s * math.inf, w == s * math.inf), f"{what}: {s:+d} inf places differ"
-        f = torch.isfinite(w)
-        if f.any():
-            err = float((g[f] - w[f]).abs().max() / w[f].abs().max().clamp_min(1e-30))
-            assert err <= rel, f"{what}: rel error {err:.2e}"
+        msg = ieee_mismatch(g, w, rel)
+        assert msg is None, f"{what}: {msg}"
 
 
 def run(name: str, target: str, x: dict, rel: float = 1e-3) -> None:
