@@ -1,8 +1,10 @@
 """einattn.backends: executors and code generators behind one small interface.
 
-Backends are registered by target kind. Code-generating backends live in their
-own module (``cpu.py``: TVM, ``triton.py``: CUDA and ROCm) and are imported on
-first use, so importing einattn never imports TVM or Triton.
+Backends are registered by target kind, one subpackage each: ``torch/`` (the
+float64 reference and the streaming executor), ``cpu/`` (TVM) and ``triton/``
+(CUDA and ROCm). ``base.py`` holds the interface every backend implements. The
+code-generating backends are imported on first use, and import TVM or Triton
+only when they build or run a kernel.
 """
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ import importlib.util
 from einattn.ir import UnsupportedError
 
 from .base import TARGET_KINDS, Backend, Target, check_config, parse_target
-from .executors import ReferenceBackend, StreamingBackend
+from .torch import ReferenceBackend, StreamingBackend
 
 # kind -> (module, class, what it is)
 REGISTRY = {
-    "reference": ("einattn.backends.executors", "ReferenceBackend", "the float64 reference executor"),
-    "streaming": ("einattn.backends.executors", "StreamingBackend", "the streaming executor (torch)"),
+    "reference": ("einattn.backends.torch", "ReferenceBackend", "the float64 reference executor"),
+    "streaming": ("einattn.backends.torch", "StreamingBackend", "the streaming executor (torch)"),
     "cpu": ("einattn.backends.cpu", "CpuBackend", "the CPU backend on TVM"),
     "cuda": ("einattn.backends.triton", "TritonBackend", "the CUDA backend on Triton"),
     "rocm": ("einattn.backends.triton", "TritonBackend", "the ROCm backend on Triton"),

@@ -1,6 +1,7 @@
 """A/B the CPU kernels of another git revision against the working tree's, in one process.
 
-The renderer and template of REV (``backends/cpu_codegen.py``, ``backends/cpu_expr.py``,
+The renderer and template of REV (``backends/cpu/{render,expr,config}.py`` or, before the
+layout of subpackages, ``backends/cpu_codegen.py`` and ``backends/cpu_expr.py``; and
 ``templates/cpu/attention.tvmscript.jinja``) are taken from git into a temporary package;
 both render the working tree's kernel plan, are built with the working tree's
 ``build_module`` and are called alternately (no launcher: kernel time only).
@@ -24,23 +25,36 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = {"cpu_codegen.py": "backends/cpu_codegen.py", "cpu_expr.py": "backends/cpu_expr.py",
-         "attention.tvmscript.jinja": "templates/cpu/attention.tvmscript.jinja"}
+# the renderer's files of each layout: (module to import, {file name: path in the revision})
+LAYOUTS = [("render", {"render.py": "backends/cpu/render.py", "expr.py": "backends/cpu/expr.py",
+                       "config.py": "backends/cpu/config.py"}),
+           ("cpu_codegen", {"cpu_codegen.py": "backends/cpu_codegen.py", "cpu_expr.py": "backends/cpu_expr.py"})]
+TEMPLATE = "templates/cpu/attention.tvmscript.jinja"
+
+
+def _show(rev: str, path: str) -> str | None:
+    p = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True)
+    return p.stdout if p.returncode == 0 else None
 
 
 def old_codegen(rev: str, where: Path):
     pkg = where / "abold"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
-    for name, path in FILES.items():
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], check=True,
-                              capture_output=True, text=True).stdout
-        if name == "cpu_codegen.py":      # read the template beside it, not from the installed package
-            text = text.replace('(importlib.resources.files("einattn.templates") / "cpu" / TEMPLATE)',
-                                '(__import__("pathlib").Path(__file__).parent / TEMPLATE)')
+    (pkg / Path(TEMPLATE).name).write_text(_show(rev, TEMPLATE))
+    for module, files in LAYOUTS:
+        texts = {name: _show(rev, path) for name, path in files.items()}
+        if all(t is not None for t in texts.values()):
+            break
+    else:
+        raise SystemExit(f"{rev}: no CPU renderer found at {[p for _, fs in LAYOUTS for p in fs.values()]}")
+    for name, text in texts.items():
+        # read the template beside the renderer, not from the installed package
+        text = text.replace('(importlib.resources.files("einattn.templates") / "cpu" / TEMPLATE)',
+                            '(__import__("pathlib").Path(__file__).parent / TEMPLATE)')
         (pkg / name).write_text(text)
     sys.path.insert(0, str(where))
-    return importlib.import_module("abold.cpu_codegen")
+    return importlib.import_module(f"abold.{module}")
 
 
 def main() -> int:
@@ -51,13 +65,15 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=21)
     a = ap.parse_args()
     import einattn
-    from einattn.backends import cpu as cb
-    from einattn.backends import cpu_codegen as newcg
+    from einattn.backends.cpu import build as cb
+    from einattn.backends.cpu import render as newcg
+    from einattn.backends.cpu.config import CpuConfig
+    from einattn.backends.cpu.runtime import set_threads
     from einattn.compiler import make_kernel_plan, make_plan
     from einattn.ir import bind_sizes, eval_params
     shape = {k: int(v) for k, v in (p.split("=") for p in a.shape.split(","))}
     shape.setdefault("g", max(1, shape["h"] // 4))
-    cb.set_threads(torch.get_num_threads())
+    set_threads(torch.get_num_threads())
     vec = cb.host().fp32_lanes
     with tempfile.TemporaryDirectory() as tmp:
         oldcg = old_codegen(a.rev, Path(tmp))
@@ -66,7 +82,7 @@ def main() -> int:
             kp = make_kernel_plan(make_plan(spec))
             static = {i: shape[i] for i in newcg.static_indices(kp)}
             fns = {"old": cb.build_module(oldcg.render(kp, oldcg.CpuConfig(), static, vec))["main"],
-                   "new": cb.build_module(newcg.render(kp, newcg.CpuConfig(), static, vec))["main"]}
+                   "new": cb.build_module(newcg.render(kp, CpuConfig(), static, vec))["main"]}
             x = [torch.randn([shape[i] for i in t.indices]) * 0.5 for t in spec.inputs]
             sizes = bind_sizes(spec, {t.name: tuple(v.shape) for t, v in zip(spec.inputs, x)})
             params = [float(v) for v in eval_params(spec, sizes, None).values()]

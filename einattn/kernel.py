@@ -7,7 +7,7 @@ from einattn.backends import get_backend, parse_target
 from einattn.compiler import Plan, make_plan
 from einattn.ir import Loc, Op, SpecError, UnsupportedError, bind_sizes, eval_params
 
-from . import settings
+from einattn.ir import settings
 from .specs import Spec, load_spec
 
 

@@ -1,4 +1,4 @@
-"""einattn.ir: the einsum-cascade IR. Imports nothing else of einattn."""
+"""einattn.ir: the einsum-cascade IR, its errors and settings (``settings.py``). Imports nothing else of einattn."""
 from .errors import (BackendUnavailable, EinattnError, Loc, SpecError, TuningError,
                      UnsupportedError)
 from .expr import BINARY, COMPARE, FUNCTIONS, LOGIC, UNARY_FN, Expr, Op, Sub, build_product, product_factors

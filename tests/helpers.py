@@ -34,7 +34,7 @@ def assert_rel_close(got, want, rel: float, what: str = "") -> None:
 def reference_outputs(cascade, inputs: dict, overrides: dict | None = None,
                       dtype=torch.float64) -> dict[str, torch.Tensor]:
     """Run the reference executor on any cascade (original or rewritten), in float64 unless told."""
-    from einattn.backends.reference import run_reference
+    from einattn.backends.torch.reference import run_reference
     from einattn.ir import bind_sizes, eval_params
     sz = bind_sizes(cascade, {k: tuple(v.shape) for k, v in inputs.items()})
     params = eval_params(cascade, sz, overrides)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import einattn
-from einattn import settings
+from einattn.ir import settings
 from einattn.specs import zoo_path
 from tests.helpers import SOFTMAX, ZOO_NAMES
 

@@ -100,7 +100,7 @@ def test_spawn_pool_round_trip():
 
 
 def test_unpickled_with_an_empty_cache_rebuilds(tmp_path):
-    from einattn.backends import cpu
+    from einattn.backends import cache
     (tmp_path / "kernel.pkl").write_bytes(pickle.dumps(compiled("cpu")))
     x = inputs()
     torch.save(x, tmp_path / "x.pt")
@@ -115,4 +115,4 @@ def test_unpickled_with_an_empty_cache_rebuilds(tmp_path):
     libs = list((fresh / "cpu").glob("*.so"))
     assert len(libs) == 1
     meta = json.loads(libs[0].with_suffix(".json").read_text())
-    assert cpu.check_entry(libs[0], {k: v for k, v in meta.items() if k not in ("sha256", "bytes")}) is None
+    assert cache.check_entry(libs[0], {k: v for k, v in meta.items() if k not in ("sha256", "bytes")}) is None

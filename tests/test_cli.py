@@ -14,7 +14,7 @@ import pytest
 import einattn
 from einattn.bench import flops
 from einattn.cli import EXIT_BROKEN_PIPE, main
-from einattn.commands import common
+from einattn import inputs as common
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "b=1,h=1,m=4,n=4,d=2,e=2"

@@ -31,7 +31,7 @@ def visible_pairs(mask, query: str, key: str, sizes: dict, params: dict, rows: i
     (evaluated by the reference evaluator, ``rows`` query rows at a time)."""
     import torch
 
-    from einattn.backends.torch_eval import Evaluator, Frame
+    from einattn.backends.torch.evaluator import Evaluator, Frame
     m, n = sizes[query], sizes[key]
     seen = 0
     for r0 in range(0, m, rows):

@@ -21,7 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from einattn.commands.common import DTYPES, TOLERANCE, make_inputs, parse_assignments, parse_params, rel_error
+from einattn.inputs import DTYPES, TOLERANCE, make_inputs, parse_assignments, parse_params, rel_error
 
 from .flops import count_flops, resolve_peak
 from .peers import PEER_KINDS, make_peers, peer_list, zoo_name

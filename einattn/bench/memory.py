@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from einattn.commands.common import parse_assignments
+from einattn.inputs import parse_assignments
 
 from .harness import BenchOptions, as_tuple, setup
 from .peers import make_peers

@@ -344,7 +344,7 @@ def make_peers(against: list[str], spec, x: dict, params: dict) -> list[dict]:
 
 
 def _reference_eager(spec, x: dict, params: dict):
-    from einattn.backends.reference import run_reference
+    from einattn.backends.torch.reference import run_reference
     from einattn.ir import bind_sizes
     sizes = bind_sizes(spec, {k: tuple(v.shape) for k, v in x.items()})
     dtype = next(iter(x.values())).dtype

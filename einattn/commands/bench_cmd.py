@@ -40,7 +40,9 @@ from einattn.bench.peers import PEER_KINDS, peer_list
 from einattn.bench.timing import ENV
 from einattn.ir import SpecError
 
-from .common import CMDLINE, DTYPES, parse_params, parse_shape, positive_int, seed_int
+from einattn.inputs import CMDLINE, DTYPES, parse_params, parse_shape
+
+from .common import positive_int, seed_int
 
 REEXEC_MARK = "EINATTN_BENCH_REEXEC"
 

@@ -7,8 +7,10 @@ to check the precision GPU kernels usually run at.
 """
 from __future__ import annotations
 
-from .common import (DTYPES, TOLERANCE, check_memory, make_inputs, parse_assignments, parse_params, parse_shape,
-                     rel_error, seed_int, tolerance)
+from einattn.inputs import (DTYPES, TOLERANCE, check_memory, make_inputs, parse_assignments, parse_params,
+                            parse_shape, rel_error)
+
+from .common import seed_int, tolerance
 
 DEFAULT_DTYPE = "float32"
 DEFAULT_SHAPE = "b=2,h=4,m=77,n=131,d=64,e=64"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from einattn.ir import SpecError, UnsupportedError
 
-from .common import CMDLINE, DTYPES, parse_assignments, parse_params, parse_shape
+from einattn.inputs import CMDLINE, DTYPES, parse_assignments, parse_params, parse_shape
 
 DEFAULT_DTYPE = "float16"
 GPU_DTYPES = ("float16", "bfloat16", "float32", "fp16", "bf16", "fp32")

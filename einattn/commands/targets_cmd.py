@@ -41,7 +41,7 @@ def detect_host() -> dict:
 
 
 def run(args) -> int:
-    from einattn.backends.triton_targets import all_targets
+    from einattn.backends.triton.hardware import all_targets
     targets = all_targets()
     host = detect_host()
     if args.json:

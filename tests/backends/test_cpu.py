@@ -138,7 +138,7 @@ def test_config_errors():
 # -- the build cache --------------------------------------------------------------------
 
 def _fresh(monkeypatch, tmp_path):
-    from einattn.backends import cpu
+    from einattn.backends.cpu import build as cpu
     monkeypatch.setenv("EINATTN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(cpu, "_MEMORY", {})
     return cpu
@@ -184,7 +184,7 @@ def test_cache_key_separates_shapes_and_configs(monkeypatch, tmp_path):
 
 def test_softmax_assembly_uses_the_vector_units():
     """AVX-512 FMAs on zmm registers, and no scalar libm exp (the polynomial exp2 instead)."""
-    from einattn.backends import cpu
+    from einattn.backends.cpu import build as cpu
     if cpu.host().vector_bits < 512:
         pytest.skip("the host has no AVX-512")
     art = cpu_kernel("softmax")._artifact

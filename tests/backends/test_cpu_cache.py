@@ -19,6 +19,7 @@ import pytest
 import torch
 
 import einattn
+from einattn.backends import cache
 from tests.helpers import assert_rel_close, zoo_inputs
 
 pytest.importorskip("tvm")
@@ -57,7 +58,7 @@ def result(p: subprocess.Popen) -> dict:
 def good(tmp_path_factory):
     """Two valid cache entries built here: NAME at SHAPE and at OTHER_SHAPE. Returns
     {shape: (library path, key fields)}."""
-    from einattn.backends import cpu
+    from einattn.backends.cpu import build as cpu
     root = tmp_path_factory.mktemp("good-cache") / "cpu"
     art = einattn.compile(NAME, target="cpu")._artifact
     entries = {}
@@ -65,7 +66,7 @@ def good(tmp_path_factory):
         key, fields = cpu.cache_key(art, shape)
         path = root / f"{key}.so"
         cpu._build(art, shape, path, fields)
-        assert cpu.check_entry(path, fields) is None
+        assert cache.check_entry(path, fields) is None
         entries[tuple(shape.items())] = path, fields
     return entries
 
@@ -95,28 +96,27 @@ def foreign_sidecar(so: Path, other: Path) -> None:
 
 @pytest.mark.parametrize("damage, why", [
     (truncate, "sha256 differs"), (flip_bits, "sha256 differs"), (empty, "sha256 differs"),
-    (drop_sidecar, "sidecar .* is missing"), (foreign_sidecar, "sidecar describes another kernel")])
+    (drop_sidecar, "sidecar .* is missing"), (foreign_sidecar, "sidecar describes another entry")])
 def test_damaged_entry_warns_once_and_is_rebuilt(good, tmp_path, damage, why):
-    from einattn.backends import cpu
+    from einattn.backends.cpu import build as cpu
     (src, fields), (other, _) = good[tuple(SHAPE.items())], good[tuple(OTHER_SHAPE.items())]
     shutil.copytree(src.parent, tmp_path / "cpu")
     so = tmp_path / "cpu" / src.name
     damage(so, tmp_path / "cpu" / other.name)
-    assert cpu.check_entry(so, fields) is not None
+    assert cache.check_entry(so, fields) is not None
 
     r = result(run_child(tmp_path))
     assert len(r["warnings"]) == 1, r["warnings"]
     assert re.search(rf"RuntimeWarning: .*unreadable cpu kernel cache file {re.escape(str(so))} .*{why}",
                      r["warnings"][0]), r["warnings"][0]
     assert r["err"] <= 1e-4
-    assert cpu.check_entry(so, fields) is None                      # repaired: loads from now on
+    assert cache.check_entry(so, fields) is None                      # repaired: loads from now on
     assert cpu._load(so, fields)[0] is not None
     assert not [p.name for p in so.parent.iterdir() if ".tmp" in p.name]
 
 
 def test_processes_building_one_key_take_turns(tmp_path):
     """Two processes start with an empty cache: both succeed without warnings, one valid entry."""
-    from einattn.backends import cpu
     a, b = run_child(tmp_path), run_child(tmp_path)
     for r in (result(a), result(b)):
         assert r["warnings"] == [] and r["err"] <= 1e-4
@@ -124,11 +124,11 @@ def test_processes_building_one_key_take_turns(tmp_path):
     assert len(libs) == 1
     meta = json.loads(libs[0].with_suffix(".json").read_text())
     fields = {k: v for k, v in meta.items() if k not in ("sha256", "bytes")}
-    assert cpu.check_entry(libs[0], fields) is None
+    assert cache.check_entry(libs[0], fields) is None
 
 
 def test_unwritable_cache_warns_once_and_runs_from_memory(monkeypatch, tmp_path):
-    from einattn.backends import cpu
+    from einattn.backends.cpu import build as cpu
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("EINATTN_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
     monkeypatch.setattr(cpu, "_MEMORY", {})
@@ -145,7 +145,7 @@ def test_unwritable_cache_warns_once_and_runs_from_memory(monkeypatch, tmp_path)
 def test_a_write_seen_midway_is_waited_for(good, tmp_path, monkeypatch):
     """A reader that finds the new sidecar beside the old library waits for the writer's lock,
     then loads the finished entry: no warning, no second build."""
-    from einattn.backends import cpu
+    from einattn.backends.cpu import build as cpu
     src, fields = good[tuple(SHAPE.items())]
     shutil.copytree(src.parent, tmp_path / "cpu")
     so = tmp_path / "cpu" / src.name
@@ -157,7 +157,7 @@ def test_a_write_seen_midway_is_waited_for(good, tmp_path, monkeypatch):
         so.write_bytes(whole)                   # the lock is granted once the writer is done
         yield
 
-    monkeypatch.setattr(cpu, "_entry_lock", writer_finishes)
+    monkeypatch.setattr(cache, "entry_lock", writer_finishes)
     monkeypatch.setattr(cpu, "_build", lambda *a: pytest.fail("rebuilt an entry another process was writing"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

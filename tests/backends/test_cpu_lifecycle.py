@@ -116,7 +116,7 @@ def test_fork_while_another_thread_runs_a_kernel(kernel):
 
 def test_thread_count_applies_in_every_thread(kernel, monkeypatch):
     """TVM sizes one pool per calling thread: each thread's pool gets the setting, not only the first's."""
-    from einattn.backends import cpu
+    from einattn.backends.cpu import build as cpu
     num_threads = cpu._runtime().get_global_func("runtime.NumThreads")
     monkeypatch.setenv("EINATTN_NUM_THREADS", "1")
     seen = []

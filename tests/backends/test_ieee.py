@@ -196,7 +196,7 @@ def test_triton_refuses_float64_and_mixed_dtypes():
 
 @pytest.mark.cpu
 def test_triton_offsets_past_32_bits_are_refused():
-    from einattn.backends.triton import check_offsets
+    from einattn.backends.triton.backend import check_offsets
 
     class Big:                      # shape and strides of a 2**31-element slice, no storage
         shape, dtype = (1, 1, 2 ** 17, 2 ** 15), torch.float16
@@ -212,7 +212,7 @@ def test_triton_offsets_past_32_bits_are_refused():
 
 
 def test_triton_aot_refuses_slices_past_32_bits_and_takes_64_bit_strides():
-    from einattn.backends.triton_aot import check_slice_offsets, signature
+    from einattn.backends.triton.aot import check_slice_offsets, signature
     art = einattn.compile("softmax", target="cuda:sm_90")._artifact
     with pytest.raises(UnsupportedError, match=r"2\*\*31"):
         check_slice_offsets(art, {"b": 1, "h": 1, "m": 40_000_000, "n": 128, "d": 64, "e": 64})

@@ -20,14 +20,14 @@ import torch
 
 import einattn
 from einattn.backends import get_backend, parse_target
-from einattn.backends.reference import run_reference
+from einattn.backends.torch.reference import run_reference
 from einattn.compiler import make_plan
 from einattn.ir import bind_sizes, eval_params
 from tests.helpers import ZOO_NAMES, as_tuple, zoo_inputs
 
 pytest.importorskip("triton")
 
-from einattn.backends.triton_targets import load_target  # noqa: E402
+from einattn.backends.triton.hardware import load_target  # noqa: E402
 
 SMALL = {"b": 1, "h": 2}
 SHAPES = [  # (m, n, BLOCK_M, BLOCK_N): M < N and M > N, neither a multiple of a block
@@ -220,7 +220,7 @@ def test_head_dim_and_dtype_rejected():
 def test_dtype_missing_on_target_is_rejected():
     from dataclasses import replace
 
-    from einattn.backends.triton_targets import TritonConfig, check_config
+    from einattn.backends.triton.config import TritonConfig, check_config
     from einattn.compiler.kernel_plan import make_kernel_plan
     no_bf16 = replace(load_target(parse_target("cuda:sm_80")), dtypes=("float32", "float16"))
     kp = make_kernel_plan(make_plan(einattn.load_spec("softmax")))
@@ -239,7 +239,7 @@ def test_gpu_kernel_without_gpu_says_how_to_interpret():
 
 
 def test_targets_data_has_sources():
-    from einattn.backends.triton_targets import all_targets
+    from einattn.backends.triton.hardware import all_targets
     names = {t.name for t in all_targets()}
     assert {"A100", "H100", "MI250X", "MI300X"} <= names
     for t in all_targets():

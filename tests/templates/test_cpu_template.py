@@ -9,8 +9,9 @@ import re
 import pytest
 
 from einattn import explain
-from einattn.backends.cpu_codegen import CpuConfig, render, static_indices, template_source
-from einattn.backends.cpu_expr import Ctx, inf_flags, lower
+from einattn.backends.cpu.config import CpuConfig
+from einattn.backends.cpu.render import render, static_indices, template_source
+from einattn.backends.cpu.expr import Ctx, inf_flags, lower
 from einattn.compiler import make_kernel_plan
 from einattn.ir import Expr, Op, Sub
 from tests.helpers import ZOO_NAMES

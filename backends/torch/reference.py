@@ -10,7 +10,7 @@ import torch
 
 from einattn.ir import Cascade
 
-from .torch_eval import Frame, eval_stmt
+from .evaluator import Frame, eval_stmt
 
 
 def run_reference(c: Cascade, inputs: dict, sizes: dict, params: dict,

@@ -1,7 +1,7 @@
 """Render a KernelPlan into Triton source (``templates/triton/attention.py.jinja``).
 
 The renderer turns each tile op into lines of code through the expression
-printer (:mod:`einattn.backends.triton_expr`, the one hook for user
+printer (:mod:`einattn.backends.triton.expr`, the one hook for user
 expressions) and hands the template plain lists; the template only lays them
 out with ``if``/``for`` over plan flags.
 
@@ -25,7 +25,7 @@ from einattn.ir import Expr, Op, Reduce, UnsupportedError
 
 from einattn.compiler.infinity import inf_flags
 
-from .triton_expr import NEG_INF, Printer, const_text
+from .expr import NEG_INF, Printer, const_text
 
 TEMPLATE = ("triton", "attention.py.jinja")
 

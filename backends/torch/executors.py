@@ -5,7 +5,7 @@ import torch
 
 from einattn.compiler import check_streamable
 
-from .base import Target, check_config
+from ..base import Target, check_config
 from .reference import run_reference
 from .streaming import run_streaming
 

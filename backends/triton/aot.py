@@ -23,7 +23,8 @@ import torch
 
 from einattn.ir import BackendUnavailable, UnsupportedError
 
-from .base import INDEX_LIMIT, span
+from ..base import INDEX_LIMIT, span
+from .abi import constexpr_values, contiguous_stride, dot_precision, output_dtype
 
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
@@ -41,7 +42,6 @@ class CompiledKernel:
 
 def signature(artifact, sizes: dict, dtype: torch.dtype):
     """(signature, constexprs, attrs) for ``ASTSource``."""
-    from .triton import constexpr_values, dot_precision, output_dtype
     r = artifact.rendered
     sig, consts, attrs = {}, {}, {}
     ndim = {t.name: len(t.indices) for t in artifact.plan.cascade.inputs}
@@ -55,7 +55,7 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
             attrs[(j,)] = [["tt.divisibility", 16]]
         elif a.kind in ("stride", "size"):
             # what Triton's JIT would specialise for contiguous tensors of these sizes
-            v = sizes[a.of] if a.kind == "size" else _contiguous_stride(dims[a.of], a.dim, sizes)
+            v = sizes[a.of] if a.kind == "size" else contiguous_stride(dims[a.of], a.dim, sizes)
             if v == 1:
                 sig[a.name] = "constexpr"
                 consts[a.name] = 1
@@ -79,19 +79,12 @@ def check_slice_offsets(artifact, sizes: dict) -> None:
     dims = {t.name: t.indices for t in artifact.plan.cascade.inputs} | dict(r.outputs)
     for name, ds in dims.items():
         shape = [int(sizes[i]) for i in ds]
-        reach = span(shape, [_contiguous_stride(ds, j, sizes) for j in range(len(ds))],
+        reach = span(shape, [contiguous_stride(ds, j, sizes) for j in range(len(ds))],
                      skip=[j for j, i in enumerate(ds) if i in r.grid])
         if reach >= INDEX_LIMIT:
             raise UnsupportedError(f"tensor '{name}' spans {reach} elements within one ({', '.join(r.grid)}) "
                                    f"slice at these sizes; the {artifact.target} kernel indexes inside a slice "
                                    f"with 32-bit offsets (< 2**31): use shorter sequences per call")
-
-
-def _contiguous_stride(dims, j: int, sizes: dict) -> int:
-    out = 1
-    for i in dims[j + 1:]:
-        out *= int(sizes[i])
-    return out
 
 
 def compile_kernel(fn, artifact, sizes: dict, dtype: torch.dtype) -> CompiledKernel:

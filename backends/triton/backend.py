@@ -1,7 +1,7 @@
 """The CUDA and ROCm backends on Triton: render, compile ahead of time, launch.
 
 ``prepare`` renders the kernel plan through ``templates/triton/attention.py.jinja``
-and checks the config against the target's limits (``backends/targets/*.yaml``)
+and checks the config against the target's limits (``backends/triton/targets/*.yaml``)
 before anything is compiled. The source is written to
 ``<cache_dir>/triton/<hash>.py`` and imported, since ``@triton.jit`` needs a
 file. Two imports of the same file can coexist: the ahead-of-time one (a
@@ -22,30 +22,22 @@ torch.Size([1, 2, 20, 16])
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import importlib.util
-import math
-import os
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from einattn import settings
 from einattn.compiler.kernel_plan import KernelPlan, make_kernel_plan
 from einattn.ir import BackendUnavailable, UnsupportedError
 
-from .base import INDEX_LIMIT, Target, hidden_nonfinite, span
-from .triton_render import Rendered, render
-from .triton_targets import (HardwareTarget, TritonConfig, check_compiled, check_config, load_target,
-                             parse_config)
-
-_MODULES: dict[tuple[str, bool], object] = {}
-
+from ..base import INDEX_LIMIT, Target, hidden_nonfinite, span
+from .abi import constexpr_values, dot_precision, output_dtype
+from .aot import check_slice_offsets, compile_kernel
+from .config import TritonConfig, check_compiled, check_config, parse_config
+from .hardware import HardwareTarget, load_target
+from .loader import interpreting, load_kernel, write_source
+from .render import Rendered, render
 
 @dataclass
 class TritonArtifact:
@@ -74,106 +66,6 @@ class TritonArtifact:
     @property
     def source(self) -> str:
         return self.rendered.source
-
-
-def write_source(source: str) -> Path:
-    """Write kernel source under the cache dir, atomically; the name is its hash."""
-    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-    root = settings.cache_dir() / "triton"
-    root.mkdir(parents=True, exist_ok=True)
-    path = root / f"einattn_{digest}.py"
-    if not path.exists() or path.read_text() != source:
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    return path
-
-
-def load_kernel(path: Path, name: str, interpret: bool):
-    """Import the kernel module once per (file, mode); ``interpret`` decides what @triton.jit builds."""
-    key = (str(path), interpret)
-    if key not in _MODULES:
-        import triton
-        modname = f"einattn_triton_{path.stem}_{'interp' if interpret else 'jit'}"
-        spec = importlib.util.spec_from_file_location(modname, path)
-        mod = importlib.util.module_from_spec(spec)
-        with triton.knobs.runtime.scope():
-            triton.knobs.runtime.interpret = interpret
-            spec.loader.exec_module(mod)
-        sys.modules[modname] = mod
-        _MODULES[key] = mod
-    return getattr(_MODULES[key], name)
-
-
-@contextlib.contextmanager
-def interpreting():
-    """Let an interpreted kernel call ``tl.zeros``, ``tl.sum``... in a process where triton.language
-    was imported without TRITON_INTERPRET (those helpers are then ``JITFunction``s, which only
-    compile): swap them for interpreted twins for the duration of the call."""
-    import triton.experimental.gluon  # noqa: F401  (imported lazily by launches; it wants the JIT originals)
-    import triton.language as tl
-    from triton.runtime.jit import JITFunction
-    mods = [tl, tl.standard, tl.core, tl.math]
-    saved = []
-    try:
-        for mod in mods:
-            for name, member in list(vars(mod).items()):
-                if isinstance(member, JITFunction):
-                    saved.append((mod, name, member))
-                    setattr(mod, name, _twin(member))
-        yield
-    finally:
-        for mod, name, member in reversed(saved):
-            setattr(mod, name, member)
-
-
-_TWINS: dict = {}
-
-
-def _twin(fn):
-    from triton.runtime import interpreter
-
-    class Twin(interpreter.InterpretedFunction):
-        def __call__(self, *args, **kwargs):
-            # Triton's own nested call patches triton.language.core and never restores it (harmless
-            # when everything is interpreted); here the JIT compiler must find it untouched afterwards
-            scope = interpreter._patch_lang(self.fn)
-            try:
-                return self.rewrite()(*args, **kwargs)
-            except Exception as e:
-                raise interpreter.InterpreterError(repr(e)) from e
-            finally:
-                scope.restore()
-
-    if fn not in _TWINS:
-        _TWINS[fn] = Twin(fn.fn)
-    return _TWINS[fn]
-
-
-def next_pow2(x: int, floor: int = 16) -> int:
-    return max(floor, 1 << max(0, math.ceil(math.log2(max(x, 1)))))
-
-
-def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precision: str) -> dict:
-    out = {}
-    for i in (*r.contract, *r.value):
-        out[f"SIZE_{i}"] = int(sizes[i])
-        out[f"BLOCK_{i}"] = next_pow2(int(sizes[i]))
-    out["BLOCK_M"], out["BLOCK_N"] = config.BLOCK_M, config.BLOCK_N
-    out["DOT_PRECISION"] = dot_precision
-    return out
-
-
-def dot_precision(dtypes) -> str:
-    """Always "ieee": fp32 inputs multiply in full fp32 (TF32 would miss the 1e-4 accuracy the tests
-    hold), and fp16/bf16 products are exact anyway (AMD accepts no "tf32")."""
-    return "ieee"
-
-
-def output_dtype(r: Rendered, dims, compute: torch.dtype) -> torch.dtype:
-    """Outputs with the value index take the inputs' dtype; per-row outputs (lse) stay fp32."""
-    return compute if any(i in r.value for i in dims) else torch.float32
 
 
 def device_kind() -> str | None:
@@ -208,7 +100,6 @@ class TritonBackend:
     # -- ahead of time --------------------------------------------------------------
     def build(self, artifact: TritonArtifact, sizes: dict, dtype: torch.dtype = torch.float16):
         """Compile for the artifact's architecture at these sizes (head dims) and input dtype."""
-        from .triton_aot import check_slice_offsets, compile_kernel
         check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=dtype)
         check_slice_offsets(artifact, sizes)
         key = (tuple(sorted(constexpr_values(artifact.rendered, sizes, artifact.config, "").items())), dtype)

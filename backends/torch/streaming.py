@@ -12,7 +12,7 @@ import torch
 from einattn.compiler import Plan, Role
 from einattn.ir import Reduce
 
-from .torch_eval import Frame, align, eval_stmt, sub_rule
+from .evaluator import Frame, align, eval_stmt, sub_rule
 
 
 def run_streaming(plan: Plan, inputs: dict, sizes: dict, params: dict, block_n: int,

@@ -11,7 +11,7 @@ argument of the polynomial ``exp2``, ``x`` in ``x * x``) is stored to a small
 scratch buffer indexed by the loop's lane variable and read back. LLVM forwards
 the store to the loads and deletes the scratch buffer, so staging is free.
 
-Semantics kept from the streaming executor (``backends/torch_eval.py``):
+Semantics kept from the streaming executor (``backends/torch/evaluator.py``):
 ``(-inf) - (-inf) = -inf`` and ``0 / 0 = 0``, so fully masked rows give 0, never
 NaN. The rules cost a compare and a blend; they are emitted only where both
 operands may be infinite (``-inf`` tracking below), which keeps them out of the

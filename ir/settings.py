@@ -1,4 +1,4 @@
-"""Every environment variable einattn reads, in one place."""
+"""Every environment variable einattn reads, in one place (the bottom layer: any module may import it)."""
 from __future__ import annotations
 
 import os

@@ -1,0 +1,127 @@
+"""The CPU backend: fused attention kernels generated with TVM for the host CPU.
+
+``prepare`` classifies the plan (``make_kernel_plan``) and checks the config;
+the kernel is rendered and built on the first call with a given *shape bucket*
+(the sizes compiled in: contraction and value dims such as d and e; batch, heads
+and sequence lengths stay runtime values, so one build serves every length).
+Builds and their disk cache: ``build.py``; TVM's runtime, threads and fork:
+``runtime.py``.
+
+Inputs: float32 CPU tensors, passed to the kernel without copies (DLPack).
+Any strides are accepted (views such as ``q.transpose(1, 2)`` of a [b, m, h, d]
+projection, ``expand``ed per-head tensors) except in the last dimension of a
+tensor whose rows are read as vectors (Q, K, V, G: their last index is a
+compiled-in size such as d or e): such a tensor with a strided last dimension is
+rejected with the fix (``.contiguous()``) rather than copied behind the caller's
+back. float16 is rejected (this CPU has no fast fp16 arithmetic); float64 and
+bfloat16 are rejected with the conversion to use. Offsets are 32-bit: a tensor
+spanning 2**31 elements or more is rejected.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from einattn.compiler import KernelPlan, make_kernel_plan
+from einattn.ir import UnsupportedError, settings
+
+from ..base import INDEX_LIMIT, Target, check_config, hidden_nonfinite, span
+from .build import get_kernel
+from .config import CpuConfig
+from .render import static_indices
+from .runtime import _check_tvm_installed, host, run_kernel
+
+
+@dataclass
+class CpuArtifact:
+    """What ``prepare`` returns: the kernel plan and config; builds happen per shape bucket."""
+    kp: KernelPlan
+    config: CpuConfig
+    static: tuple[str, ...]
+    spec_hash: str
+    builds: dict = field(default_factory=dict)      # shape bucket -> kernel
+    skip: bool = True                               # hidden key tiles are skipped
+    visit_all: "CpuArtifact | None" = None          # the variant that visits them, made on demand
+
+    def for_inputs(self, inputs: dict) -> "CpuArtifact":
+        """This artifact, or its variant that visits every key tile (see ``hidden_nonfinite``)."""
+        if not hidden_nonfinite(self.kp, inputs):
+            return self
+        if self.visit_all is None:
+            self.visit_all = dataclasses.replace(self, kp=self.kp.visiting_all(), builds={}, skip=False)
+        return self.visit_all
+
+
+class CpuBackend:
+    name = "cpu"
+    config_keys = tuple(CpuConfig.keys())
+
+    def supports(self, target: Target) -> bool:
+        return target.kind == "cpu"
+
+    def prepare(self, plan, target: Target, config: dict, **options) -> CpuArtifact:
+        if options:
+            raise UnsupportedError(f"the cpu backend takes no options, got {sorted(options)}")
+        cfg = CpuConfig(**check_config(self.name, config, CpuConfig.keys()))
+        _check_tvm_installed()                    # fail early and clearly; importing TVM waits for a build
+        cfg.check(host().fp32_lanes)
+        kp = make_kernel_plan(plan)
+        return CpuArtifact(kp, cfg, static_indices(kp), plan.cascade.structural_hash())
+
+    def launch(self, artifact: CpuArtifact, inputs: dict, sizes: dict, params: dict) -> dict:
+        c = artifact.kp.cascade
+        args = [_check_input(t.name, inputs[t.name], bool(t.indices) and t.indices[-1] in artifact.static)
+                for t in c.inputs]
+        outs = {}
+        for o in c.outputs:
+            shape = [int(sizes[i]) for i in c.stmt(o).indices]
+            outs[o] = torch.empty(shape, dtype=torch.float32)
+        if all(t.numel() == 0 for t in outs.values()):
+            return outs                    # no query rows (or an empty batch): nothing to compute
+        bucket = tuple((i, int(sizes[i])) for i in artifact.static)
+        zero = [f"{i}=0" for i, v in bucket if v == 0]
+        if zero or any(t.numel() == 0 for t in outs.values()):
+            raise UnsupportedError(f"{c.name}: sizes {', '.join(zero) or 'that empty an output but not all'} "
+                                   f"on the cpu target: the kernel compiles these sizes in and needs them >= 1; "
+                                   f"target='reference' gives the empty/zero result")
+        artifact = artifact.for_inputs(dict(zip([t.name for t in c.inputs], args)))
+        fn = artifact.builds.get(bucket)
+        if fn is None:
+            fn = artifact.builds[bucket] = get_kernel(artifact, dict(bucket))
+        _check_offsets(list(zip([t.name for t in c.inputs], args)) + list(outs.items()))
+        run_kernel(fn, (*args, *outs.values(), *[float(params[p.name]) for p in c.params]),
+                   settings.num_threads() or torch.get_num_threads())
+        return outs
+
+
+# -- inputs --------------------------------------------------------------------------
+
+def _check_input(name: str, t: torch.Tensor, unit_last: bool) -> torch.Tensor:
+    if t.device.type != "cpu":
+        raise UnsupportedError(f"input '{name}' is on {t.device}; the cpu target runs on CPU tensors "
+                               f"(move it with .cpu() or compile for a GPU target)")
+    if t.dtype != torch.float32:
+        fix = {torch.float16: "this CPU has no fast fp16 arithmetic; convert with .float()",
+               torch.bfloat16: "bf16 inputs are not supported yet; convert with .float()",
+               torch.float64: "the kernel computes in float32; convert with .float() "
+                              "(or use target='reference' for float64)"}.get(t.dtype, "convert with .float()")
+        raise UnsupportedError(f"input '{name}' is {t.dtype}; the cpu target takes float32 tensors: {fix}")
+    if unit_last and t.stride(-1) != 1:
+        if t.size(-1) == 1:               # the stride of a size-1 dim is irrelevant: a zero-copy view
+            return t.as_strided(t.shape, t.stride()[:-1] + (1,))
+        raise UnsupportedError(f"input '{name}' has stride {t.stride(-1)} in its last dimension (shape "
+                               f"{tuple(t.shape)}, strides {t.stride()}); the cpu kernel reads rows as vectors "
+                               f"and needs it contiguous: pass {name}.contiguous() (other dims may have any stride)")
+    return t
+
+
+def _check_offsets(tensors) -> None:
+    for name, t in tensors:
+        reach = span(t.shape, t.stride())
+        if reach >= INDEX_LIMIT:
+            raise UnsupportedError(f"tensor '{name}' (shape {tuple(t.shape)}) spans {reach} elements; the cpu "
+                                   f"kernel indexes with 32-bit integers (< 2**31): call it on slices of the "
+                                   f"batch or heads, or, when one (batch, head) slice is that large, on chunks "
+                                   f"of the query rows (they are independent)")

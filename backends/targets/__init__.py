@@ -1,1 +1,0 @@
-"""Hardware facts of the targets einattn compiles for (data, not literals in backends)."""

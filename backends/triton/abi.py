@@ -1,0 +1,45 @@
+"""What the launcher and the ahead-of-time compiler both pass to a rendered kernel: its
+compile-time constants, the dot precision and the output dtypes. Shared by
+``backend.py`` (launch) and ``aot.py`` (``triton.compile``), which need not import each other.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import TritonConfig
+from .render import Rendered
+
+
+def next_pow2(x: int, floor: int = 16) -> int:
+    return max(floor, 1 << max(0, math.ceil(math.log2(max(x, 1)))))
+
+
+def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precision: str) -> dict:
+    out = {}
+    for i in (*r.contract, *r.value):
+        out[f"SIZE_{i}"] = int(sizes[i])
+        out[f"BLOCK_{i}"] = next_pow2(int(sizes[i]))
+    out["BLOCK_M"], out["BLOCK_N"] = config.BLOCK_M, config.BLOCK_N
+    out["DOT_PRECISION"] = dot_precision
+    return out
+
+
+def dot_precision(dtypes) -> str:
+    """Always "ieee": fp32 inputs multiply in full fp32 (TF32 would miss the 1e-4 accuracy the tests
+    hold), and fp16/bf16 products are exact anyway (AMD accepts no "tf32")."""
+    return "ieee"
+
+
+def output_dtype(r: Rendered, dims, compute: torch.dtype) -> torch.dtype:
+    """Outputs with the value index take the inputs' dtype; per-row outputs (lse) stay fp32."""
+    return compute if any(i in r.value for i in dims) else torch.float32
+
+
+def contiguous_stride(dims, j: int, sizes: dict) -> int:
+    """The stride of dim ``j`` of a contiguous tensor over ``dims`` at these sizes."""
+    out = 1
+    for i in dims[j + 1:]:
+        out *= int(sizes[i])
+    return out
