@@ -6,6 +6,7 @@ import math
 from .cascade import Cascade
 from .errors import Loc, SpecError
 from .expr import Expr, Op
+from .verify import renamed_reads
 
 _FN = {Op.EXP: math.exp, Op.EXP2: lambda x: 2.0 ** x, Op.LOG: math.log, Op.LOG2: math.log2,
        Op.SQRT: math.sqrt, Op.RSQRT: lambda x: 1 / math.sqrt(x), Op.TANH: math.tanh,
@@ -32,6 +33,12 @@ def bind_sizes(c: Cascade, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]
                                 expected=f"{n0} (from '{who}')", found=f"{n} in '{t.name}' (shape {list(shape)})",
                                 fix=f"make '{who}' and '{t.name}' agree on '{i}'")
             sizes[i] = (int(n), t.name)
+    for s, name, want, got in renamed_reads(c):
+        if got in sizes and sizes[got][0] != sizes[want][0]:
+            raise SpecError(f"'{s.name}' reads input '{name}' along '{got}' at its dim '{want}', whose sizes "
+                            f"differ", loc=s.loc or Loc(c.file), expected=f"'{want}' = '{got}' = {sizes[got][0]} "
+                            f"(from '{sizes[got][1]}')", found=f"'{want}' = {sizes[want][0]} in '{name}'",
+                            fix=f"pass '{name}' with {sizes[got][0]} entries along '{want}' (slice or pad it)")
     return {i: n for i, (n, _) in sizes.items()}
 
 

@@ -57,6 +57,7 @@ def verify(c: Cascade) -> Cascade:
             if e.op is Op.INDEX and e.arg not in indices:
                 raise SpecError(f"param '{p.name}' uses unknown dim '{e.arg}'", loc=p.loc)
     _check_param_cycles(c)
+    free = free_indices(c)
     defined: dict[str, tuple[str, ...]] = dict(declared)
     for s in c.stmts:
         loc = s.loc or Loc(f)
@@ -88,13 +89,16 @@ def verify(c: Cascade) -> Cascade:
                                     fix=f"read intermediate tensors as they were defined: {want}")
                 if t in declared:
                     for sub, want in zip(subs, declared[t]):
-                        if sub.div is None and sub.index != want:
+                        if sub.div is None and sub.index != want and want not in free:
                             exp = f"{t}[{', '.join(declared[t])}]"
                             raise SpecError(f"'{s.name}' reads input '{t}' with index '{sub.index}' where "
                                             f"'{want}' is declared", loc=loc, expected=exp,
                                             found=f"{t}[{', '.join(map(str, subs))}]",
-                                            fix="read inputs with their declared index names "
-                                                "(or 'index // param' for grouped heads)")
+                                            fix="read inputs with their declared index names (or "
+                                                "'index // param' for grouped heads); to read one "
+                                                f"dimension along several indices, declare it with an "
+                                                f"index of its own that no statement uses (e.g. "
+                                                f"'{t}: [..., t]', then {t}[.., m] and {t}[.., n])")
                 for sub in subs:
                     if sub.div is not None and (sub.div not in params or t not in declared):
                         raise SpecError(f"subscript '{sub}' of '{t}'", loc=loc,
@@ -116,6 +120,38 @@ def verify(c: Cascade) -> Cascade:
         if o not in defined or o in declared:
             raise SpecError(f"output '{o}' is never defined", loc=Loc(f))
     return c
+
+
+def free_indices(c: Cascade) -> frozenset[str]:
+    """Input indices that no statement or param names: an input may be read along any index
+    at such a dimension (``C: [b, h, t]`` read as ``C[b, h, m] - C[b, h, n]``), as long as the
+    sizes agree at the call (``renamed_reads``, checked by ``bind_sizes``)."""
+    used: set[str] = set()
+    for p in c.params:
+        used.update(e.arg for e in p.expr.walk() if e.op is Op.INDEX)
+    for s in c.stmts:
+        used.update(s.indices)
+        for e in s.expr.walk():
+            if e.op is Op.INDEX:
+                used.add(e.arg)
+            elif e.op is Op.READ:
+                used.update(x.index for x in e.arg[1])
+                used.update(x.div for x in e.arg[1] if x.div)
+    return frozenset(i for t in c.inputs for i in t.indices if i not in used)
+
+
+def renamed_reads(c: Cascade):
+    """(statement, input, declared index, index read along) of every input read along another
+    index than the declared one (``//`` subscripts aside)."""
+    declared = {t.name: t.indices for t in c.inputs}
+    out = []
+    for s in c.stmts:
+        for e in s.expr.walk():
+            if e.op is Op.READ and e.arg[0] in declared:
+                for sub, want in zip(e.arg[1], declared[e.arg[0]]):
+                    if sub.div is None and sub.index != want:
+                        out.append((s, e.arg[0], want, sub.index))
+    return out
 
 
 def _check_param_cycles(c: Cascade) -> None:
