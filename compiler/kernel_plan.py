@@ -1,17 +1,21 @@
 """The kernel plan: a pass plan classified into the tile program every backend renders.
 
-Index roles: ``grid`` indices (batch, heads: one program each, with the query
-tiles), the ``query`` index (tiled by BLOCK_M), the ``key`` index (streamed by
-BLOCK_N), ``contract`` indices (summed inside a score contraction, e.g. d) and
-``value`` indices (features of the accumulators, e.g. e).
+Index roles (``KernelPlan.roles``): ``grid`` indices (batch, heads: one program
+each, with the query tiles), the ``query`` index (tiled by BLOCK_M), the ``key``
+index (streamed by BLOCK_N), ``contract`` indices (summed inside a score
+contraction, e.g. d) and ``value`` indices (features of the accumulators, e.g. e).
 
-Per pass, each loop statement is one op:
-- SCORE: ``S[g, m, n] = sum_f A[g, m, f] * B[g, n, f] * scalars`` (a dot of two tiles);
-- MAP: an elementwise [m, n] tile expression;
-- ROW_REDUCE: a sum/max/min over the key of a tile expression into per-row state [m];
-- VALUE: ``acc[g, m, e] += sum_n p[m, n] * V[g, n, e]`` with an optional online rescale;
-- RUNNING: a key-free row statement over running values, after each key tile.
-Epilogue (and prologue) statements are elementwise over [m] or [m, e].
+Per pass, each loop statement is one typed op (its ``kind`` names the class):
+- :class:`ScoreOp`: ``S[g, m, n] = sum_f A[g, m, f] * B[g, n, f] * scalars`` (a dot of two tiles);
+- :class:`MapOp`: an elementwise [m, n] tile expression;
+- :class:`RowReduceOp`: a sum/max/min over the key of a tile expression into per-row state [m];
+- :class:`ValueOp`: ``acc[g, m, e] += sum_n p[m, n] * V[g, n, e]`` with an optional online rescale;
+- :class:`RunningOp`: a key-free row statement over running values, after each key tile.
+Epilogue (and prologue) statements are :class:`RowOp`: elementwise over [m] or [m, e].
+
+The plan states what the tile program *is*; what a backend can compile is decided
+by ``compiler/capabilities.check_capabilities`` and the tile optimisations both
+renderers share by ``compiler/lowering``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import dataclasses
 import enum
 import functools
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar, Mapping, Union
 
 from einattn.ir import Cascade, Expr, Op, Reduce, UnsupportedError, build_product, product_factors
 
@@ -36,27 +42,125 @@ class Kind(enum.Enum):
     ROW = "row"
 
 
+Rescale = tuple[tuple[str, str], ...]      # (stabiliser, "exp" | "exp2") factors of an online rescale
+
+
 @dataclass(frozen=True, slots=True)
-class TileOp:
-    kind: Kind
+class ScoreOp:
+    """``name[dims] = sum_contract query_read * key_read * scalars``."""
+    kind: ClassVar[Kind] = Kind.SCORE
     name: str
-    dims: tuple[str, ...]              # left-hand indices of the statement
-    expr: Expr                         # MAP/ROW_REDUCE/RUNNING/ROW: the expression; VALUE: p; SCORE: scalars
-    reduce: Reduce | None = None       # ROW_REDUCE / VALUE
-    a: Expr | None = None              # SCORE: query-side read;  VALUE: value read (V)
-    b: Expr | None = None              # SCORE: key-side read
-    contract: str | None = None        # SCORE: the summed index
-    rescale: tuple[tuple[str, str], ...] = ()
+    dims: tuple[str, ...]
+    query_read: Expr                   # [.., m, f]
+    key_read: Expr                     # [.., n, f]
+    contract: str                      # f
+    scalars: Expr                      # key- and query-free factor (params, constants)
+    recomputed: bool = False           # also computed by an earlier pass
+
+    @property
+    def exprs(self) -> tuple[Expr, ...]:
+        return (self.scalars, self.query_read, self.key_read)
+
+
+@dataclass(frozen=True, slots=True)
+class MapOp:
+    """An elementwise [.., m, n] tile."""
+    kind: ClassVar[Kind] = Kind.MAP
+    name: str
+    dims: tuple[str, ...]
+    expr: Expr
     recomputed: bool = False
+
+    @property
+    def exprs(self) -> tuple[Expr, ...]:
+        return (self.expr,)
+
+
+@dataclass(frozen=True, slots=True)
+class RowReduceOp:
+    """``name[.., m] reduce= expr[.., m, n]`` over the keys, carried across key tiles."""
+    kind: ClassVar[Kind] = Kind.ROW_REDUCE
+    name: str
+    dims: tuple[str, ...]
+    expr: Expr
+    reduce: Reduce
+    rescale: Rescale = ()
+
+    @property
+    def exprs(self) -> tuple[Expr, ...]:
+        return (self.expr,)
+
+
+@dataclass(frozen=True, slots=True)
+class ValueOp:
+    """``name[.., m, e] += sum_n weights[.., m, n] * value_read[.., n, e]`` (times the rescale)."""
+    kind: ClassVar[Kind] = Kind.VALUE
+    name: str
+    dims: tuple[str, ...]
+    weights: Expr                      # the [m, n] factor (p), free of the value index
+    value_read: Expr                   # the one input read [.., n, e]
+    value_index: str                   # e
+    rescale: Rescale = ()
+
+    @property
+    def exprs(self) -> tuple[Expr, ...]:
+        return (self.weights, self.value_read)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningOp:
+    """A key-free per-row statement over running values, recomputed after each key tile."""
+    kind: ClassVar[Kind] = Kind.RUNNING
+    name: str
+    dims: tuple[str, ...]
+    expr: Expr
+
+    @property
+    def exprs(self) -> tuple[Expr, ...]:
+        return (self.expr,)
+
+
+@dataclass(frozen=True, slots=True)
+class RowOp:
+    """A per-row statement outside the key loop (prologue, epilogues); ``reduced`` names the
+    indices it sums over (only a backend whose capabilities allow it compiles a non-empty one)."""
+    kind: ClassVar[Kind] = Kind.ROW
+    name: str
+    dims: tuple[str, ...]
+    expr: Expr
+    reduced: tuple[str, ...] = ()
+
+    @property
+    def exprs(self) -> tuple[Expr, ...]:
+        return (self.expr,)
+
+
+TileOp = Union[ScoreOp, MapOp, RowReduceOp, ValueOp, RunningOp, RowOp]
+STATE_KINDS = (Kind.ROW_REDUCE, Kind.VALUE, Kind.RUNNING)
 
 
 @dataclass(frozen=True, slots=True)
 class KernelPass:
     index: int
     loop: tuple[TileOp, ...]
-    epilogue: tuple[TileOp, ...]
+    epilogue: tuple[RowOp, ...]
     mask: Expr | None = None           # the affine predicate that decides tile skipping
     skip_empty: bool = False           # a key tile where ``mask`` is false everywhere can be skipped
+
+    @property
+    def state(self) -> tuple[TileOp, ...]:
+        """Per-row state carried across key tiles (reductions, accumulators, running rows)."""
+        return tuple(op for op in self.loop if op.kind in STATE_KINDS)
+
+    @property
+    def tiles(self) -> tuple[str, ...]:
+        """Names of the [m, n] tiles (scores and maps) computed per key tile."""
+        return tuple(op.name for op in self.loop if op.kind in (Kind.SCORE, Kind.MAP))
+
+    @property
+    def stabilisers(self) -> tuple[str, ...]:
+        """Running maxima whose previous value the online rescale needs, in first-use order."""
+        return tuple(dict.fromkeys(m for op in self.loop for m, _ in getattr(op, "rescale", ())))
 
 
 @dataclass(frozen=True)
@@ -67,12 +171,70 @@ class KernelPlan:
     key: str
     contract: tuple[str, ...]
     value: tuple[str, ...]
-    prologue: tuple[TileOp, ...]
+    prologue: tuple[RowOp, ...]
     passes: tuple[KernelPass, ...]
 
     @property
     def cascade(self) -> Cascade:
         return self.plan.cascade
+
+    @functools.cached_property
+    def roles(self) -> Mapping[str, str]:
+        """Index -> ``grid`` / ``query`` / ``key`` / ``contract`` / ``value``."""
+        roles = {i: "grid" for i in self.grid}
+        roles[self.query], roles[self.key] = "query", "key"
+        roles.update({i: "contract" for i in self.contract})
+        roles.update({i: "value" for i in self.value})
+        return MappingProxyType(roles)
+
+    @property
+    def rowdims(self) -> frozenset[str]:
+        """The indices of one row: grid and query."""
+        return frozenset(self.grid) | {self.query}
+
+    @functools.cached_property
+    def rows(self) -> frozenset[str]:
+        """Names of the per-row values: prologue, per-pass state and epilogue statements."""
+        out = {op.name for op in self.prologue}
+        for p in self.passes:
+            out |= {op.name for op in p.state} | {op.name for op in p.epilogue}
+        return frozenset(out)
+
+    @functools.cached_property
+    def ops(self) -> Mapping[str, TileOp]:
+        """Every op by statement name (the last pass's op for one computed again)."""
+        out = {op.name: op for p in self.passes for op in p.loop + p.epilogue}
+        out.update({op.name: op for op in self.prologue})
+        return MappingProxyType(out)
+
+    @functools.cached_property
+    def scores(self) -> tuple[ScoreOp, ...]:
+        """The distinct score contractions, in order of first use."""
+        out: dict[str, ScoreOp] = {}
+        for p in self.passes:
+            for op in p.loop:
+                if op.kind is Kind.SCORE:
+                    out.setdefault(op.name, op)
+        return tuple(out.values())
+
+    @functools.cached_property
+    def outputs(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(name, indices) of each output, in ``outputs:`` order."""
+        c = self.cascade
+        return tuple((o, c.stmt(o).indices if c.stmt(o) is not None else ()) for o in c.outputs)
+
+    @functools.cached_property
+    def static(self) -> tuple[str, ...]:
+        """Indices whose sizes are compiled in (the shape bucket): contraction, value and
+        per-row feature indices. Grid, query and key sizes stay runtime values."""
+        out = dict.fromkeys(self.contract + self.value)
+        rowdims = set(self.grid) | {self.query, self.key}
+        for s in self.cascade.stmts:
+            if self.key not in s.all_indices:
+                for d in s.indices:
+                    if d not in rowdims:
+                        out[d] = None
+        return tuple(out)
 
     def skipped_inputs(self) -> tuple[str, ...]:
         """Inputs read with the key index in a pass that skips hidden key tiles. Skipping
@@ -87,8 +249,8 @@ class KernelPlan:
         for p in self.passes:
             if p.skip_empty:
                 for op in p.loop:
-                    for x in (op.expr, op.a, op.b):
-                        for e in (x.walk() if x is not None else ()):
+                    for x in op.exprs:
+                        for e in x.walk():
                             if e.op is Op.READ and c.input(e.arg[0]) is not None and _reads_with(e, self.key):
                                 out[e.arg[0]] = None
         return tuple(out)
@@ -99,8 +261,44 @@ class KernelPlan:
         return dataclasses.replace(self, passes=passes)
 
     def state(self, p: KernelPass) -> tuple[TileOp, ...]:
-        """Per-row state carried across key tiles in pass ``p``."""
-        return tuple(op for op in p.loop if op.kind in (Kind.ROW_REDUCE, Kind.VALUE, Kind.RUNNING))
+        """Per-row state carried across key tiles in pass ``p`` (``p.state``)."""
+        return p.state
+
+    def describe(self) -> str:
+        """The tile program as text: roles, then per pass its mask and typed ops."""
+        lines = ["roles: " + ", ".join(f"{i}={r}" for i, r in self.roles.items()),
+                 f"compiled-in sizes: {', '.join(self.static) or '(none)'}"]
+        if self.prologue:
+            lines.append("prologue:")
+            lines += [f"  {op_text(op)}" for op in self.prologue]
+        for p in self.passes:
+            mask = f"mask {p.mask}" + (", empty key tiles skipped" if p.skip_empty else "") \
+                if p.mask is not None else "no mask"
+            lines.append(f"pass {p.index} ({mask}):")
+            lines += [f"  {op_text(op)}" for op in p.loop]
+            if p.epilogue:
+                lines.append("  epilogue:")
+                lines += [f"    {op_text(op)}" for op in p.epilogue]
+        return "\n".join(lines)
+
+
+def op_text(op: TileOp) -> str:
+    """One line: the op's class and its named fields."""
+    head = f"{type(op).__name__} {op.name}[{','.join(op.dims)}]"
+    if op.kind is Kind.SCORE:
+        body = f"sum_{op.contract} {op.query_read} * {op.key_read} * {op.scalars}"
+    elif op.kind is Kind.VALUE:
+        body = f"+= sum_n ({op.weights}) * {op.value_read}  (value index {op.value_index})"
+    elif op.kind is Kind.ROW_REDUCE:
+        body = f"{op.reduce.name.lower()}= {op.expr}"
+    elif op.kind is Kind.ROW and op.reduced:
+        body = f"= sum_{','.join(op.reduced)} {op.expr}"
+    else:
+        body = f"= {op.expr}"
+    extra = [f"rescaled by {base}({m}_old - {m})" for m, base in getattr(op, "rescale", ())]
+    if getattr(op, "recomputed", False):
+        extra.append("recomputed")
+    return f"{head} {body}" + (f"  [{'; '.join(extra)}]" if extra else "")
 
 
 def _unsupported(s, why: str) -> UnsupportedError:
@@ -156,15 +354,14 @@ def make_kernel_plan(plan: Plan) -> KernelPlan:
                 raise _unsupported(s, f"a key tile may only carry {sorted(rowdims | {key})}")
             if s.name in score_of:
                 _, a, b, f, scal = score_of[s.name]
-                return TileOp(Kind.SCORE, s.name, s.indices, scal, a=a, b=b, contract=f,
-                              recomputed=step.recomputed)
-            return TileOp(Kind.MAP, s.name, s.indices, s.expr, recomputed=step.recomputed)
+                return ScoreOp(s.name, s.indices, a, b, f, scal, recomputed=step.recomputed)
+            return MapOp(s.name, s.indices, s.expr, recomputed=step.recomputed)
         if step.role is Role.REDUCE:
             if set(s.reduced) != {key}:
                 raise _unsupported(s, f"a reduction over the keys may reduce only '{key}'")
             extra = dims - rowdims
             if not extra:
-                return TileOp(Kind.ROW_REDUCE, s.name, s.indices, s.expr, reduce=s.reduce, rescale=s.rescale)
+                return RowReduceOp(s.name, s.indices, s.expr, s.reduce, s.rescale)
             if s.reduce is not Reduce.SUM:
                 raise _unsupported(s, "a max/min over the keys must produce per-row values")
             num, den = product_factors(s.expr)
@@ -176,20 +373,17 @@ def make_kernel_plan(plan: Plan) -> KernelPlan:
             rest = [x for x in num if x is not v]
             if any(set(x.indices()) & extra for x in rest + den) or not set(v.indices()) <= rowdims | {key} | extra:
                 raise _unsupported(s, "the value index may only appear in the value tensor")
+            if len(extra) != 1:
+                raise _unsupported(s, f"a value contraction may carry one value index, found {sorted(extra)}")
             value.update(dict.fromkeys(sorted(extra)))
-            return TileOp(Kind.VALUE, s.name, s.indices, build_product(rest, den), reduce=Reduce.SUM,
-                          a=v, rescale=s.rescale)
+            return ValueOp(s.name, s.indices, build_product(rest, den), v, next(iter(extra)), s.rescale)
         if step.role is Role.RUNNING_ROW:
             if not dims <= rowdims:
                 raise _unsupported(s, "a running row statement must be per row")
-            return TileOp(Kind.RUNNING, s.name, s.indices, s.expr)
+            return RunningOp(s.name, s.indices, s.expr)
         if not dims <= rowdims | set(value) | set(contract):
             raise _unsupported(s, f"a row statement may only carry {sorted(rowdims | set(value))}")
-        if s.reduced:
-            raise _unsupported(s, f"a per-row statement that sums over {', '.join(s.reduced)} (a statistic "
-                                  f"computed before the key loop) is not supported by the kernels yet; "
-                                  f"compute it in PyTorch and pass it as an input, or use target='streaming'")
-        return TileOp(Kind.ROW, s.name, s.indices, s.expr)
+        return RowOp(s.name, s.indices, s.expr, tuple(s.reduced))
 
     passes = []
     for p in plan.schedule:

@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from einattn.compiler import KernelPlan, make_kernel_plan
+from einattn.compiler import Capabilities, KernelPlan, check_capabilities, make_kernel_plan
 from einattn.ir import UnsupportedError, settings
 
 from ..base import INDEX_LIMIT, Target, check_config, hidden_nonfinite, span
 from .build import get_kernel
 from .config import CpuConfig
-from .render import static_indices
 from .runtime import _check_tvm_installed, host, run_kernel
 
 
@@ -57,6 +56,11 @@ class CpuArtifact:
 class CpuBackend:
     name = "cpu"
     config_keys = tuple(CpuConfig.keys())
+    # per-row values may carry one compiled-in feature index (a value or a contraction index),
+    # and so may outputs; one value width per kernel (the P.V register tiles)
+    capabilities = Capabilities(max_value_indices=1, row_reductions=False, outputs_need_query=True,
+                                output_roles=frozenset({"grid", "query", "value", "contract"}),
+                                row_feature_roles=frozenset({"value", "contract"}), max_row_features=1)
 
     def supports(self, target: Target) -> bool:
         return target.kind == "cpu"
@@ -68,7 +72,8 @@ class CpuBackend:
         _check_tvm_installed()                    # fail early and clearly; importing TVM waits for a build
         cfg.check(host().fp32_lanes)
         kp = make_kernel_plan(plan)
-        return CpuArtifact(kp, cfg, static_indices(kp), plan.cascade.structural_hash())
+        check_capabilities(kp, self.capabilities, self.name)
+        return CpuArtifact(kp, cfg, kp.static, plan.cascade.structural_hash())
 
     def launch(self, artifact: CpuArtifact, inputs: dict, sizes: dict, params: dict) -> dict:
         c = artifact.kp.cascade

@@ -15,6 +15,10 @@ Two variants of each key-tile body are rendered:
 A key tile on which the mask is false everywhere is skipped when the plan says
 that this leaves every reduction at its identity (``KernelPass.skip_empty``).
 Which case a tile is in is decided from its corners (``masks.atom``, ``masks.tile_decision``).
+
+What the kernel can compile is checked before rendering (``CpuBackend.capabilities``,
+``compiler.capabilities``); copies of tiles, reductions fused into a MAP's loop and the
+staged [.., m, n] input reads come from the lowering rules (``compiler.lowering``).
 """
 from __future__ import annotations
 
@@ -26,8 +30,9 @@ from dataclasses import dataclass
 
 from einattn.compiler import Kind, KernelPlan
 from einattn.compiler.infinity import input_flags
+from einattn.compiler.lowering import alias_copies, fuse_row_reductions, stage_dense_reads
 from einattn.compiler.masks import atom, tile_decision
-from einattn.ir import Expr, Op, Reduce, Sub, UnsupportedError
+from einattn.ir import Expr, Op, Sub
 
 from .config import CpuConfig
 from .expr import Ctx, fconst, inf_flags, lower
@@ -68,8 +73,8 @@ class OpView:
     rescale: list = dataclasses.field(default_factory=list)    # stabiliser names multiplying the state
     weights: str = ""               # VALUE: tile buffer of the weights
     nkeys: str = "BLOCK_N"          # extent of loops over valid keys
-    a: Expr | None = None           # SCORE: query-side read / VALUE: V read
-    b: Expr | None = None           # SCORE: key-side read
+    a: Expr | None = None           # VALUE: the value read
+    b: Expr | None = None           # SCORE: the key-side read
     bctx: Ctx | None = None
     F: int = 0                      # SCORE: contraction size
     reduces: list = dataclasses.field(default_factory=list)     # MAP: ROW_REDUCEs done in its loop
@@ -99,15 +104,8 @@ class KernelView:
         # can reach them (a compare and a blend, small next to the dot products)
         self.input_flags = input_flags(c)
         q, n = kp.query, kp.key
-        if len(kp.value) > 1:
-            raise UnsupportedError(f"{c.name}: the CPU backend supports one value index, found {kp.value}")
-        for o in c.outputs:
-            s = c.stmt(o)
-            if s is None or q not in s.indices:
-                raise UnsupportedError(f"{c.name}: output '{o}' must carry the query index '{q}' on the CPU backend")
-        self.rowdims = set(kp.grid) | {q}
-        self.ops = {op.name: op for p in kp.passes for op in p.loop + p.epilogue}
-        self.ops.update({op.name: op for op in kp.prologue})
+        self.rowdims = set(kp.rowdims)
+        self.ops = dict(kp.ops)
 
         # sizes, inputs, outputs, params
         dyn = []
@@ -155,26 +153,24 @@ class KernelView:
                     self.add_tile(op.name)
                 elif op.kind is Kind.VALUE:
                     self.add_row(op.name, op.dims)
-                    if not _tile_read(op.expr, self.tiles):
+                    if not _tile_read(op.weights, self.tiles):
                         self.add_tile(op.name + "__w")
                 else:
                     self.add_row(op.name, op.dims)
-                for m, _ in op.rescale:
+                for m, _ in getattr(op, "rescale", ()):
                     if "prev__" + m not in self.rows:
                         self.add_row("prev__" + m, (q,))
                         self.add_row("corr__" + m, (q,))
             for op in p.epilogue:
                 self.add_row(op.name, op.dims)
         self.scores = []
-        for p in kp.passes:
-            for op in p.loop:
-                if op.kind is Kind.SCORE and op.name not in {s["name"] for s in self.scores}:
-                    F = self.static[op.contract]
-                    self.buffers.append({"name": f"a_{op.name}", "shape": _tup([str(F), str(cfg.BLOCK_M)])})
-                    ctx = Ctx(coords=self.coords(m=f"T.min(m0 + li, {self.size(q)} - 1)", f="lf", fname=op.contract),
-                              local={}, lane="lf", lanes=1, fast=False, tag=f"sa_{op.name}_")
-                    self.scores.append({"name": op.name, "F": F, "a": op.a, "scalars": op.expr, "ctx": ctx,
-                                        "ctx1": dataclasses.replace(ctx, tag=f"sc_{op.name}_")})
+        for op in kp.scores:
+            F = self.static[op.contract]
+            self.buffers.append({"name": f"a_{op.name}", "shape": _tup([str(F), str(cfg.BLOCK_M)])})
+            ctx = Ctx(coords=self.coords(m=f"T.min(m0 + li, {self.size(q)} - 1)", f="lf", fname=op.contract),
+                      local={}, lane="lf", lanes=1, fast=False, tag=f"sa_{op.name}_")
+            self.scores.append({"name": op.name, "F": F, "a": op.query_read, "scalars": op.scalars, "ctx": ctx,
+                                "ctx1": dataclasses.replace(ctx, tag=f"sc_{op.name}_")})
         self.prologue = [self.row_op(op, "pro") for op in kp.prologue]
         self._staged: dict[int, dict] = {}
         self.passes = [self.pass_view(p) for p in kp.passes]
@@ -194,10 +190,7 @@ class KernelView:
         if name in self.rows:
             return
         feat = [d for d in dims if d not in self.rowdims]
-        for d in feat:
-            if d not in self.static:
-                raise UnsupportedError(f"{self.c.name}: per-row value '{name}' carries '{d}', which is neither "
-                                       f"a grid, query, contraction nor value index")
+        assert all(d in self.static for d in feat), (name, feat)      # KernelPlan.static holds them
         local = ([self.kp.query] if self.kp.query in dims else []) + feat
         self.rows[name] = tuple(local)
         shape = [str(self.cfg.BLOCK_M) if d == self.kp.query else str(self.static[d]) for d in local] or ["1"]
@@ -241,10 +234,7 @@ class KernelView:
 
     def row_op(self, op, where: str, flags: dict | None = None) -> OpView:
         """An elementwise per-row statement, computed for the valid rows (epilogue, prologue)."""
-        feat = [d for d in self.rows[op.name] if d != self.kp.query]
-        if len(feat) > 1:
-            raise UnsupportedError(f"{self.c.name}: row value '{op.name}' has several feature indices {feat}; "
-                                   f"the CPU backend supports one")
+        feat = [d for d in self.rows[op.name] if d != self.kp.query]     # at most one (capabilities)
         cx = self.ctx(tag=f"s_{where}_{op.name}_", lane=f"l_{feat[-1]}" if feat else "li",
                       lanes=self.static[feat[-1]] if feat else self.cfg.BLOCK_M, fast=False,
                       coords=self.coords(), flags=flags or {})
@@ -258,17 +248,14 @@ class KernelView:
     def pass_view(self, p) -> PassView:
         kp, cfg = self.kp, self.cfg
         init = []
-        stabs: list[str] = []
-        for op in p.loop:
+        stabs = list(p.stabilisers)
+        for op in p.state:
             if op.kind is Kind.ROW_REDUCE:
-                init.append((f"r_{op.name}", fconst((op.reduce or Reduce.SUM).identity), self.rows[op.name]))
+                init.append((f"r_{op.name}", fconst(op.reduce.identity), self.rows[op.name]))
             elif op.kind is Kind.VALUE:
                 init.append((f"r_{op.name}", fconst(0.0), self.rows[op.name]))
-            elif op.kind is Kind.RUNNING:
+            else:
                 init.append((f"r_{op.name}", fconst(-float("inf")), self.rows[op.name]))
-            for m, _ in op.rescale:
-                if m not in stabs:
-                    stabs.append(m)
         init = [{"buf": b, "fill": v, "feat": [(f"l_{d}", self.static[d]) for d in dims if d != kp.query],
                  "has_query": kp.query in dims} for b, v, dims in init]
         full, empty = (None, None) if p.mask is None else classify_tile(p.mask, kp.query, kp.key)
@@ -308,6 +295,9 @@ class KernelView:
             from einattn.compiler.masks import substitute
             return substitute(e, *mask)
 
+        copies = alias_copies(kp, p, fast)
+        fused = fuse_row_reductions(kp, p, fast)
+        views: dict[str, OpView] = {}
         alias: dict[str, str] = {}
         if p.index not in self._staged:
             self._staged[p.index] = self.staged_reads(p)
@@ -328,34 +318,31 @@ class KernelView:
                     n_k = f"T.min({n_k}, {self.size(kp.key)} - 1)"
                 bctx = self.ctx(tag=tag + "k", lane="ii", lanes=cfg.SCORE_RI, fast=True, flags={},
                                 coords=self.coords(m=m_c, n=n_k, f="lf", fname=op.contract))
-                v = OpView("SCORE", op.name, b=op.b, bctx=bctx, F=self.static[op.contract])
+                v = OpView("SCORE", op.name, b=op.key_read, bctx=bctx, F=self.static[op.contract])
                 flags[op.name] = (True, True)            # inputs may be infinite
             elif op.kind is Kind.MAP:
                 e = sub(op.expr)
                 flags[op.name] = inf_flags(e, flags)
-                src = _tile_read(e, self.tiles)
-                if src is not None and e.arg[1] == tuple(Sub(d) for d in op.dims):
-                    alias[op.name] = alias.get(src, src)       # a copy: read the source tile instead
+                if op.name in copies:
+                    alias[op.name] = copies[op.name]       # a copy: read the source tile instead
                     continue
                 v = OpView("MAP", op.name, op.expr, tctx, nkeys=nkeys)
             elif op.kind is Kind.ROW_REDUCE:
-                r = op.reduce or Reduce.SUM
-                v = OpView("ROW_REDUCE", op.name, op.expr, tctx, reduce=r.name.lower(), nkeys=nkeys)
+                v = OpView("ROW_REDUCE", op.name, op.expr, tctx, reduce=op.reduce.name.lower(), nkeys=nkeys)
                 flags[op.name] = inf_flags(sub(op.expr), flags)
-                prev = out[-1] if out else None
-                if prev is not None and prev.kind == "MAP" and op.name not in prev.expr.reads():
+                if op.name in fused:
                     v.fused = True               # reduced in the MAP's loop: one pass over the tile
-                    prev.reduces.append(v)
+                    views[fused[op.name]].reduces.append(v)
             elif op.kind is Kind.RUNNING:
                 rctx = dataclasses.replace(tctx, tag=tag)
                 v = OpView("RUNNING", op.name, op.expr, rctx)
                 flags[op.name] = inf_flags(sub(op.expr), flags)
             else:  # VALUE
-                w = _tile_read(op.expr, self.tiles)
-                v = OpView("VALUE", op.name, op.expr, tctx, nkeys=nkeys)
+                w = _tile_read(op.weights, self.tiles)
+                v = OpView("VALUE", op.name, op.weights, tctx, nkeys=nkeys)
                 v.weights = f"t_{w}" if w else f"t_{op.name}__w"
-                e_name = kp.value[0]
-                v.a = op.a
+                e_name = op.value_index
+                v.a = op.value_read
                 v.chunks = [(e0, ew, self.ctx(tag=f"{tag}v{e0}_", lane="ee", lanes=ew, fast=True, flags={},
                                               coords=self.coords(m=m_c, n="n0 + lj", extra={e_name: f"{e0} + ee"})))
                             for e0, ew in self.e_chunks]
@@ -372,6 +359,7 @@ class KernelView:
                         v.corr.append((f"r_corr__{m}", e, cctx))
                     v.rescale.append(f"r_corr__{m}")
             out.append(v)
+            views[op.name] = v
         if out_stage:
             first = OpView("STAGE", "inputs")
             first.stage = out_stage
@@ -381,21 +369,12 @@ class KernelView:
         return out
 
     def staged_reads(self, p) -> dict:
-        """Input reads of this pass's tile expressions whose last subscript is the key
-        index and which also carry the query index (a dense [.., m, n] input)."""
-        kp = self.kp
+        """Buffers ``x_<pass>_<k>`` for the dense [.., m, n] input reads of the pass (the
+        ``stage_dense_reads`` rule): read -> buffer name."""
         found: dict = {}
-        for op in p.loop:
-            if op.kind in (Kind.MAP, Kind.ROW_REDUCE, Kind.VALUE):
-                for e in op.expr.walk():
-                    if e.op is Op.READ and self.c.input(e.arg[0]) is not None:
-                        subs = e.arg[1]
-                        if subs and subs[-1] == Sub(kp.key) and any(x.index == kp.query for x in subs):
-                            if e not in found:
-                                name = f"x_{p.index}_{len(found)}"
-                                found[e] = name
-                                self.buffers.append({"name": name, "shape": _tup([str(self.cfg.BLOCK_M),
-                                                                                  str(self.cfg.BLOCK_N)])})
+        for k, e in enumerate(stage_dense_reads(self.kp, p)):
+            found[e] = f"x_{p.index}_{k}"
+            self.buffers.append({"name": found[e], "shape": _tup([str(self.cfg.BLOCK_M), str(self.cfg.BLOCK_N)])})
         return found
 
     # -- e chunks of the P.V register tiles ------------------------------------------
@@ -403,7 +382,7 @@ class KernelView:
     def e_chunks(self) -> list[tuple[int, int]]:
         if not self.kp.value:
             return []
-        E = self.static[self.kp.value[0]]
+        E = self.static[self.kp.value[0]]      # one value index (capabilities)
         step = self.cfg.PV_E
         return [(e0, min(step, E - e0)) for e0 in range(0, E, step)]
 
@@ -465,14 +444,5 @@ def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int) -> 
 
 
 def static_indices(kp: KernelPlan) -> tuple[str, ...]:
-    """Indices whose sizes are compiled in (the shape bucket): contraction, value and
-    per-row feature indices. Grid, query and key sizes stay runtime values."""
-    c = kp.cascade
-    out = dict.fromkeys(kp.contract + kp.value)
-    rowdims = set(kp.grid) | {kp.query, kp.key}
-    for s in c.stmts:
-        if kp.key not in s.all_indices:
-            for d in s.indices:
-                if d not in rowdims:
-                    out[d] = None
-    return tuple(out)
+    """Indices whose sizes are compiled in (``KernelPlan.static``)."""
+    return kp.static

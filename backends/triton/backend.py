@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from einattn.compiler.kernel_plan import KernelPlan, make_kernel_plan
+from einattn.compiler.capabilities import Capabilities, check_capabilities
+from einattn.compiler.kernel_plan import Kind, KernelPlan, make_kernel_plan
 from einattn.ir import BackendUnavailable, UnsupportedError
 
 from ..base import INDEX_LIMIT, Target, hidden_nonfinite, span
@@ -82,6 +83,11 @@ class TritonBackend:
     """
     name = "triton"
     config_keys = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+    # per-row values and outputs carry grid, query and value indices ([BLOCK_M] or
+    # [BLOCK_M, BLOCK_e] blocks); contraction indices live only inside tl.dot
+    capabilities = Capabilities(max_value_indices=1, row_reductions=False, outputs_need_query=True,
+                                output_roles=frozenset({"grid", "query", "value"}),
+                                row_feature_roles=frozenset({"value"}), max_row_features=1)
 
     def supports(self, target: Target) -> bool:
         return target.kind in ("cuda", "rocm")
@@ -92,6 +98,7 @@ class TritonBackend:
         hw = load_target(target)
         cfg = parse_config(config, hw)
         kp = make_kernel_plan(plan)
+        check_capabilities(kp, self.capabilities, target.kind)
         rendered = render(kp)
         check_config(kp, cfg, hw, sizes=None, dtype=None)
         return TritonArtifact(kp, rendered, Target(target.kind, hw.arch), hw, cfg, bool(interpret),
@@ -194,9 +201,10 @@ def check_inputs(artifact: TritonArtifact, inputs: dict, device: torch.device) -
 def dot_dtype(kp: KernelPlan, x: dict) -> torch.dtype:
     """The one dtype of the dot products' operands (Q, K, V...); other inputs may differ (they
     are read in fp32). Outputs with the value index take this dtype."""
-    ops = [op for p in kp.passes for op in p.loop if op.a is not None or op.b is not None]
-    names = list(dict.fromkeys(e.arg[0] for op in ops for e in (op.a, op.b)
-                               if e is not None and e.arg[0] in x))
+    reads = [e for p in kp.passes for op in p.loop
+             for e in ((op.query_read, op.key_read) if op.kind is Kind.SCORE else
+                       (op.value_read,) if op.kind is Kind.VALUE else ())]
+    names = list(dict.fromkeys(e.arg[0] for e in reads if e.arg[0] in x))
     dts = {n: x[n].dtype for n in names}
     if len(set(dts.values())) > 1:
         found = ", ".join(f"{n}: {str(d).replace('torch.', '')}" for n, d in dts.items())

@@ -63,9 +63,9 @@ def estimate(kp: KernelPlan, cfg: TritonConfig, sizes: dict | None, dtype, hw: H
     score tiles spread over the program's threads.
     """
     nb = dtype_bytes(dtype) if dtype is not None else 2
-    scores = {op.a: op for p in kp.passes for op in p.loop if op.kind is Kind.SCORE}
-    kb = {op.b: op for p in kp.passes for op in p.loop if op.kind is Kind.SCORE}
-    vals = {op.a: op for p in kp.passes for op in p.loop if op.kind is Kind.VALUE}
+    scores = {op.query_read: op for p in kp.passes for op in p.loop if op.kind is Kind.SCORE}
+    kb = {op.key_read: op for p in kp.passes for op in p.loop if op.kind is Kind.SCORE}
+    vals = {op.value_read: op for p in kp.passes for op in p.loop if op.kind is Kind.VALUE}
     accs = {op.name for p in kp.passes for op in p.loop if op.kind is Kind.VALUE}
     dims = {i: _block(sizes[i]) if sizes and i in sizes else 16 for i in (*kp.contract, *kp.value)}
     ve = dims[kp.value[0]] if kp.value else 0

@@ -13,6 +13,12 @@ tiles), ``flo``/``fhi`` the tiles where the predicate is true everywhere; both
 come from the affine atoms of a conjunctive mask at the tile's corners. Any
 other affine mask (a disjunction such as prefix-LM) classifies each key tile at
 run time instead (full / partial / empty) in one loop.
+
+What the kernel can compile is checked before rendering (``TritonBackend.capabilities``,
+``compiler.capabilities``); which loads are hoisted out of the key loop comes from the
+``hoist_key_free_reads`` lowering rule (``compiler.lowering``). The other rules
+(copies of tiles, fused reductions, staged reads) bring nothing here: Triton binds a
+copy for free, fuses the loops itself and loads tiles with ``tl.load``.
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ import importlib.resources
 from dataclasses import dataclass, field
 
 from einattn.compiler.kernel_plan import Kind, KernelPass, KernelPlan, TileOp
+from einattn.compiler.lowering import hoist_key_free_reads
 from einattn.compiler.masks import atom, substitute, tile_decision
-from einattn.ir import Expr, Op, Reduce, UnsupportedError
+from einattn.ir import Expr, Op, Reduce
 
 from einattn.compiler.infinity import inf_flags
 
@@ -73,14 +80,6 @@ class PassView:
 
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
-
-
-def _roles(kp: KernelPlan) -> dict[str, str]:
-    roles = {i: "grid" for i in kp.grid}
-    roles[kp.query], roles[kp.key] = "query", "key"
-    roles.update({i: "contract" for i in kp.contract})
-    roles.update({i: "value" for i in kp.value})
-    return roles
 
 
 def _deps(e: Expr, kp: KernelPlan, roles: dict[str, str], tiles: set[str]) -> set[str]:
@@ -154,14 +153,14 @@ class _Body:
         self.lines.append("offs_n = start_n + tl.arange(0, BLOCK_N)")
         if not self.fast:
             self.lines.append("mask_n = offs_n < size_n")
-        for m in dict.fromkeys(m for op in self.kpass.loop for m, _ in op.rescale):
+        for m in self.kpass.stabilisers:
             self.lines.append(f"prev_{m} = r_{m}")
         for op in self.kpass.loop:
             if op.kind is Kind.SCORE:
-                kb = self.cached_load(op.b, {op.contract: "rows", kp.key: "cols"}, "kb")
-                code = f"tl.dot({r.qa[op.a]}, {kb}, input_precision=DOT_PRECISION)"
-                if not (op.expr.op is Op.CONST and op.expr.arg == 1.0):
-                    code += f" * {pr(op.expr, 'tile')}"
+                kb = self.cached_load(op.key_read, {op.contract: "rows", kp.key: "cols"}, "kb")
+                code = f"tl.dot({r.qa[op.query_read]}, {kb}, input_precision=DOT_PRECISION)"
+                if not (op.scalars.op is Op.CONST and op.scalars.arg == 1.0):
+                    code += f" * {pr(op.scalars, 'tile')}"
                 self.lines.append(f"t_{op.name} = {code}")
             elif op.kind is Kind.MAP:
                 self.lines.append(f"t_{op.name} = {self.tile(self.expr(op.expr))}")
@@ -176,8 +175,8 @@ class _Body:
                     old = f"r_{op.name}" + (f" * {self.rescale(op)}" if op.rescale else "")
                     self.lines.append(f"r_{op.name} = {old} + tl.sum({val}, 1)")
             elif op.kind is Kind.VALUE:
-                v = self.cached_load(op.a, {kp.key: "rows", kp.value[0]: "cols"}, "vb")
-                p = self.bounded(self.tile(self.expr(op.expr)), "0.0")
+                v = self.cached_load(op.value_read, {kp.key: "rows", op.value_index: "cols"}, "vb")
+                p = self.bounded(self.tile(self.expr(op.weights)), "0.0")
                 acc = f"r_{op.name}" + (f" * ({self.rescale(op)})[:, None]" if op.rescale else "")
                 self.lines.append(f"r_{op.name} = tl.dot(({p}).to({v}.dtype), {v}, {acc}, "
                                   f"input_precision=DOT_PRECISION)")
@@ -189,16 +188,8 @@ class _Body:
 class Renderer:
     def __init__(self, kp: KernelPlan):
         self.kp = kp
-        c = kp.cascade
-        if len(kp.value) > 1:
-            raise UnsupportedError(f"{c.name}: the Triton backend supports one value index, found "
-                                   f"{list(kp.value)}")
-        self.roles = _roles(kp)
-        rows = {op.name for op in kp.prologue}
-        for p in kp.passes:
-            rows |= {op.name for op in p.loop if op.kind in (Kind.ROW_REDUCE, Kind.VALUE, Kind.RUNNING)}
-            rows |= {op.name for op in p.epilogue}
-        self.printer = Printer(c, self.roles, rows=rows)
+        self.roles = dict(kp.roles)
+        self.printer = Printer(kp.cascade, self.roles, rows=set(kp.rows))
         self.neg_inf = dict(self.printer.neg_inf)
         self.qa: dict[Expr, str] = {}
 
@@ -214,7 +205,8 @@ class Renderer:
         if self.kp.query not in op.dims:
             want.discard("query")
         if not want <= deps:
-            shape = "[BLOCK_M, BLOCK_{}]".format(self.kp.value[0]) if ctx == "rowval" else "[BLOCK_M]"
+            e = next((i for i in op.dims if self.roles.get(i) == "value"), None)
+            shape = f"[BLOCK_M, BLOCK_{e}]" if ctx == "rowval" else "[BLOCK_M]"
             code = f"({code} + tl.zeros({shape}, tl.float32))"
         return code
 
@@ -334,16 +326,17 @@ class Renderer:
         kp, pr = self.kp, self.printer
         view = PassView(kpass.index, skip_empty=kpass.skip_empty,
                         mask=str(kpass.mask) if kpass.mask is not None else "")
-        pr.tiles = {op.name for op in kpass.loop if op.kind in (Kind.SCORE, Kind.MAP)}
-        for op in kpass.loop:
+        pr.tiles = set(kpass.tiles)
+        for op in kpass.state:
             if op.kind is Kind.ROW_REDUCE:
                 view.init.append(f"r_{op.name} = tl.full([BLOCK_M], {const_text(op.reduce.identity)}, tl.float32)")
             elif op.kind is Kind.VALUE:
-                view.init.append(f"r_{op.name} = tl.zeros([BLOCK_M, BLOCK_{kp.value[0]}], tl.float32)")
-            elif op.kind is Kind.RUNNING:
+                view.init.append(f"r_{op.name} = tl.zeros([BLOCK_M, BLOCK_{op.value_index}], tl.float32)")
+            else:
                 view.init.append(f"r_{op.name} = tl.full([BLOCK_M], {NEG_INF}, tl.float32)")
+        # the printer loads each read of the rule once, before the key loop, and names it ld_*
         hoist: dict[str, str] = {}
-        pr.hoist = hoist
+        pr.hoist = hoist if hoist_key_free_reads(kp, kpass) else None
         view.fast = _Body(self, kpass, True).build()
         view.slow = _Body(self, kpass, False).build()
         view.after = [f"r_{op.name} = {self.row_value(op)}" for op in kpass.loop if op.kind is Kind.RUNNING]
@@ -363,15 +356,10 @@ class Renderer:
         for t in c.inputs:
             args.append(Arg(f"{t.name}_ptr", "ptr", t.name))
             args += [Arg(f"stride_{t.name}_{j}", "stride", t.name, j) for j in range(len(t.indices))]
-        outputs = []
-        for o in c.outputs:
-            s = c.stmt(o)
-            if s is None or any(self.roles.get(i) not in ("grid", "query", "value") for i in s.indices):
-                raise UnsupportedError(f"{c.name}: output '{o}' must be per row ([.., {kp.query}] or "
-                                       f"[.., {kp.query}, {', '.join(kp.value) or 'e'}]) for the Triton backend")
-            outputs.append((o, s.indices))
+        outputs = list(kp.outputs)          # per row: checked by the capabilities
+        for o, dims in outputs:
             args.append(Arg(f"{o}_ptr", "ptr", o))
-            args += [Arg(f"stride_{o}_{j}", "stride", o, j) for j in range(len(s.indices))]
+            args += [Arg(f"stride_{o}_{j}", "stride", o, j) for j in range(len(dims))]
         for i in (*kp.grid, kp.query, kp.key):
             args.append(Arg(f"size_{i}", "size", i))
         divs = {x.arg[1][j].div for s in c.stmts for x in s.expr.walk() if x.op is Op.READ
@@ -393,12 +381,11 @@ class Renderer:
                 grid_lines.append(f"rest_{j} = {rest} // size_{g}")
                 rest = f"rest_{j}"
         qa_lines = []
-        for p in kp.passes:
-            for op in p.loop:
-                if op.kind is Kind.SCORE and op.a not in self.qa:
-                    var = f"qa{len(self.qa)}"
-                    self.qa[op.a] = var
-                    qa_lines.append(f"{var} = {pr.load(op.a, 'tile', {op.contract: 'cols'}, cast=False)}")
+        for op in kp.scores:
+            if op.query_read not in self.qa:
+                var = f"qa{len(self.qa)}"
+                self.qa[op.query_read] = var
+                qa_lines.append(f"{var} = {pr.load(op.query_read, 'tile', {op.contract: 'cols'}, cast=False)}")
         prologue = [f"r_{op.name} = {self.row_value(op)}" for op in kp.prologue]
         passes = [self.pass_view(p) for p in kp.passes]
         stores = []
@@ -408,9 +395,6 @@ class Renderer:
             masks = [pr.mask_of(i, ctx) for i in dims]
             masks = [m for m in masks if m is not None]
             val = f"r_{o}"
-            shape_ok = kp.query in dims
-            if not shape_ok:
-                raise UnsupportedError(f"{c.name}: output '{o}' must carry the query index '{kp.query}'")
             mask = f", mask={' & '.join(masks)}" if masks else ""
             stores.append(f"tl.store({' + '.join(offs)}, {val}.to({o}_ptr.dtype.element_ty){mask})")
         name = f"einattn_{_ident(c.name)}_kernel"

@@ -59,7 +59,7 @@ def count_flops(spec, sizes: dict, params: dict) -> dict:
             fractions[str(p.mask)] = seen / pairs if pairs else 0.0
         here = []
         for op in p.loop:
-            if op.recomputed or op.kind not in (Kind.SCORE, Kind.VALUE):
+            if op.kind not in (Kind.SCORE, Kind.VALUE) or (op.kind is Kind.SCORE and op.recomputed):
                 continue
             inner = op.contract if op.kind is Kind.SCORE else kp.key
             f = 2 * math.prod(sizes[i] for i in op.dims) * sizes[inner] // pairs * seen if pairs else 0
