@@ -117,20 +117,19 @@ def describe_rules(kp: KernelPlan) -> list[str]:
     """One line per (rule, pass) that changes something: the rule's name and what it did."""
     lines = []
     for p in kp.passes:
-        for full in (True, False):
-            tiles = "full tiles" if full else "partial tiles"
-            a = alias_copies(kp, p, full)
-            if a:
-                lines.append(f"pass {p.index}: alias_copies ({tiles}): "
-                             + ", ".join(f"{k} reads {v}" for k, v in a.items()))
-            f = fuse_row_reductions(kp, p, full)
-            if f:
-                lines.append(f"pass {p.index}: fuse_row_reductions ({tiles}): "
-                             + ", ".join(f"{k} in the loop of {v}" for k, v in f.items()))
+        for rule, fn, say in (("alias_copies", alias_copies, "{k} reads tile {v} (a copy)"),
+                              ("fuse_row_reductions", fuse_row_reductions, "{k} reduced in the loop of {v}")):
+            full, partial = fn(kp, p, True), fn(kp, p, False)
+            for where, found in ((("", full),) if full == partial else
+                                 ((" (full tiles)", full), (" (partial tiles)", partial))):
+                if found:
+                    lines.append(f"pass {p.index}: {rule}{where}: "
+                                 + ", ".join(say.format(k=k, v=v) for k, v in found.items()))
         s = stage_dense_reads(kp, p)
         if s:
-            lines.append(f"pass {p.index}: stage_dense_reads: " + ", ".join(map(str, s)))
+            lines.append(f"pass {p.index}: stage_dense_reads: copied per key tile: " + ", ".join(map(str, s)))
         h = hoist_key_free_reads(kp, p)
         if h:
-            lines.append(f"pass {p.index}: hoist_key_free_reads: " + ", ".join(map(str, h)))
+            lines.append(f"pass {p.index}: hoist_key_free_reads: loaded before the key loop: "
+                         + ", ".join(map(str, h)))
     return lines

@@ -130,6 +130,42 @@ def explain(spec) -> Plan:
     return make_plan(load_spec(spec))
 
 
+KERNEL_TARGETS = ("cpu", "cuda", "rocm")
+
+
+def explain_kernel(spec) -> str:
+    """The kernel plan of a spec as text: index roles, per pass its typed ops, the lowering
+    rules that apply and what they did, and whether each kernel target (cpu, cuda, rocm)
+    can compile it, with the reason when it cannot (``check_capabilities``).
+
+    >>> print(explain_kernel("softmax").splitlines()[-3])
+      cpu: yes
+    """
+    from einattn.compiler import check_capabilities, make_kernel_plan
+    from einattn.compiler.lowering import describe_rules
+    plan = make_plan(load_spec(spec))
+    lines = [f"kernel plan of {plan.cascade.name}"]
+    try:
+        kp = make_kernel_plan(plan)
+    except UnsupportedError as e:
+        lines.append(f"no kernel plan: {e}")
+        lines.append("targets:")
+        lines += [f"  {t}: no: {e}" for t in KERNEL_TARGETS]
+        return "\n".join(lines)
+    lines.append(kp.describe())
+    lines.append("lowering rules:")
+    lines += [f"  {x}" for x in describe_rules(kp)] or ["  (none applies)"]
+    lines.append("targets:")
+    for t in KERNEL_TARGETS:
+        target = parse_target(t)
+        try:
+            check_capabilities(kp, get_backend(target).capabilities, target.kind)
+            lines.append(f"  {t}: yes")
+        except UnsupportedError as e:
+            lines.append(f"  {t}: no: {e}")
+    return "\n".join(lines)
+
+
 def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | None = None,
             interpret: bool | None = None, **params) -> Kernel:
     """Compile a spec for a target.

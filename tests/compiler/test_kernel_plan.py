@@ -1,0 +1,117 @@
+"""The kernel plan as the contract between the compiler and the backends: typed ops, index
+roles, the capability check both backends call, the lowering rules, ``explain --kernel``."""
+from __future__ import annotations
+
+import pytest
+
+import einattn
+from einattn.cli import main
+from einattn.compiler import (Capabilities, Kind, MapOp, RowOp, RowReduceOp, ScoreOp, ValueOp, alias_copies,
+                              check_capabilities, fuse_row_reductions, hoist_key_free_reads, make_kernel_plan,
+                              make_plan, stage_dense_reads)
+from einattn.ir import UnsupportedError
+from tests.helpers import SOFTMAX
+from tests.test_kernel_refusals import COSINE
+
+TWO_VALUES = (SOFTMAX.replace("  V: [b, h, n, e]\n", "  V: [b, h, n, e]\n  W: [b, h, n, f]\n")
+              .replace("  - O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e] / L[b,h,m]\n",
+                       "  - O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e] / L[b,h,m]\n"
+                       "  - O2[b,h,m,f] = P[b,h,m,n] * W[b,h,n,f] / L[b,h,m]\n")
+              .replace("outputs: [O]", "outputs: [O, O2]"))
+
+
+def _kp(spec):
+    return make_kernel_plan(make_plan(einattn.load_spec(spec)))
+
+
+def _caps(target: str) -> Capabilities:
+    from einattn.backends import get_backend, parse_target
+    return get_backend(parse_target(target)).capabilities
+
+
+def test_softmax_ops_are_typed_with_named_fields():
+    kp = _kp("softmax")
+    assert dict(kp.roles) == {"b": "grid", "h": "grid", "m": "query", "n": "key", "d": "contract", "e": "value"}
+    assert kp.static == ("d", "e") and kp.rows == {"M", "L", "O_u", "O"}
+    (p,) = kp.passes
+    assert [type(op) for op in p.loop] == [ScoreOp, RowReduceOp, MapOp, RowReduceOp, ValueOp]
+    s, v = p.loop[0], p.loop[-1]
+    assert (str(s.query_read), str(s.key_read), s.contract, str(s.scalars)) == \
+        ("Q[b, h, m, d]", "K[b, h, n, d]", "d", "scale")
+    assert (str(v.weights), str(v.value_read), v.value_index) == ("P[b, h, m, n]", "V[b, h, n, e]", "e")
+    assert [op.kind for op in p.state] == [Kind.ROW_REDUCE, Kind.ROW_REDUCE, Kind.VALUE]
+    assert p.tiles == ("S", "P") and p.stabilisers == ("M",)
+    assert [type(op) for op in p.epilogue] == [RowOp] and kp.outputs == (("O", ("b", "h", "m", "e")),)
+    with pytest.raises(AttributeError):
+        s.name = "T"                                     # frozen
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda", "rocm"])
+@pytest.mark.parametrize("name", einattn.zoo_names())
+def test_every_zoo_variant_passes_every_kernel_backend(name, target):
+    check_capabilities(_kp(name), _caps(target), target)
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_a_row_statistic_is_refused_by_the_capability_check(target):
+    kp = _kp(COSINE)                                    # the plan describes it ...
+    assert kp.prologue[0].reduced == ("d",)
+    with pytest.raises(UnsupportedError, match=rf"<string>:\d+:\d+: per-row statement 'Qn.*{target} backend"
+                                               r".*sums over d.*pass it as an input"):
+        check_capabilities(kp, _caps(target), target)   # ... the backends refuse it
+    check_capabilities(kp, Capabilities(row_reductions=True), "future")
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_a_second_value_width_is_refused_at_its_statement(target):
+    kp = _kp(TWO_VALUES)
+    assert kp.value == ("e", "f")
+    with pytest.raises(UnsupportedError, match=rf"<string>:\d+:\d+: value contraction 'O2.*{target} backend.*'f'"):
+        check_capabilities(kp, _caps(target), target)
+    check_capabilities(kp, Capabilities(max_value_indices=2), "future")
+    with pytest.raises(UnsupportedError, match="value contraction 'O2"):
+        einattn.compile(TWO_VALUES, target=target, **({"interpret": True} if target == "cuda" else {}))
+
+
+def test_outputs_must_be_per_row():
+    kp = _kp("lse")
+    with pytest.raises(UnsupportedError, match=r"output 'O\[b,h,m,e\].*carries b, h, e \(grid, grid, value\)"):
+        check_capabilities(kp, Capabilities(output_roles=frozenset({"query"})), "toy")
+
+
+@pytest.mark.parametrize("name, full, alias, fused", [
+    ("softmax", True, {}, {"L": "P"}),
+    ("causal", True, {"Sm": "S"}, {"L": "P"}),           # the mask is true on a full tile: Sm is S
+    ("causal", False, {}, {"M": "Sm", "L": "P"}),
+    ("bias", False, {}, {"M": "T", "L": "P"}),
+])
+def test_alias_and_fusion_rules(name, full, alias, fused):
+    kp = _kp(name)
+    (p,) = kp.passes
+    assert alias_copies(kp, p, full) == alias
+    assert fuse_row_reductions(kp, p, full) == fused
+
+
+def test_staging_and_hoisting_rules():
+    kp = _kp("bias")
+    assert [str(e) for e in stage_dense_reads(kp, kp.passes[0])] == ["B[h, m, n]"]
+    assert hoist_key_free_reads(kp, kp.passes[0]) == ()
+    kp = _kp("sinks")
+    assert [str(e) for e in hoist_key_free_reads(kp, kp.passes[0])] == ["t[h]"]
+    assert stage_dense_reads(kp, kp.passes[0]) == ()
+
+
+def test_explain_kernel_prints_roles_ops_rules_and_targets(capsys, tmp_path):
+    assert main(["explain", "causal", "--kernel"]) == 0
+    out = capsys.readouterr().out
+    for phrase in ("roles: b=grid, h=grid, m=query, n=key, d=contract, e=value", "ScoreOp S[b,h,m,n]",
+                   "ValueOp O_u[b,h,m,e]", "alias_copies (full tiles): Sm reads tile S",
+                   "fuse_row_reductions", "cpu: yes", "cuda: yes", "rocm: yes"):
+        assert phrase in out, (phrase, out)
+    f = tmp_path / "cosine.yaml"
+    f.write_text(COSINE)
+    assert main(["explain", str(f), "--kernel"]) == 0
+    out = capsys.readouterr().out
+    assert "RowOp Qn[b,h,m] = sum_d" in out
+    for t in ("cpu", "cuda", "rocm"):
+        assert f"  {t}: no: {f}:" in out and f"by the {t} backend: it sums over d" in out, out
