@@ -9,6 +9,7 @@ import dataclasses
 
 from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, Sub, build_product, product_factors
 
+from .normalize import gather_scalars, pull_value_reads, split_score_sum, split_value_sum
 from .passes import Role, place
 
 
@@ -229,18 +230,19 @@ def _fold(e: Expr) -> Expr:
         return src[1]
     if e.op is Op.NEG and src[0].op is Op.NEG:
         return src[0].src[0]
-    if e.op is Op.NEG and any(x.op is Op.READ for x in src[0].walk()):
-        return Expr(Op.MUL, (Expr.const(-1.0), src[0]))   # a factor, so -Q*K plans as a score
+    if (e.op is Op.NEG or e.op is Op.SUB and zero(src[0])) and any(x.op is Op.READ for x in src[-1].walk()):
+        return Expr(Op.MUL, (Expr.const(-1.0), src[-1]))  # a factor, so -Q*K plans as a score
     return e
 
 
 def fold_identities(c: Cascade) -> Cascade:
-    """Fold ``x - 0``, ``x + 0``, ``x * 1``, ``x / 1``, ``-(-x)``, and write a negated value as
-    ``-1 * x``.
+    """Fold ``x - 0``, ``x + 0``, ``x * 1``, ``x / 1``, ``-(-x)``, and write a negated value
+    (``-x``, ``0 - x``) as ``-1 * x``.
 
-    Precondition: none. Exact under IEEE arithmetic (a NaN stays NaN, ``-0.0`` stays ``-0.0``);
-    it makes ``-Q*K*scale`` and ``Q*K*scale - 0`` plan like ``Q*K*scale * -1``: products of
-    reads and scalars.
+    Precondition: none. Exact under IEEE arithmetic (a NaN stays NaN, ``-0.0`` stays ``-0.0``;
+    ``0 - x`` is ``-x`` except that ``0 - 0`` is ``+0``); it makes ``-Q*K*scale``,
+    ``(0 - Q)*K`` and ``Q*K*scale - 0`` plan like ``Q*K*scale * -1``: products of reads and
+    scalars.
     """
     new = [s if _fold(s.expr) == s.expr else dataclasses.replace(s, expr=_fold(s.expr)) for s in c.stmts]
     return c if all(a is b for a, b in zip(new, c.stmts)) else c.with_stmts(new)
@@ -248,6 +250,10 @@ def fold_identities(c: Cascade) -> Cascade:
 
 PIPELINE = (
     ("fold_identities", fold_identities),
+    ("split_score_sum", split_score_sum),
+    ("pull_value_reads", pull_value_reads),
+    ("split_value_sum", split_value_sum),
+    ("gather_scalars", gather_scalars),
     ("prune_unused", prune_unused),
     ("defer_normalization", defer_normalization),
     ("online_rescaling", online_rescaling),

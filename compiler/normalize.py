@@ -1,0 +1,261 @@
+"""Normalising rewrites: equivalent ways of writing a contraction plan alike.
+
+Each is a pure ``Cascade -> Cascade`` that returns its input object when its
+precondition fails (so ``einattn explain`` reports only those that fired). They run
+before the pass rewrites and bring forms users write into the shape the kernel
+plan tiles: a score contraction is one product of a query-side and a key-side read
+times scalars; a value contraction sums ``p * V`` with exactly one value read.
+
+Exactness: every rewrite keeps the summation rule (a new statement reduces exactly
+the indices the old one did, so no hidden ``size(d)`` factor appears or vanishes)
+and agrees with the reference up to rounding for finite values. Where a rewrite
+distributes a factor or pulls a read out of ``where``, its docstring names the
+non-finite inputs for which it differs (IEEE has no distributive law at +-inf).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, Sub, build_product, product_factors
+
+_SUMS = (Op.ADD, Op.SUB)
+
+
+def _fresh(c: Cascade, base: str, taken: set[str]) -> str:
+    names = taken | {s.name for s in c.stmts} | {t.name for t in c.inputs} | {p.name for p in c.params} \
+        | set(c.index_names)
+    name, k = base, 1
+    while name in names:
+        k += 1
+        name = f"{base}{k}"
+    taken.add(name)
+    return name
+
+
+def _contraction(s: Stmt) -> tuple[list[Expr], list[Expr], list[Expr]] | None:
+    """(factors carrying a summed index, the other numerator factors, the denominator) of a sum
+    statement that the reference evaluates as ``einsum(inner) * outer / den``; None otherwise
+    (no summed index, max/min, or a divisor depending on a summed index: evaluated inside the sum)."""
+    if s.reduce is not Reduce.SUM or not s.reduced:
+        return None
+    red = set(s.reduced)
+    num, den = product_factors(s.expr)
+    if any(set(f.indices()) & red for f in den):
+        return None
+    inner = [f for f in num if set(f.indices()) & red]
+    return inner, [f for f in num if f not in inner], den
+
+
+def _leaves(e: Expr) -> list[Expr]:
+    """The terms of a ``+``/``-`` tree (a term that is not a sum is a leaf)."""
+    return [x for y in e.src for x in _leaves(y)] if e.op in _SUMS else [e]
+
+
+def _map_leaves(e: Expr, fn) -> Expr:
+    if e.op in _SUMS:
+        return Expr(e.op, tuple(_map_leaves(x, fn) for x in e.src))
+    return fn(e)
+
+
+def _split_sum(c: Cascade, s: Stmt, sum_factor: Expr, inner: list[Expr], outer: list[Expr], den: list[Expr],
+               taken: set[str]) -> list[Stmt] | None:
+    """One statement per term of ``sum_factor`` (times the other inner factors), each reducing
+    exactly ``s.reduced``, and ``s`` itself as the same ``+``/``-`` tree of their reads times
+    ``outer / den``. None if a term would reduce fewer indices (the summation rule would then
+    need a size factor) or divides by a tensor free of the summed indices (inside the sum the
+    reference applies ``0 / 0 = 0`` to each term; a term statement would divide its sum). A
+    scalar divisor moves after the sum, as the reference does for a whole statement: the
+    same value unless the divisor is 0."""
+    red = set(s.reduced)
+    out: list[Stmt] = []
+    for j, leaf in enumerate(_leaves(sum_factor)):
+        lnum, lden = product_factors(leaf)
+        expr = build_product([g for f in inner for g in (lnum if f is sum_factor else [f])], lden)
+        used = set(expr.indices())
+        if used - set(s.indices) != red or any(f.indices() and not set(f.indices()) & red
+                                               for f in product_factors(expr)[1]):
+            return None     # a size factor would appear, or a tensor divisor move out of the sum
+        idx = tuple(i for i in s.indices if i in used)
+        out.append(Stmt(_fresh(c, f"{s.name}_{j + 1}", taken), idx, Reduce.SUM, expr, s.loc))
+    reads = iter(Expr.read(t.name, tuple(Sub(i) for i in t.indices)) for t in out)
+    combined = _map_leaves(sum_factor, lambda leaf: next(reads))
+    out.append(Stmt(s.name, s.indices, Reduce.SUM, build_product([combined] + outer, den), s.loc))
+    return out
+
+
+def split_score_sum(c: Cascade) -> Cascade:
+    """Split a score contraction over a sum of products into one score statement per term.
+
+    ``S[m,n] = (Q1[m,d]*K1[n,d] + Q2[m,d]*K2[n,d]) * scale`` -> ``S_1 = Q1*K1``;
+    ``S_2 = Q2*K2``; ``S = (S_1 + S_2) * scale`` (scalars and divisors stay on the last line).
+
+    Precondition: a statement that keeps the key index and sums over other indices, whose
+    only factor carrying a summed index is a ``+``/``-`` of terms that each carry *every*
+    summed index. Then each term's own statement sums over the same indices and
+    ``sum(a + b) = sum a + sum b``. A term missing a summed index (FlashBias's
+    ``Q[m,d]*K[n,d] + Qb[m,r]*Kb[n,r]``, a bias ``Q*K + B[m,n]``) is summed over that index
+    too (docs/spec.md, summation rule): the statement is left alone and the kernels refuse it.
+    A factor times a sum, ``(Q1 + Q2)*K``, is left alone too: distributing it is not exact
+    under IEEE where ``K`` is +-inf (``-1 * inf`` is ``-inf``, ``inf - inf`` is NaN).
+    Exact up to rounding for ``+``; for ``-``, the masked-row rule ``(-inf) - (-inf) = -inf``
+    then applies to the two sums rather than to each pair of products (they differ only when
+    both terms hold -inf at different contracted coordinates: NaN as written, -inf split).
+    """
+    return _split_contractions(c, lambda s: c.key in s.indices, lambda s, f, inner: len(inner) == 1)
+
+
+def _row_dims(c: Cascade) -> set[str] | None:
+    """Indices of the query rows (grid and query index): the first score contraction's left side
+    without the key, as the kernel plan derives them. None when there is no score."""
+    for s in c.stmts:
+        if c.key in s.indices and s.reduce is Reduce.SUM and s.reduced:
+            return set(s.indices) - {c.key}
+    return None
+
+
+def _value_reads(c: Cascade, e: Expr, extra: set[str]) -> list[Expr]:
+    """Input reads in ``e`` that carry the key and a value index (one of ``extra``)."""
+    return [x for x in e.walk() if x.op is Op.READ and c.input(x.arg[0]) is not None
+            and c.key in x.indices() and set(x.indices()) & extra]
+
+
+def _value_contraction(c: Cascade, s: Stmt) -> set[str]:
+    """The value indices of a sum over the key that keeps indices beyond the query rows (empty if
+    ``s`` is not such a statement)."""
+    rows = _row_dims(c)
+    if rows is None or s.reduce is not Reduce.SUM or c.key not in s.reduced:
+        return set()
+    return set(s.indices) - rows
+
+
+def split_value_sum(c: Cascade) -> Cascade:
+    """Split a value contraction over a sum into one value statement per term.
+
+    ``O[m,e] = P[m,n]*V1[n,e] + P[m,n]*V2[n,e]`` (or ``P*(V1 + V2)``, ``(V1 + V2) / L``) ->
+    ``O_1 = P*V1``; ``O_2 = P*V2``; ``O = O_1 + O_2`` (key-independent factors and divisors
+    stay on the last line, which keeps the name ``O``).
+
+    Precondition: a sum over the key whose left side keeps a value index (an index beyond
+    the query rows of the first score statement), whose factors carrying a summed index
+    include a ``+``/``-`` that carries a value index, and where every term carries every
+    summed index (else the summation rule adds a size factor: ``P*V + G[m,e]`` sums ``G``
+    over ``n`` and is left alone). Exact up to rounding for terms already written as
+    products (``sum(a + b) = sum a + sum b`` under IEEE); distributing ``P*(V1 + V2)`` differs
+    only where ``P`` is +-inf, and ``-`` applies ``(-inf) - (-inf) = -inf`` to the sums.
+    """
+    def carries_value(s: Stmt, sum_factor: Expr, inner: list[Expr]) -> bool:
+        return bool(set(sum_factor.indices()) & _value_contraction(c, s))
+    return _split_contractions(c, lambda s: bool(_value_contraction(c, s)), carries_value)
+
+
+def _split_stmt(c: Cascade, s: Stmt, applies, wants, taken: set[str]) -> list[Stmt] | None:
+    parts = _contraction(s)
+    if parts is None or not applies(s):
+        return None
+    inner, outer, den = parts
+    sums = [f for f in inner if f.op in _SUMS and wants(s, f, inner)]
+    split = _split_sum(c, s, sums[0], inner, outer, den, taken) if sums else None
+    if split is None:
+        return None
+    out: list[Stmt] = []
+    for t in split[:-1]:                   # a term may hold another sum: split it in turn
+        out += _split_stmt(c, t, applies, wants, taken) or [t]
+    return out + [split[-1]]
+
+
+def _split_contractions(c: Cascade, applies, wants) -> Cascade:
+    taken: set[str] = set()
+    new, changed = [], False
+    for s in c.stmts:
+        split = _split_stmt(c, s, applies, wants, taken)
+        changed |= split is not None
+        new += split or [s]
+    return c.with_stmts(new) if changed else c
+
+
+def _where_zero(c: Cascade, x: Expr, extra: set[str]) -> Expr | None:
+    """``where(k, a * V, 0)`` -> ``where(k, a, 0) * V`` for value reads ``V`` (either branch);
+    ``where(k, a + b, 0)`` -> ``where(k, a, 0) + where(k, b, 0)`` first. None if neither applies."""
+    if x.op is not Op.WHERE or _value_reads(c, x.src[0], extra):
+        return None
+    cond = x.src[0]
+    for pos in (1, 2):
+        branch, other = x.src[pos], x.src[3 - pos]
+        if not (other.op is Op.CONST and other.arg == 0.0) or not _value_reads(c, branch, extra):
+            continue
+
+        def where(b: Expr) -> Expr:
+            return Expr(Op.WHERE, (cond, b, other) if pos == 1 else (cond, other, b))
+        if branch.op in _SUMS:
+            return _map_leaves(branch, lambda leaf: _where_zero(c, where(leaf), extra) or where(leaf))
+        num, den = product_factors(branch)
+        vs = [f for f in num if f.op is Op.READ and _value_reads(c, f, extra)]
+        if vs and not den:        # (x*V)/y is 0 where V = y = 0; (x/y)*V would be NaN
+            rest = [f for f in num if not any(f is v for v in vs)]
+            return build_product([where(build_product(rest, []))] + vs, [])
+    return None
+
+
+def pull_value_reads(c: Cascade) -> Cascade:
+    """Move a value read out of ``where`` so the value contraction is a product ``p * V``.
+
+    ``U[m,e] = where(n <= m, V[n,e], 0.0)`` -> ``where(n <= m, 1.0, 0.0) * V[n,e]``; also
+    ``where(k, 0.0, V)``, ``where(k, x*V, 0.0)`` -> ``where(k, x, 0.0) * V``, nested
+    ``where``s and products, and ``where(k, V1 + V2, 0.0)`` (distributed over the sum first,
+    then split by :func:`split_value_sum`).
+
+    Precondition: a sum over the key whose left side keeps a value index (see
+    :func:`split_value_sum`), holding a ``where`` whose one branch is the literal ``0`` and
+    whose other branch is a product without divisors that has, as a factor, an input read
+    carrying the key and a value index (the condition must not read it). Exact wherever that read is finite. Where
+    it is NaN or +-inf at a key the condition hides, the reference gives 0 for that key and
+    the rewritten form ``0 * NaN = NaN``: the rule of the zoo's ``P * V`` form (docs/spec.md,
+    "masked keys are not free of NaN"), which is what the kernels compute for a value
+    contraction. Keep a ``where`` on the value itself only if V may hold NaN at hidden keys
+    (then use target='reference' or 'streaming' without this form).
+    """
+    new, changed = [], False
+    for s in c.stmts:
+        extra = _value_contraction(c, s)
+        expr = s.expr.replace(lambda x: _where_zero(c, x, extra)) if extra else s.expr
+        changed |= expr != s.expr
+        new.append(s if expr == s.expr else dataclasses.replace(s, expr=expr))
+    return c.with_stmts(new) if changed else c
+
+
+def _is_scalar(f: Expr) -> bool:
+    return not f.indices() and not f.reads()
+
+
+def _arrange(fs: list[Expr]) -> list[Expr]:
+    consts = [f.arg for f in fs if f.op is Op.CONST]
+    k = math.prod(consts)
+    return ([f for f in fs if not _is_scalar(f)] + ([Expr.const(k)] if consts and k != 1.0 else [])
+            + [f for f in fs if _is_scalar(f) and f.op is not Op.CONST])
+
+
+def gather_scalars(c: Cascade) -> Cascade:
+    """Gather the scalar factors of a contraction after its tensor factors, numbers multiplied
+    into one.
+
+    ``(Q[m,d]*2)*(K[n,d]*scale)``, ``2*scale*Q*K`` and ``Q*(K*scale)*2`` all become
+    ``Q*K*2.0*scale``; ``Q*K/(1/scale)`` becomes ``Q*K*scale``... divisors stay divisors
+    (``Q*K/scale``), numbers among them multiplied into one. A numerator of numbers equal to 1
+    is dropped (``x * 1 = x``).
+
+    Precondition: a sum statement with a summed index whose divisors do not depend on a summed
+    index (the reference then computes ``einsum(tensor factors) * scalars / divisors``, in any
+    order of the scalars), with a product not already in this order. Exact up to rounding
+    (the numbers' product is rounded once). Numbers are plain IEEE: ``0 * inf`` stays NaN.
+    """
+    new, changed = [], False
+    for s in c.stmts:
+        if _contraction(s) is None:
+            new.append(s)
+            continue
+        num, den = product_factors(s.expr)
+        expr = build_product(_arrange(num), _arrange(den))
+        changed |= expr != s.expr
+        new.append(s if expr == s.expr else dataclasses.replace(s, expr=expr))
+    return c.with_stmts(new) if changed else c
