@@ -30,6 +30,8 @@ from einattn.ir import UnsupportedError, settings
 from ..base import INDEX_LIMIT, Target, check_config, hidden_nonfinite, span
 from .build import get_kernel
 from .config import CpuConfig
+
+MAX_VALUE_WIDTHS = 4      # value tensors of different widths (O1 from V[.., e], O2 from W[.., f]); tested with 2
 from .runtime import _check_tvm_installed, host, run_kernel
 
 
@@ -57,8 +59,8 @@ class CpuBackend:
     name = "cpu"
     config_keys = tuple(CpuConfig.keys())
     # per-row values may carry one compiled-in feature index (a value or a contraction index),
-    # and so may outputs; one value width per kernel (the P.V register tiles)
-    capabilities = Capabilities(max_value_indices=1, row_reductions=False, outputs_need_query=True,
+    # and so may outputs; each value width has its own accumulator and P.V register tiles
+    capabilities = Capabilities(max_value_indices=MAX_VALUE_WIDTHS, row_reductions=False, outputs_need_query=True,
                                 output_roles=frozenset({"grid", "query", "value", "contract"}),
                                 row_feature_roles=frozenset({"value", "contract"}), max_row_features=1)
 

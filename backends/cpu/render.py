@@ -345,7 +345,7 @@ class KernelView:
                 v.a = op.value_read
                 v.chunks = [(e0, ew, self.ctx(tag=f"{tag}v{e0}_", lane="ee", lanes=ew, fast=True, flags={},
                                               coords=self.coords(m=m_c, n="n0 + lj", extra={e_name: f"{e0} + ee"})))
-                            for e0, ew in self.e_chunks]
+                            for e0, ew in self.e_chunks(op.value_index)]
             if op.kind in (Kind.ROW_REDUCE, Kind.VALUE):
                 for m, base in op.rescale:
                     if m not in corr_done:
@@ -378,11 +378,9 @@ class KernelView:
         return found
 
     # -- e chunks of the P.V register tiles ------------------------------------------
-    @property
-    def e_chunks(self) -> list[tuple[int, int]]:
-        if not self.kp.value:
-            return []
-        E = self.static[self.kp.value[0]]      # one value index (capabilities)
+    def e_chunks(self, e: str) -> list[tuple[int, int]]:
+        """(first column, width) of the P.V register tiles over the value index ``e``."""
+        E = self.static[e]
         step = self.cfg.PV_E
         return [(e0, min(step, E - e0)) for e0 in range(0, E, step)]
 

@@ -40,6 +40,8 @@ from .hardware import HardwareTarget, load_target
 from .loader import interpreting, load_kernel, write_source
 from .render import Rendered, render
 
+MAX_VALUE_WIDTHS = 4      # one [BLOCK_M, BLOCK_e] accumulator each (counted by config.estimate); tested with 2
+
 @dataclass
 class TritonArtifact:
     """What ``prepare`` returns: the rendered kernel and what it was checked against."""
@@ -85,7 +87,7 @@ class TritonBackend:
     config_keys = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
     # per-row values and outputs carry grid, query and value indices ([BLOCK_M] or
     # [BLOCK_M, BLOCK_e] blocks); contraction indices live only inside tl.dot
-    capabilities = Capabilities(max_value_indices=1, row_reductions=False, outputs_need_query=True,
+    capabilities = Capabilities(max_value_indices=MAX_VALUE_WIDTHS, row_reductions=False, outputs_need_query=True,
                                 output_roles=frozenset({"grid", "query", "value"}),
                                 row_feature_roles=frozenset({"value"}), max_row_features=1)
 

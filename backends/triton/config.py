@@ -66,17 +66,17 @@ def estimate(kp: KernelPlan, cfg: TritonConfig, sizes: dict | None, dtype, hw: H
     scores = {op.query_read: op for p in kp.passes for op in p.loop if op.kind is Kind.SCORE}
     kb = {op.key_read: op for p in kp.passes for op in p.loop if op.kind is Kind.SCORE}
     vals = {op.value_read: op for p in kp.passes for op in p.loop if op.kind is Kind.VALUE}
-    accs = {op.name for p in kp.passes for op in p.loop if op.kind is Kind.VALUE}
+    accs = {op.name: op.value_index for p in kp.passes for op in p.loop if op.kind is Kind.VALUE}
     dims = {i: _block(sizes[i]) if sizes and i in sizes else 16 for i in (*kp.contract, *kp.value)}
-    ve = dims[kp.value[0]] if kp.value else 0
     q_bytes = sum(cfg.BLOCK_M * dims[op.contract] for op in scores.values()) * nb
-    kv_bytes = cfg.BLOCK_N * (sum(dims[op.contract] for op in kb.values()) + ve * len(vals)) * nb
+    kv_bytes = cfg.BLOCK_N * (sum(dims[op.contract] for op in kb.values())
+                              + sum(dims[op.value_index] for op in vals.values())) * nb
     if hw.kind == "cuda":
         smem = cfg.num_stages * kv_bytes + (q_bytes if (hw.compute_capability or 0) >= 90 else 0)
     else:
         smem = max(1, cfg.num_stages - 1) * kv_bytes
     threads = cfg.num_warps * hw.warp_size
-    regs = (cfg.BLOCK_M * ve * len(accs) + 2 * cfg.BLOCK_M * cfg.BLOCK_N) / threads
+    regs = (cfg.BLOCK_M * sum(dims[e] for e in accs.values()) + 2 * cfg.BLOCK_M * cfg.BLOCK_N) / threads
     return {"shared_memory": int(smem), "registers_per_thread": int(math.ceil(regs)), "dims": dims}
 
 

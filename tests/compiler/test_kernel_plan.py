@@ -62,15 +62,25 @@ def test_a_row_statistic_is_refused_by_the_capability_check(target):
     check_capabilities(kp, Capabilities(row_reductions=True), "future")
 
 
-@pytest.mark.parametrize("target", ["cpu", "cuda"])
-def test_a_second_value_width_is_refused_at_its_statement(target):
+def test_a_second_value_width_is_refused_where_one_is_allowed():
     kp = _kp(TWO_VALUES)
     assert kp.value == ("e", "f")
-    with pytest.raises(UnsupportedError, match=rf"<string>:\d+:\d+: value contraction 'O2.*{target} backend.*'f'"):
-        check_capabilities(kp, _caps(target), target)
-    check_capabilities(kp, Capabilities(max_value_indices=2), "future")
-    with pytest.raises(UnsupportedError, match="value contraction 'O2"):
-        einattn.compile(TWO_VALUES, target=target, **({"interpret": True} if target == "cuda" else {}))
+    with pytest.raises(UnsupportedError, match=r"<string>:\d+:\d+: value contraction 'O2.*toy backend.*'f'"):
+        check_capabilities(kp, Capabilities(max_value_indices=1), "toy")
+
+
+@pytest.mark.cpu
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_outputs_of_value_tensors_of_different_widths(target):
+    import torch
+    g = torch.Generator().manual_seed(0)
+    x = {"Q": torch.randn(1, 2, 37, 16, generator=g), "K": torch.randn(1, 2, 45, 16, generator=g),
+         "V": torch.randn(1, 2, 45, 8, generator=g), "W": torch.randn(1, 2, 45, 32, generator=g)}
+    want = einattn.compile(TWO_VALUES, target="reference")(**{k: v.double() for k, v in x.items()})
+    kw = {"interpret": True, "config": {"BLOCK_M": 16, "BLOCK_N": 16}} if target == "cuda" else {}
+    got = einattn.compile(TWO_VALUES, target=target, **kw)(**x)
+    for o, w in zip(got, want):
+        torch.testing.assert_close(o.double(), w, rtol=1e-4, atol=1e-5)
 
 
 def test_outputs_must_be_per_row():
