@@ -101,3 +101,24 @@ def hidden_nonfinite(kp, inputs: dict) -> bool:
     (the weight is 0, the product is not). Kernels then visit every tile
     (``KernelPlan.visiting_all``), so every target gives the reference's NaN."""
     return not _all_finite_many([inputs[n] for n in kp.skipped_inputs()])
+
+
+def with_statistics(kp, inputs: dict, sizes: dict, params: dict) -> dict:
+    """The inputs plus the statistics the plan computes before the kernel (``KernelPlan.pre``,
+    ``compiler/statistics.py``): evaluated in float32 on the inputs' device by the torch
+    evaluator, in order, each over its full ranges."""
+    pre = getattr(kp, "pre", ())
+    if not pre:
+        return inputs
+    from .torch.evaluator import Frame, eval_stmt
+    decl = {t.name: t.indices for t in kp.cascade.inputs}
+    device = next(iter(inputs.values())).device if inputs else "cpu"
+    ranges = {i: (0, int(n)) for i, n in sizes.items()}
+    frame = Frame(ranges, {k: (v, decl[k]) for k, v in inputs.items() if k in decl}, {}, dict(params),
+                  torch.float32, device=device)
+    out = dict(inputs)
+    for s in pre:
+        t = eval_stmt(s, frame)
+        frame.values[s.name] = (t, s.indices)
+        out[s.name] = t
+    return out

@@ -73,10 +73,12 @@ def check_capabilities(kp: KernelPlan, caps: Capabilities, backend: str) -> None
                           f"(each program computes its own query rows)",
                           "reduce the per-row output in PyTorch, or use target='streaming'")
         if op.reduced and not caps.row_reductions:
+            # statistics of inputs alone run before the kernel (compiler/statistics.py): this
+            # one reads a value of the kernel (after the key loop, such as an output's norm)
             raise _refuse(kp, op.name, "per-row statement", backend,
-                          f"it sums over {', '.join(op.reduced)} (a statistic computed outside the key loop), "
-                          f"which the kernels do not compute yet",
-                          "compute it in PyTorch and pass it as an input, or use target='streaming'")
+                          f"it sums over {', '.join(op.reduced)} a value the kernel computes (a statistic "
+                          f"after the key loop), which the kernels do not compute yet",
+                          "output the value and reduce it in PyTorch, or use target='streaming'")
     for p in kp.passes:
         for op in p.loop:
             if op.kind is Kind.ROW_REDUCE and op.reduce not in caps.key_reductions:

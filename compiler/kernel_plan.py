@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Mapping, Union
 
-from einattn.ir import Cascade, Expr, Op, Reduce, UnsupportedError, build_product, product_factors
+from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, UnsupportedError, build_product, product_factors
 
 from .masks import empty_tile_is_identity, predicates
 from .passes import Role
-from .plan import Plan, check_streamable
+from .plan import Plan, check_streamable, schedule
+from .statistics import split_statistics
 
 
 class Kind(enum.Enum):
@@ -173,6 +174,9 @@ class KernelPlan:
     value: tuple[str, ...]
     prologue: tuple[RowOp, ...]
     passes: tuple[KernelPass, ...]
+    # statistics computed before the kernel and read by it as inputs (compiler/statistics.py);
+    # ``plan`` is then the plan of the kernel's cascade, where they are inputs
+    pre: tuple[Stmt, ...] = ()
 
     @property
     def cascade(self) -> Cascade:
@@ -268,6 +272,9 @@ class KernelPlan:
         """The tile program as text: roles, then per pass its mask and typed ops."""
         lines = ["roles: " + ", ".join(f"{i}={r}" for i, r in self.roles.items()),
                  f"compiled-in sizes: {', '.join(self.static) or '(none)'}"]
+        if self.pre:
+            lines.append("before the kernel (statistics over inputs, read by the kernel as inputs):")
+            lines += [f"  {s}" for s in self.pre]
         if self.prologue:
             lines.append("prologue:")
             lines += [f"  {op_text(op)}" for op in self.prologue]
@@ -311,6 +318,10 @@ def _reads_with(e: Expr, idx: str) -> bool:
 
 def make_kernel_plan(plan: Plan) -> KernelPlan:
     check_streamable(plan)
+    pre, kc = split_statistics(plan.cascade)
+    if pre:
+        prologue, schedule_, placements = schedule(kc)
+        plan = dataclasses.replace(plan, cascade=kc, schedule=schedule_, prologue=prologue, placements=placements)
     c = plan.cascade
     key = c.key
     # 1. find the score contractions; they fix grid/query/contract indices
@@ -398,4 +409,4 @@ def make_kernel_plan(plan: Plan) -> KernelPlan:
             skip = empty_tile_is_identity(stmts, mask, tiles)
         passes.append(KernelPass(p.index, loop, epi, mask, skip))
     prologue = tuple(classify(st) for st in plan.prologue)
-    return KernelPlan(plan, grid, query, key, contract, tuple(value), prologue, tuple(passes))
+    return KernelPlan(plan, grid, query, key, contract, tuple(value), prologue, tuple(passes), pre)

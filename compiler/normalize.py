@@ -259,3 +259,60 @@ def gather_scalars(c: Cascade) -> Cascade:
         changed |= expr != s.expr
         new.append(s if expr == s.expr else dataclasses.replace(s, expr=expr))
     return c.with_stmts(new) if changed else c
+
+
+def hoist_score_factors(c: Cascade) -> Cascade:
+    """Move the tensor factors of a score contraction that carry no summed index out of it.
+
+    ``S[m,n] = Q[m,d]*K[n,d] * rsqrt(Qn[m]) * rsqrt(Kn[n]) * tau`` (cosine attention) ->
+    ``S_dot[m,n] = Q*K*tau``; ``S[m,n] = S_dot[m,n] * rsqrt(Qn[m]) * rsqrt(Kn[n])``.
+
+    Precondition: a sum statement that keeps the key index and sums over others, with a
+    numerator or divisor factor that reads a tensor or an index but carries no summed index
+    (per-row, per-key or per-(row, key) factors). The reference evaluates such a statement as
+    ``einsum(factors with a summed index) * other factors / divisors``; the two statements
+    compute the same, in the same order up to the scalars, which stay with the dot product
+    (the kernels fold them into it). Exact up to rounding, including at NaN and +-inf.
+    """
+    taken: set[str] = set()
+    new, changed = [], False
+    for s in c.stmts:
+        parts = _contraction(s) if c.key in s.indices and c.key not in s.reduced else None
+        outer_t = [f for f in parts[1] if not _is_scalar(f)] if parts else []
+        den_t = [f for f in parts[2] if not _is_scalar(f)] if parts else []
+        if not parts or not (outer_t or den_t) or not parts[0]:
+            new.append(s)
+            continue
+        inner, outer, den = parts
+        dot = build_product(inner + [f for f in outer if _is_scalar(f)], [f for f in den if _is_scalar(f)])
+        idx = tuple(i for i in s.indices if i in set(dot.indices()))
+        if set(dot.indices()) - set(idx) != set(s.reduced):
+            new.append(s)              # a summed index only in the hoisted factors: leave it
+            continue
+        name = _fresh(c, f"{s.name}_dot", taken)
+        new.append(Stmt(name, idx, Reduce.SUM, dot, s.loc))
+        read = Expr.read(name, tuple(Sub(i) for i in idx))
+        new.append(Stmt(s.name, s.indices, Reduce.SUM, build_product([read] + outer_t, den_t), s.loc))
+        changed = True
+    return c.with_stmts(new) if changed else c
+
+
+def finite_only_inputs(plan) -> tuple[str, ...]:
+    """Inputs that :func:`pull_value_reads` moved out of a ``where`` in ``plan`` (a compiler
+    ``Plan``): the planned cascade matches the reference only while they are finite, so a
+    launcher refuses a call where one holds NaN or +-inf instead of answering NaN where the
+    reference answers a number (``einattn/kernel.py``)."""
+    before = plan.original
+    for name, stage in plan.stages:
+        if name == "pull_value_reads":
+            break
+        before = stage
+    else:
+        return ()
+    out: dict[str, None] = {}
+    for s in before.stmts:
+        extra = _value_contraction(before, s)
+        for x in (s.expr.walk() if extra else ()):
+            if _where_zero(before, x, extra) is not None:
+                out.update(dict.fromkeys(e.arg[0] for e in _value_reads(before, x, extra)))
+    return tuple(out)

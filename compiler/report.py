@@ -4,6 +4,12 @@ from __future__ import annotations
 from .passes import Role
 
 _WHY = {
+    "fold_identities": "folded x * 1, x + 0, x - 0, negations into products",
+    "split_score_sum": "one score statement per term of a sum of products",
+    "pull_value_reads": "moved value reads out of where(c, V, 0): where(c, 1, 0) * V",
+    "split_value_sum": "one value statement per term of a sum",
+    "gather_scalars": "gathered the scalar factors of contractions after the tensor factors",
+    "hoist_score_factors": "moved per-row / per-key factors of a score contraction to a statement of their own",
     "prune_unused": "dropped statements no output depends on",
     "defer_normalization": "moved key-independent divisors/factors out of sums over the keys",
     "online_rescaling": "running max + rescaled running sums (FlashAttention form)",

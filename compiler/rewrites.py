@@ -9,7 +9,7 @@ import dataclasses
 
 from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, Sub, build_product, product_factors
 
-from .normalize import gather_scalars, pull_value_reads, split_score_sum, split_value_sum
+from .normalize import gather_scalars, hoist_score_factors, pull_value_reads, split_score_sum, split_value_sum
 from .passes import Role, place
 
 
@@ -254,6 +254,7 @@ PIPELINE = (
     ("pull_value_reads", pull_value_reads),
     ("split_value_sum", split_value_sum),
     ("gather_scalars", gather_scalars),
+    ("hoist_score_factors", hoist_score_factors),
     ("prune_unused", prune_unused),
     ("defer_normalization", defer_normalization),
     ("online_rescaling", online_rescaling),

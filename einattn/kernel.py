@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 
 from einattn.backends import get_backend, parse_target
+from einattn.backends.base import all_finite
 from einattn.compiler import Plan, make_plan
+from einattn.compiler.normalize import finite_only_inputs
 from einattn.ir import Loc, Op, SpecError, UnsupportedError, bind_sizes, eval_params
 
 from einattn.ir import settings
@@ -23,6 +25,8 @@ class Kernel:
         self.interpret, self.tune = bool(interpret), tune
         self._backend, self._artifact = backend, artifact
         self._grouped = _grouped_reads(spec)
+        # inputs the plan moved out of a where(c, V, 0): exact only while finite (reference: exact)
+        self._finite_only = finite_only_inputs(plan) if target.kind != "reference" else ()
 
     def __repr__(self) -> str:
         return f"Kernel({self.spec.name!r}, target='{self.target}', passes={self.plan.passes})"
@@ -71,6 +75,7 @@ class Kernel:
         sizes = bind_sizes(c, {n: tuple(t.shape) for n, t in inputs.items()})
         params = eval_params(c, sizes, self.params)
         _check_grouped_reads(self._grouped, sizes, params)
+        _check_finite_only(self._finite_only, inputs, self.target)
         outs = self._backend.launch(self._artifact, inputs, sizes, params)
         res = tuple(outs[o] for o in c.outputs)
         return res[0] if len(res) == 1 else res
@@ -89,6 +94,17 @@ class Kernel:
                     f"input '{grad[0]}' requires grad, but the {self.target} target has no backward pass yet "
                     f"(its output would be silently detached). Call it under torch.no_grad() for inference, "
                     f"or use target='reference' or 'streaming', which support autograd")
+
+
+def _check_finite_only(names: tuple, inputs: dict, target) -> None:
+    bad = [n for n in names if not all_finite(inputs[n])]
+    if bad:
+        raise UnsupportedError(
+            f"input '{bad[0]}' holds NaN or inf, and the cascade reads it inside where(cond, {bad[0]}, 0) of a "
+            f"sum over the keys: the {target} target computes that as where(cond, 1, 0) * {bad[0]} (the "
+            f"pull_value_reads rewrite, what a P.V product can compute), which gives NaN where the reference "
+            f"gives 0 at keys the condition hides. Replace them first (torch.nan_to_num({bad[0]}) for padding), "
+            f"or use target='reference'")
 
 
 # targets whose outputs carry autograd history (they compute with torch operations)

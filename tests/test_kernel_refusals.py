@@ -90,14 +90,27 @@ COSINE = SOFTMAX.replace("  - S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] * scale\n",
                          "  - Qn[b,h,m] = Q[b,h,m,d] * Q[b,h,m,d]\n"
                          "  - S0[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d]\n"
                          "  - S[b,h,m,n] = S0[b,h,m,n] * rsqrt(Qn[b,h,m]) * scale\n")
+# an output normalised by its own norm: a statistic of a value the kernel computes
+OUT_NORM = SOFTMAX.replace("outputs: [O]", "  - Z[b,h,m] = O[b,h,m,e] * O[b,h,m,e]\n"
+                                            "  - Out[b,h,m,e] = O[b,h,m,e] * rsqrt(Z[b,h,m] + 1e-6)\n"
+                                            "outputs: [Out]")
 
 
 @pytest.mark.cpu
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
-def test_a_row_statistic_over_the_head_dim_is_refused_with_its_place(target):
+def test_a_row_statistic_over_the_head_dim_runs_before_the_kernel(target):
     """Cosine attention with the query norm computed in the cascade reached "internal error:
-    Undefined variable: l_d" on cpu; now both kernels refuse it at its line, and streaming runs it."""
-    with pytest.raises(UnsupportedError, match=r"<string>:\d+:\d+: .*Qn.*sums over d.*pass it as an input"):
-        _kernel(COSINE, target)
+    Undefined variable: l_d" on cpu, then was refused; now the norm is computed before the
+    kernel (compiler/statistics.py) and read by it as an input."""
     x = zoo_inputs("softmax", dtype=torch.float64, b=1, h=2, m=6, n=9, d=4, e=4)
-    torch.testing.assert_close(_kernel(COSINE, "streaming")(**x), _kernel(COSINE, "reference")(**x))
+    want = _kernel(COSINE, "reference")(**x)
+    torch.testing.assert_close(_kernel(COSINE, "streaming")(**x), want)
+    got = _kernel(COSINE, target)(**{k: v.float() for k, v in x.items()})
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_a_statistic_after_the_key_loop_is_refused_with_its_place(target):
+    with pytest.raises(UnsupportedError, match=r"<string>:\d+:\d+: per-row statement 'Z.*sums over e a value "
+                                               r"the kernel computes.*reduce it in PyTorch"):
+        _kernel(OUT_NORM, target)

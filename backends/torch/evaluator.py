@@ -58,6 +58,7 @@ class Frame:
     params: dict[str, float]
     dtype: torch.dtype
     running: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = field(default_factory=dict)
+    device: torch.device | str = "cpu"
 
     def size(self, i: str) -> int:
         a, b = self.ranges[i]
@@ -78,7 +79,7 @@ class Evaluator:
 
     def coord(self, i: str) -> torch.Tensor:
         a, b = self.f.ranges[i]
-        v = torch.arange(a, b, dtype=self.f.dtype)
+        v = torch.arange(a, b, dtype=self.f.dtype, device=self.f.device)
         return v.reshape([-1 if x == i else 1 for x in self.axes])
 
     def read(self, e: Expr, running: bool = False) -> torch.Tensor:
@@ -89,7 +90,7 @@ class Evaluator:
             for j, s in enumerate(subs):
                 a, b = f.ranges[s.index]
                 if s.div is not None:
-                    idx = torch.div(torch.arange(a, b), int(f.params[s.div]), rounding_mode="floor")
+                    idx = torch.div(torch.arange(a, b, device=t.device), int(f.params[s.div]), rounding_mode="floor")
                     t = t.index_select(j, idx)
                 elif (a, b) != (0, t.shape[j]):
                     t = t.narrow(j, a, b - a)
@@ -103,9 +104,9 @@ class Evaluator:
     def __call__(self, e: Expr) -> torch.Tensor:
         op = e.op
         if op is Op.CONST:
-            return torch.tensor(e.arg, dtype=self.f.dtype)
+            return torch.tensor(e.arg, dtype=self.f.dtype, device=self.f.device)
         if op is Op.PARAM:
-            return torch.tensor(float(self.f.params[e.arg]), dtype=self.f.dtype)
+            return torch.tensor(float(self.f.params[e.arg]), dtype=self.f.dtype, device=self.f.device)
         if op is Op.INDEX:
             return self.coord(e.arg)
         if op is Op.READ:
@@ -163,5 +164,5 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
     if s.reduce is Reduce.SUM:
         return v.sum(dim=dims).contiguous()
     if v.numel() == 0:                      # no keys at all: the identity of the reduction
-        return torch.full(out_shape, s.reduce.identity, dtype=frame.dtype)
+        return torch.full(out_shape, s.reduce.identity, dtype=frame.dtype, device=frame.device)
     return (v.amax(dim=dims) if s.reduce is Reduce.MAX else v.amin(dim=dims)).contiguous()

@@ -51,7 +51,9 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
     dims.update(dict(r.outputs))
     for j, a in enumerate(r.args):
         if a.kind == "ptr":
-            sig[a.name] = _PTR[out_dt.get(a.of, dtype)]
+            # statistics computed before the kernel (KernelPlan.pre) are float32 at any input dtype
+            stat = torch.float32 if any(p.name == a.of for p in artifact.plan.pre) else dtype
+            sig[a.name] = _PTR[out_dt.get(a.of, stat)]
             attrs[(j,)] = [["tt.divisibility", 16]]
         elif a.kind in ("stride", "size"):
             # what Triton's JIT would specialise for contiguous tensors of these sizes

@@ -11,7 +11,7 @@ from einattn.compiler import (Capabilities, Kind, MapOp, RowOp, RowReduceOp, Sco
                               make_plan, stage_dense_reads)
 from einattn.ir import UnsupportedError
 from tests.helpers import SOFTMAX
-from tests.test_kernel_refusals import COSINE
+from tests.test_kernel_refusals import COSINE, OUT_NORM
 
 TWO_VALUES = (SOFTMAX.replace("  V: [b, h, n, e]\n", "  V: [b, h, n, e]\n  W: [b, h, n, f]\n")
               .replace("  - O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e] / L[b,h,m]\n",
@@ -52,12 +52,19 @@ def test_every_zoo_variant_passes_every_kernel_backend(name, target):
     check_capabilities(_kp(name), _caps(target), target)
 
 
+def test_a_statistic_of_inputs_is_computed_before_the_kernel():
+    kp = _kp(COSINE)
+    assert [s.name for s in kp.pre] == ["Qn"] and "Qn" in {t.name for t in kp.cascade.inputs}
+    assert not kp.prologue and "before the kernel" in kp.describe()
+
+
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
-def test_a_row_statistic_is_refused_by_the_capability_check(target):
-    kp = _kp(COSINE)                                    # the plan describes it ...
-    assert kp.prologue[0].reduced == ("d",)
-    with pytest.raises(UnsupportedError, match=rf"<string>:\d+:\d+: per-row statement 'Qn.*{target} backend"
-                                               r".*sums over d.*pass it as an input"):
+def test_a_statistic_after_the_key_loop_is_refused_by_the_capability_check(target):
+    kp = _kp(OUT_NORM)                                  # the plan describes it ...
+    (z,) = [op for op in kp.passes[-1].epilogue if op.name == "Z"]
+    assert z.reduced == ("e",)
+    with pytest.raises(UnsupportedError, match=rf"<string>:\d+:\d+: per-row statement 'Z.*{target} backend"
+                                               r".*sums over e a value the kernel computes"):
         check_capabilities(kp, _caps(target), target)   # ... the backends refuse it
     check_capabilities(kp, Capabilities(row_reductions=True), "future")
 
@@ -118,10 +125,14 @@ def test_explain_kernel_prints_roles_ops_rules_and_targets(capsys, tmp_path):
                    "ValueOp O_u[b,h,m,e]", "alias_copies (full tiles): Sm reads tile S",
                    "fuse_row_reductions", "cpu: yes", "cuda: yes", "rocm: yes"):
         assert phrase in out, (phrase, out)
-    f = tmp_path / "cosine.yaml"
+    f = tmp_path / "norm.yaml"
+    f.write_text(OUT_NORM)
+    assert main(["explain", str(f), "--kernel"]) == 0
+    out = capsys.readouterr().out
+    assert "RowOp Z[b,h,m] = sum_e" in out
+    for t in ("cpu", "cuda", "rocm"):
+        assert f"  {t}: no: {f}:" in out and f"by the {t} backend: it sums over e" in out, out
     f.write_text(COSINE)
     assert main(["explain", str(f), "--kernel"]) == 0
     out = capsys.readouterr().out
-    assert "RowOp Qn[b,h,m] = sum_d" in out
-    for t in ("cpu", "cuda", "rocm"):
-        assert f"  {t}: no: {f}:" in out and f"by the {t} backend: it sums over d" in out, out
+    assert "before the kernel" in out and "Qn[b,h,m] = Q[b, h, m, d] * Q[b, h, m, d]" in out and "cpu: yes" in out

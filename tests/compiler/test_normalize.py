@@ -14,8 +14,11 @@ import torch
 
 import einattn
 from einattn.compiler import make_kernel_plan, make_plan
+from einattn.compiler.normalize import finite_only_inputs
 from einattn.ir import UnsupportedError
 from tests.helpers import assert_rel_close, ieee_mismatch, reference_outputs
+
+TRITON = {"interpret": True, "config": {"BLOCK_M": 16, "BLOCK_N": 16}}
 
 INPUTS = {"Q": "b,h,m,d", "K": "b,h,n,d", "Q2": "b,h,m,d", "K2": "b,h,n,d", "V": "b,h,n,e",
           "V2": "b,h,n,e", "Qb": "b,h,m,r", "Kb": "b,h,n,r", "B": "b,h,m,n", "G": "b,h,m,e"}
@@ -190,16 +193,26 @@ def test_split_names_do_not_clash():
 
 
 def test_pulled_value_read_follows_the_product_rule():
-    """The documented limit of pull_value_reads: NaN in V at a key the where hides gives NaN
-    (0 * NaN, as the zoo's P * V form), where the reference of the original gives 0."""
+    """The limit of pull_value_reads: NaN in V at a key the where hides gives NaN (0 * NaN, as
+    the zoo's P * V form), where the reference of the original gives 0. So every target but
+    the reference refuses such a call (einattn/kernel.py) instead of answering NaN."""
     text = FIRES["where_product"][1]
     x = _inputs(text)
     x["V"][0, 0, 12, 0] = float("nan")              # key 12 is hidden from rows m < 12
     want, got = _reference_pair(text, x)
     assert not want[0][0, 0, :12].isnan().any() and got[0][0, 0, :12, 0].isnan().all()
+    assert finite_only_inputs(make_plan(einattn.load_spec(text))) == ("V",)
+    for target, opts in (("streaming", {}), ("cpu", {}), ("cuda", TRITON)):
+        k = einattn.compile(text, target=target, **opts)
+        with pytest.raises(einattn.UnsupportedError, match=r"input 'V' holds NaN or inf.*nan_to_num"):
+            k(**{n: t.float() for n, t in x.items()})
+        x["V"][0, 0, 12, 0] = 0.0
+        assert not k(**{n: t.float() for n, t in x.items()})[0, 0, :12].isnan().any()
+        x["V"][0, 0, 12, 0] = float("nan")
+    torch.testing.assert_close(einattn.compile(text, target="reference")(**x)[0, 0, :12], want[0][0, 0, :12])
 
 
-TRITON = {"interpret": True, "config": {"BLOCK_M": 16, "BLOCK_N": 16}}
+
 
 
 @pytest.mark.cpu

@@ -175,7 +175,7 @@ IRREDUCIBLE = {
     "max_of_normalised": (_cascade("M[b,h,m] max= S[b,h,m,n]", "P[b,h,m,n] = exp(S[b,h,m,n] - M[b,h,m])",
                                    "L[b,h,m] = P[b,h,m,n]", "A[b,h,m] max= P[b,h,m,n] / L[b,h,m]",
                                    "O[b,h,m,e] = where(P[b,h,m,n] / L[b,h,m] >= A[b,h,m], V[b,h,n,e], 0.0)"),
-                          4, 4, ()),
+                          4, 4, ("pull_value_reads",)),
 }
 
 
