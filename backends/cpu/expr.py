@@ -11,11 +11,10 @@ argument of the polynomial ``exp2``, ``x`` in ``x * x``) is stored to a small
 scratch buffer indexed by the loop's lane variable and read back. LLVM forwards
 the store to the loads and deletes the scratch buffer, so staging is free.
 
-Semantics kept from the streaming executor (``backends/torch/evaluator.py``):
-``(-inf) - (-inf) = -inf`` and ``0 / 0 = 0``, so fully masked rows give 0, never
-NaN. The rules cost a compare and a blend; they are emitted only where both
-operands may be infinite (``-inf`` tracking below), which keeps them out of the
-hot loop of fully visible tiles.
+The rules every target shares (dispatch, the masked-row rules ``(-inf) - (-inf) =
+-inf`` and ``0 / 0 = 0`` and where they apply, NaN-keeping min/max, ...) are in
+:mod:`einattn.backends.printer`; this module gives TVMScript's spellings, the
+leaves, staging and the fast math below.
 
 Math in loop contexts (``ctx.fast``) is vectorisable polynomial code: TVM lowers
 ``T.exp`` to scalar ``expf`` calls. ``exp2`` is a degree-6 polynomial on the
@@ -29,18 +28,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from einattn.backends.printer import ExprPrinter
 from einattn.compiler.infinity import Flags, inf_flags
 from einattn.ir import Expr, Op, UnsupportedError
+
+__all__ = ["Ctx", "Lowered", "fconst", "inf_flags", "lower"]   # inf_flags: re-exported for render.py
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 # 2**f on [-1/2, 1/2]: least-squares fit in relative error (max 2.2e-7 in float32)
 EXP2_POLY = (1.0000001192092896, 0.6931469440460205, 0.24022121727466583, 0.05550742521882057,
              0.009675459936261177, 0.0013266970636323094)
-_CMP = {Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.EQ: "==", Op.NE: "!="}
-_NEG_INF = '(-T.infinity("float32"))'
-_POS_INF = 'T.infinity("float32")'
-
 
 
 @dataclass(frozen=True)
@@ -95,23 +93,37 @@ def lower(e: Expr, ctx: Ctx) -> Lowered:
         from einattn.compiler.masks import substitute
         e = substitute(e, *ctx.mask)
     p = _Printer(ctx)
-    v = p.expr(e)
+    v = p.expr(e, ctx)
     return Lowered(p.lines, p.scratch, v)
 
 
 def fconst(v: float) -> str:
-    if math.isnan(v):
-        return 'T.float32("nan")'
-    if math.isinf(v):
-        return _POS_INF if v > 0 else _NEG_INF
-    return f"T.float32({float(v)!r})"
+    return _Printer.const(v)
 
 
-class _Printer:
+class _Printer(ExprPrinter):
+    """TVMScript spellings; ``at`` is the :class:`Ctx` (the same as ``self.ctx``)."""
+    TARGET = "CPU"
+    NUMBER = "T.float32({!r})"
+    INF = 'T.infinity("float32")'
+    NEG_INF = '(-T.infinity("float32"))'
+    NAN = 'T.float32("nan")'
+    OPS = {**ExprPrinter.OPS,
+           Op.NEG: "(T.float32(0.0) - {})", Op.NOT: "T.Not({})", Op.AND: "T.And({}, {})",
+           Op.OR: "T.Or({}, {})", Op.WHERE: "T.Select({}, {}, {})", Op.POW: "T.pow({}, {})",
+           Op.ABS: "T.fabs({})", Op.SQRT: "T.sqrt({})",
+           # TVM's intrinsics, for epilogue contexts; loop contexts use the polynomials below
+           Op.EXP: "T.exp({})", Op.EXP2: "T.exp2({})", Op.LOG: "T.log({})", Op.LOG2: "T.log2({})",
+           Op.TANH: "T.tanh({})", Op.SIGMOID: "T.sigmoid({})"}
+    # T.max(a, b) is `a > b ? a : b`, which keeps a NaN in b but drops one in a (hence the
+    # isnan select of min_max); T.isnan, not a != a, which TVM's simplifier folds to False
+    PRIMS = {"floor": "T.floor({})", "isnan": "T.isnan({})", "min": "T.min({}, {})",
+             "max": "T.max({}, {})"}
+
     def __init__(self, ctx: Ctx):
         self.ctx = ctx
         self.lines: list[str] = []
-        self.scratch: list[str] = []
+        self.scratch: list[tuple[str, str]] = []
 
     # -- staging ------------------------------------------------------------
     def stage(self, text: str, dtype: str = "float32") -> str:
@@ -123,10 +135,18 @@ class _Printer:
         self.lines.append(f"{name}[{self.ctx.lane}] = {text}")
         return f"{name}[{self.ctx.lane}]"
 
+    def reuse(self, text: str) -> str:
+        return self.stage(text)
+
     # -- leaves -------------------------------------------------------------
-    def read(self, e: Expr) -> str:
+    def flags(self, at: Ctx) -> Mapping[str, Flags]:
+        return at.flags
+
+    def index(self, name: str, at: Ctx) -> str:
+        return f'T.Cast("float32", {at.coords[name]})'
+
+    def read(self, e: Expr, c: Ctx) -> str:
         name, subs = e.arg
-        c = self.ctx
         if name in c.tiles:
             name = c.alias.get(name, name)
             return f"t_{name}[{c.local['__key']}, {c.local['__query']}]"
@@ -145,105 +165,37 @@ class _Printer:
             parts.append(x if s.div is None else f"T.floordiv({x}, T.Cast(\"int32\", p_{s.div}))")
         return f"in_{name}[{', '.join(parts)}]"
 
-    # -- expressions ----------------------------------------------------------
-    def expr(self, e: Expr) -> str:
-        op = e.op
-        c = self.ctx
-        if op is Op.CONST:
-            return fconst(e.arg)
-        if op is Op.PARAM:
-            return f"p_{e.arg}"
-        if op is Op.INDEX:
-            return f'T.Cast("float32", {c.coords[e.arg]})'
-        if op is Op.READ:
-            return self.read(e)
-        if op is Op.RUNNING:
-            return self.read(e.src[0])
-        if op is Op.WHERE:
-            return f"T.Select({self.expr(e.src[0])}, {self.expr(e.src[1])}, {self.expr(e.src[2])})"
-        if op in _CMP:
-            return f"({self.expr(e.src[0])} {_CMP[op]} {self.expr(e.src[1])})"
-        if op is Op.AND:
-            return f"T.And({self.expr(e.src[0])}, {self.expr(e.src[1])})"
-        if op is Op.OR:
-            return f"T.Or({self.expr(e.src[0])}, {self.expr(e.src[1])})"
-        if op is Op.NOT:
-            return f"T.Not({self.expr(e.src[0])})"
-        if op is Op.ADD:
-            return f"({self.expr(e.src[0])} + {self.expr(e.src[1])})"
-        if op is Op.MUL:
-            return f"({self.expr(e.src[0])} * {self.expr(e.src[1])})"
-        if op is Op.NEG:
-            return f"(T.float32(0.0) - {self.expr(e.src[0])})"
-        if op is Op.SUB:
-            return self.sub(e)
-        if op is Op.DIV:
-            return self.div(e)
-        if op in (Op.MIN, Op.MAX):
-            return self.minmax("min" if op is Op.MIN else "max", self.expr(e.src[0]), self.expr(e.src[1]))
-        if op is Op.FLOORDIV:
-            return f"T.floor({self.div(e)})"
-        if op is Op.MOD:
-            a, b = self.stage(self.expr(e.src[0])), self.stage(self.expr(e.src[1]))
-            return f"({a} - {b} * T.floor({a} / {b}))"
-        if op is Op.POW:
-            return self.pow(e)
-        x = self.expr(e.src[0])
-        if op is Op.RELU:
-            return self.minmax("max", x, "T.float32(0.0)")
-        if op is Op.ABS:
-            return f"T.fabs({x})"
-        if op is Op.SQUARE:
-            x = self.stage(x)
-            return f"({x} * {x})"
-        if op is Op.SIGN:
-            x = self.stage(x)
-            return (f"T.Select({x} > T.float32(0.0), T.float32(1.0), "
-                    f"T.Select({x} < T.float32(0.0), T.float32(-1.0), T.float32(0.0)))")
-        if op is Op.SQRT:
-            return f"T.sqrt({x})"
-        if op is Op.RSQRT:
-            return f"(T.float32(1.0) / T.sqrt({x}))"
-        return self.fast_fn(op, x) if c.fast else self.exact_fn(op, x)
+    # -- what differs from the shared rules -----------------------------------
+    def scalar_div(self, a: str, b: str) -> str:
+        # one reciprocal, hoisted out of the loops by LLVM
+        return f"({a} * (T.float32(1.0) / {b}))"
 
-    def needs_sub_rule(self, e: Expr) -> bool:
-        """Both sides of ``e = a - b`` may be -inf: ``(-inf) - (-inf)`` must give -inf, not NaN."""
-        return inf_flags(e.src[0], self.ctx.flags)[0] and inf_flags(e.src[1], self.ctx.flags)[0]
+    # TVM refuses a division by a literal zero when it parses the kernel ("Divide by zero"),
+    # so a / +-0 is printed as a * +-inf: the same under IEEE rules (0 and NaN give NaN, inf stays)
+    def over_zero(self, a: str, zero: float) -> str:
+        return f"{a} * {self.INF if math.copysign(1.0, zero) > 0 else self.NEG_INF}"
 
-    def sub(self, e: Expr) -> str:
-        a, b = self.expr(e.src[0]), self.expr(e.src[1])
-        if not self.needs_sub_rule(e):
-            return f"({a} - {b})"
-        a = self.stage(a)                    # (-inf) - (-inf) = -inf; (-inf) - finite = -inf
-        return f"T.Select({a} == {_NEG_INF}, {_NEG_INF}, {a} - {b})"
+    def quotient(self, a: str, b: str, den: Expr) -> str:
+        return self.over_zero(a, den.arg) if _is_zero(den) else super().quotient(a, b, den)
 
-    def div(self, e: Expr) -> str:
-        a, b = self.expr(e.src[0]), self.expr(e.src[1])
-        den = e.src[1]
-        if not set(den.indices()) and not any(x.op in (Op.READ, Op.RUNNING) for x in den.walk()):
-            # a scalar divisor: one reciprocal, hoisted out of the loops by LLVM
-            return f"({a} * (T.float32(1.0) / {b}))"
-        a, b = self.stage(a), self.stage(b)   # 0 / 0 = 0 (fully masked rows)
-        return f"T.Select(T.And({a} == T.float32(0.0), {b} == T.float32(0.0)), T.float32(0.0), {a} / {b})"
+    def remainder(self, a: str, b: str, den: Expr) -> str:
+        if _is_zero(den):
+            return self.NAN                   # x % 0 (TVM folds the 0 * inf of the general form to 0)
+        return super().remainder(a, b, den)
 
-    def pow(self, e: Expr) -> str:
-        base, ex = e.src
-        if ex.op is Op.CONST and ex.arg in (1.0, 2.0, 3.0, 4.0):
-            x = self.stage(self.expr(base))
-            return "(" + " * ".join([x] * int(ex.arg)) + ")"
-        return f"T.pow({self.expr(base)}, {self.expr(ex)})"
+    def div_by_zero(self, a: str, b: str, zero: float) -> str:
+        a = self.stage(a)                     # and 0 / 0 = 0
+        return self.where(f"{a} == {self.const(0.0)}", self.const(0.0), self.over_zero(a, zero))
+
+    def apply(self, op: Op, args: list[str], e: Expr, at: Ctx) -> str:
+        if at.fast and op in (Op.EXP, Op.EXP2, Op.TANH, Op.SIGMOID, Op.SOFTPLUS, Op.LOG, Op.LOG2):
+            return self.fast_fn(op, args[0])
+        if op is Op.SOFTPLUS:   # max(x, 0) + log1p(exp(-|x|)): TVM has no softplus
+            x = self.stage(args[0])
+            return f"({self.min_max(Op.MAX, x, 'T.float32(0.0)')} + T.log1p(T.exp(T.float32(0.0) - T.fabs({x}))))"
+        return super().apply(op, args, e, at)
 
     # -- math ---------------------------------------------------------------
-    def exact_fn(self, op: Op, x: str) -> str:
-        if op is Op.SOFTPLUS:
-            x = self.stage(x)
-            return f"({self.minmax('max', x, 'T.float32(0.0)')} + T.log1p(T.exp(T.float32(0.0) - T.fabs({x}))))"
-        fn = {Op.EXP: "T.exp", Op.EXP2: "T.exp2", Op.LOG: "T.log", Op.LOG2: "T.log2",
-              Op.TANH: "T.tanh", Op.SIGMOID: "T.sigmoid"}.get(op)
-        if fn is None:
-            raise UnsupportedError(f"function '{op.value}' is not supported by the CPU backend")
-        return f"{fn}({x})"
-
     def fast_fn(self, op: Op, x: str) -> str:
         if op is Op.EXP:
             return self.exp2(f"({x} * {fconst(LOG2E)})")
@@ -258,19 +210,11 @@ class _Printer:
         if op is Op.SOFTPLUS:   # max(x, 0) + log1p(exp(-|x|))
             x = self.stage(x)
             t = self.exp2(f"(T.fabs({x}) * {fconst(-LOG2E)})")
-            return f"({self.minmax('max', x, 'T.float32(0.0)')} + {self.log1p_small(t)})"
+            return f"({self.min_max(Op.MAX, x, 'T.float32(0.0)')} + {self.log1p_small(t)})"
         if op is Op.LOG:
             return self.log(x)
-        if op is Op.LOG2:
-            return f"({self.log(x)} * {fconst(LOG2E)})"
-        raise UnsupportedError(f"function '{op.value}' is not supported by the CPU backend")
-
-    def minmax(self, fn: str, a: str, b: str) -> str:
-        """NaN-propagating min/max (torch.minimum/maximum, the reference's rule). TVM's
-        ``T.max(a, b)`` is ``a > b ? a : b``, which keeps a NaN in ``b`` but drops one in ``a``;
-        ``T.isnan``, not ``a != a``, which TVM's simplifier folds to False."""
-        a = self.stage(a)
-        return f"T.Select(T.isnan({a}), {a}, T.{fn}({a}, {b}))"
+        assert op is Op.LOG2, op
+        return f"({self.log(x)} * {fconst(LOG2E)})"
 
     def exp2(self, x: str) -> str:
         """2**x as 2**(k-1) * (2 poly(x - k)), k = round(x), with x clamped to [-126, 128] by
@@ -309,8 +253,12 @@ class _Printer:
         for j in (9, 7, 5, 3, 1):
             poly = f"({poly} * {t2} + {fconst(1.0 / j)})"
         val = f'(T.Cast("float32", {k}) * {fconst(LN2)} + T.float32(2.0) * {t} * {poly})'
-        return (f"T.Select({x} > T.float32(0.0), T.Select({x} == {_POS_INF}, {_POS_INF}, {val}), "
-                f"T.Select({x} == T.float32(0.0), {_NEG_INF}, T.float32(\"nan\")))")
+        return (f"T.Select({x} > T.float32(0.0), T.Select({x} == {self.INF}, {self.INF}, {val}), "
+                f"T.Select({x} == T.float32(0.0), {self.NEG_INF}, T.float32(\"nan\")))")
+
+
+def _is_zero(e: Expr) -> bool:
+    return e.op is Op.CONST and e.arg == 0.0
 
 
 def _is_simple(text: str) -> bool:

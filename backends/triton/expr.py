@@ -7,41 +7,21 @@ contexts: ``tile`` ([BLOCK_M, BLOCK_N]), ``row`` ([BLOCK_M]) and ``rowval``
 ([BLOCK_M, BLOCK_<value>]). 1-D row values are expanded with ``[:, None]`` in
 the 2-D contexts, so every printed expression broadcasts to its context.
 
-The masked-row rules of the reference (``(-inf) - (-inf) = -inf``, ``0 / 0 = 0``)
-cost a compare and a select per element, so they are printed only where an
-operand can actually be -inf (maxima, masked scores) or a denominator can be 0
-(anything but a param or a non-zero constant): the plain softmax inner loop has
-neither.
+The rules every target shares (dispatch, the masked-row rules ``(-inf) - (-inf) =
+-inf`` and ``0 / 0 = 0`` and where they apply, NaN-keeping min/max, ...) are in
+:mod:`einattn.backends.printer`; this module gives Triton's spellings, most of
+them calls to the helpers at the top of the template (``_sub_rule``,
+``_div_rule``, ``_max_nan``, ...), the loads and coordinates, and hoisting.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from einattn.compiler.infinity import Flags, cascade_inf_flags, inf_flags
+from einattn.backends.printer import ExprPrinter, is_scalar
+from einattn.compiler.infinity import Flags, cascade_inf_flags
 from einattn.ir import Cascade, Expr, Op, UnsupportedError
 
-NEG_INF = 'float("-inf")'
-
-_UNARY = {Op.EXP: "tl.exp({})", Op.EXP2: "tl.exp2({})", Op.LOG: "tl.log({})", Op.LOG2: "tl.log2({})",
-          Op.SQRT: "tl.sqrt({})", Op.RSQRT: "tl.rsqrt({})", Op.TANH: "_tanh({})",
-          Op.SIGMOID: "tl.sigmoid({})", Op.RELU: "_max_nan({}, 0.0)", Op.SOFTPLUS: "_softplus({})",
-          Op.ABS: "tl.abs({})", Op.SIGN: "_sign({})", Op.SQUARE: "_square({})", Op.NEG: "(-{})",
-          Op.NOT: "({} == 0)"}
-_INFIX = {Op.ADD: "+", Op.MUL: "*", Op.LT: "<", Op.LE: "<=", Op.GT: ">", Op.GE: ">=", Op.EQ: "==",
-          Op.NE: "!=", Op.AND: "&", Op.OR: "|"}
-_CALL2 = {Op.MIN: "_min_nan", Op.MAX: "_max_nan", Op.POW: "_pow"}     # min/max: NaN propagates
-_FOLD = {Op.EXP: math.exp, Op.EXP2: lambda x: 2.0 ** x, Op.LOG: math.log, Op.LOG2: math.log2,
-         Op.SQRT: math.sqrt, Op.TANH: math.tanh, Op.ABS: abs, Op.NEG: lambda x: -x,
-         Op.SQUARE: lambda x: x * x, Op.RELU: lambda x: max(x, 0.0)}
-
-
-def const_text(v: float) -> str:
-    if math.isinf(v):
-        return 'float("inf")' if v > 0 else NEG_INF
-    if math.isnan(v):
-        return 'float("nan")'
-    return repr(float(v))
+__all__ = ["NEG_INF", "Printer", "const_text", "is_scalar", "may_be_neg_inf"]
 
 
 def may_be_neg_inf(c: Cascade) -> dict[str, Flags]:
@@ -49,18 +29,9 @@ def may_be_neg_inf(c: Cascade) -> dict[str, Flags]:
     return cascade_inf_flags(c)
 
 
-def _neg_inf(e: Expr, flags: dict[str, Flags]) -> bool:
-    return inf_flags(e, flags)[0]
-
-
-def is_scalar(e: Expr) -> bool:
-    """Depends on params and constants only."""
-    return not any(x.op in (Op.READ, Op.INDEX, Op.RUNNING) for x in e.walk())
-
-
 @dataclass
-class Printer:
-    """Prints expressions of one kernel plan.
+class Printer(ExprPrinter):
+    """Prints expressions of one kernel plan; ``printer(e, ctx)`` with ctx ``tile``/``row``/``rowval``.
 
     Attributes:
         cascade: the rewritten cascade (declarations of inputs and statements).
@@ -70,6 +41,9 @@ class Printer:
         hoist: when set, loads of inputs without the key index are hoisted out of
             the key loop: ``name -> code`` collected here, the expression uses ``name``.
         key_mask: print the key-bound mask on loads that carry the key index.
+        neg_inf: per input and statement, (may be -inf, may be +inf); the renderer
+            updates it as statements are specialised (not to be confused with the
+            constant text ``NEG_INF``).
     """
     cascade: Cascade
     roles: dict[str, str]
@@ -77,6 +51,19 @@ class Printer:
     rows: set[str] = field(default_factory=set)
     hoist: dict[str, str] | None = None
     key_mask: bool = True
+
+    TARGET = "Triton"
+    FOLD_CONSTANTS = True         # literals are Python floats in the source: fold, don't compute
+    OPS = {**ExprPrinter.OPS,
+           Op.NEG: "(-{})", Op.NOT: "({} == 0)", Op.AND: "({} & {})", Op.OR: "({} | {})",
+           Op.WHERE: "tl.where({}, {}, {})", Op.POW: "_pow({}, {})",
+           Op.EXP: "tl.exp({})", Op.EXP2: "tl.exp2({})", Op.LOG: "tl.log({})", Op.LOG2: "tl.log2({})",
+           Op.SQRT: "tl.sqrt({})", Op.RSQRT: "tl.rsqrt({})", Op.SIGMOID: "tl.sigmoid({})",
+           Op.ABS: "tl.abs({})",
+           # helpers of the template (exact at +-inf, log1p-accurate, ...)
+           Op.TANH: "_tanh({})", Op.SOFTPLUS: "_softplus({})", Op.SIGN: "_sign({})",
+           Op.SQUARE: "_square({})"}
+    PRIMS = {"floor": "tl.floor({})"}
 
     def __post_init__(self):
         self.neg_inf = may_be_neg_inf(self.cascade)
@@ -139,53 +126,25 @@ class Printer:
 
     # -- expressions ------------------------------------------------------------
     def __call__(self, e: Expr, ctx: str) -> str:
-        return self.p(e, ctx)
+        return self.expr(e, ctx)
 
-    def p(self, e: Expr, ctx: str) -> str:
-        op = e.op
-        if op is Op.CONST:
-            return const_text(e.arg)
-        if op is Op.PARAM:
-            return f"p_{e.arg}"
-        if op is Op.INDEX:
-            return self.coord(e.arg, ctx)
-        if op is Op.RUNNING:
-            return self.p(e.src[0], ctx)
-        if op is Op.READ:
-            return self.read(e, ctx)
-        if op in _FOLD and e.src[0].op is Op.CONST:
-            return const_text(_FOLD[op](e.src[0].arg))
-        if op is Op.SUB:
-            a, b = self.p(e.src[0], ctx), self.p(e.src[1], ctx)
-            if self._neg_inf(e.src[0]) and self._neg_inf(e.src[1]):
-                return f"_sub_rule({a}, {b})"
-            return f"({a} - {b})"
-        if op is Op.DIV:
-            a, b = self.p(e.src[0], ctx), self.p(e.src[1], ctx)
-            den = e.src[1]
-            if is_scalar(den) and not (den.op is Op.CONST and den.arg == 0.0):
-                return f"({a} / {b})"
-            return f"_div_rule({a}, {b})"
-        if op is Op.FLOORDIV:
-            return f"tl.floor({self.p(e.src[0], ctx)} / {self.p(e.src[1], ctx)})"
-        if op is Op.MOD:
-            a, b = self.p(e.src[0], ctx), self.p(e.src[1], ctx)
-            return f"({a} - {b} * tl.floor({a} / {b}))"
-        if op is Op.POW and e.src[1].op is Op.CONST and float(e.src[1].arg).is_integer() and 1 <= e.src[1].arg <= 4:
-            a = self.p(e.src[0], ctx)
-            return "(" + " * ".join([a] * int(e.src[1].arg)) + ")"
-        if op in _INFIX:
-            return f"({self.p(e.src[0], ctx)} {_INFIX[op]} {self.p(e.src[1], ctx)})"
-        if op in _CALL2:
-            return f"{_CALL2[op]}({self.p(e.src[0], ctx)}, {self.p(e.src[1], ctx)})"
-        if op in _UNARY:
-            return _UNARY[op].format(self.p(e.src[0], ctx))
-        if op is Op.WHERE:
-            return f"tl.where({', '.join(self.p(s, ctx) for s in e.src)})"
-        raise UnsupportedError(f"the Triton backend cannot print '{op.value}' in '{e}'")
+    p = __call__                  # the name this method had before the shared printer
 
-    def _neg_inf(self, e: Expr) -> bool:
-        return _neg_inf(e, self.neg_inf)
+    def flags(self, ctx: str) -> dict[str, Flags]:
+        return self.neg_inf
+
+    def index(self, name: str, ctx: str) -> str:
+        return self.coord(name, ctx)
+
+    # the template's helpers spell the rules in one call each
+    def sub_rule(self, a: str, b: str) -> str:
+        return f"_sub_rule({a}, {b})"
+
+    def div_rule(self, a: str, b: str) -> str:
+        return f"_div_rule({a}, {b})"
+
+    def min_max(self, op: Op, a: str, b: str) -> str:
+        return f"{'_min_nan' if op is Op.MIN else '_max_nan'}({a}, {b})"
 
     def read(self, e: Expr, ctx: str) -> str:
         name, subs = e.arg
@@ -207,3 +166,10 @@ class Printer:
             return f"r_{name}[:, None]" if expand else f"r_{name}"
         raise UnsupportedError(f"'{name}' is read where it is not available in the Triton kernel "
                                f"(tile values live in one pass only)")
+
+
+NEG_INF = Printer.NEG_INF
+
+
+def const_text(v: float) -> str:
+    return Printer.const(v)
