@@ -103,6 +103,16 @@ def hidden_nonfinite(kp, inputs: dict) -> bool:
     return not _all_finite_many([inputs[n] for n in kp.skipped_inputs()])
 
 
+def complete_params(c, sizes: dict, params: dict) -> dict:
+    """``params`` plus the params a rewrite added to the planned cascade ``c`` (the sizes a
+    split sum multiplies a term by: docs/passes.md, ``split_score_sum``), from their expressions."""
+    if all(p.name in params for p in c.params):
+        return params
+    from einattn.ir import eval_params
+    known = {p.name for p in c.params}
+    return eval_params(c, sizes, {k: v for k, v in params.items() if k in known})
+
+
 def with_statistics(kp, inputs: dict, sizes: dict, params: dict) -> dict:
     """The inputs plus the statistics the plan computes before the kernel (``KernelPlan.pre``,
     ``compiler/statistics.py``): evaluated in float32 on the inputs' device by the torch

@@ -6,9 +6,9 @@ before the pass rewrites and bring forms users write into the shape the kernel
 plan tiles: a score contraction is one product of a query-side and a key-side read
 times scalars; a value contraction sums ``p * V`` with exactly one value read.
 
-Exactness: every rewrite keeps the summation rule (a new statement reduces exactly
-the indices the old one did, so no hidden ``size(d)`` factor appears or vanishes)
-and agrees with the reference up to rounding for finite values. Where a rewrite
+Exactness: every rewrite keeps the summation rule (a term a split statement no
+longer sums over an index is multiplied by that index's size, a param the rewrite
+adds, ``size_r = r``) and agrees with the reference up to rounding for finite values. Where a rewrite
 distributes a factor or pulls a read out of ``where``, its docstring names the
 non-finite inputs for which it differs (IEEE has no distributive law at +-inf).
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, Sub, build_product, product_factors
+from einattn.ir import Cascade, Expr, Op, ParamDecl, Reduce, Stmt, Sub, build_product, product_factors
 
 _SUMS = (Op.ADD, Op.SUB)
 
@@ -59,27 +59,38 @@ def _map_leaves(e: Expr, fn) -> Expr:
 
 
 def _split_sum(c: Cascade, s: Stmt, sum_factor: Expr, inner: list[Expr], outer: list[Expr], den: list[Expr],
-               taken: set[str]) -> list[Stmt] | None:
-    """One statement per term of ``sum_factor`` (times the other inner factors), each reducing
-    exactly ``s.reduced``, and ``s`` itself as the same ``+``/``-`` tree of their reads times
-    ``outer / den``. None if a term would reduce fewer indices (the summation rule would then
-    need a size factor) or divides by a tensor free of the summed indices (inside the sum the
+               taken: set[str], sizes: dict[str, str]) -> list[Stmt] | None:
+    """One statement per term of ``sum_factor`` (times the other inner factors), and ``s``
+    itself as the same ``+``/``-`` tree of their reads times ``outer / den``.
+
+    Each term's statement reduces the summed indices it carries. A term that misses some is
+    summed over them too by the summation rule, so its read is multiplied by their sizes (a
+    param per index, recorded in ``sizes``: index -> param name); a term that carries none is
+    inlined. None if a term divides by a tensor free of the summed indices (inside the sum the
     reference applies ``0 / 0 = 0`` to each term; a term statement would divide its sum). A
     scalar divisor moves after the sum, as the reference does for a whole statement: the
     same value unless the divisor is 0."""
     red = set(s.reduced)
     out: list[Stmt] = []
+    terms: list[Expr] = []
     for j, leaf in enumerate(_leaves(sum_factor)):
         lnum, lden = product_factors(leaf)
         expr = build_product([g for f in inner for g in (lnum if f is sum_factor else [f])], lden)
         used = set(expr.indices())
-        if used - set(s.indices) != red or any(f.indices() and not set(f.indices()) & red
-                                               for f in product_factors(expr)[1]):
-            return None     # a size factor would appear, or a tensor divisor move out of the sum
+        if any(f.indices() and not set(f.indices()) & red for f in product_factors(expr)[1]):
+            return None     # a tensor divisor would move out of the sum
+        mine = used - set(s.indices)
+        times = [Expr(Op.PARAM, (), sizes.setdefault(i, _fresh(c, f"size_{i}", taken))) for i in sorted(red - mine)]
+        if not mine:
+            terms.append(build_product([expr] + times, []))
+            continue
         idx = tuple(i for i in s.indices if i in used)
         out.append(Stmt(_fresh(c, f"{s.name}_{j + 1}", taken), idx, Reduce.SUM, expr, s.loc))
-    reads = iter(Expr.read(t.name, tuple(Sub(i) for i in t.indices)) for t in out)
-    combined = _map_leaves(sum_factor, lambda leaf: next(reads))
+        terms.append(build_product([Expr.read(out[-1].name, tuple(Sub(i) for i in idx))] + times, []))
+    if not out:
+        return None
+    it = iter(terms)
+    combined = _map_leaves(sum_factor, lambda leaf: next(it))
     out.append(Stmt(s.name, s.indices, Reduce.SUM, build_product([combined] + outer, den), s.loc))
     return out
 
@@ -91,11 +102,13 @@ def split_score_sum(c: Cascade) -> Cascade:
     ``S_2 = Q2*K2``; ``S = (S_1 + S_2) * scale`` (scalars and divisors stay on the last line).
 
     Precondition: a statement that keeps the key index and sums over other indices, whose
-    only factor carrying a summed index is a ``+``/``-`` of terms that each carry *every*
-    summed index. Then each term's own statement sums over the same indices and
-    ``sum(a + b) = sum a + sum b``. A term missing a summed index (FlashBias's
-    ``Q[m,d]*K[n,d] + Qb[m,r]*Kb[n,r]``, a bias ``Q*K + B[m,n]``) is summed over that index
-    too (docs/spec.md, summation rule): the statement is left alone and the kernels refuse it.
+    only factor carrying a summed index is a ``+``/``-`` of terms. Each term's own statement
+    sums over the summed indices it carries and ``sum(a + b) = sum a + sum b``. A term
+    missing a summed index is summed over it too (docs/spec.md, summation rule), so its
+    read is multiplied by that index's size: FlashBias written in one statement,
+    ``Q[m,d]*K[n,d] + Qb[m,r]*Kb[n,r]``, becomes ``S_1*size_r + S_2*size_d``, and a bias
+    ``Q*K + B[m,n]`` becomes ``S_1 + B*size_d`` (params ``size_r = r``, ``size_d = d``).
+    With no key (an empty sum) a size is 0 and ``0 * inf`` is NaN where the sum is 0.
     A factor times a sum, ``(Q1 + Q2)*K``, is left alone too: distributing it is not exact
     under IEEE where ``K`` is +-inf (``-1 * inf`` is ``-inf``, ``inf - inf`` is NaN).
     Exact up to rounding for ``+``; for ``-``, the masked-row rule ``(-inf) - (-inf) = -inf``
@@ -138,9 +151,9 @@ def split_value_sum(c: Cascade) -> Cascade:
 
     Precondition: a sum over the key whose left side keeps a value index (an index beyond
     the query rows of the first score statement), whose factors carrying a summed index
-    include a ``+``/``-`` that carries a value index, and where every term carries every
-    summed index (else the summation rule adds a size factor: ``P*V + G[m,e]`` sums ``G``
-    over ``n`` and is left alone). Exact up to rounding for terms already written as
+    include a ``+``/``-`` that carries a value index. A term missing a summed index is
+    multiplied by its size, as in :func:`split_score_sum` (``P*V + G[m,e]`` sums ``G`` over
+    ``n``: ``O_1 + G*size_n``). Exact up to rounding for terms already written as
     products (``sum(a + b) = sum a + sum b`` under IEEE); distributing ``P*(V1 + V2)`` differs
     only where ``P`` is +-inf, and ``-`` applies ``(-inf) - (-inf) = -inf`` to the sums.
     """
@@ -149,29 +162,34 @@ def split_value_sum(c: Cascade) -> Cascade:
     return _split_contractions(c, lambda s: bool(_value_contraction(c, s)), carries_value)
 
 
-def _split_stmt(c: Cascade, s: Stmt, applies, wants, taken: set[str]) -> list[Stmt] | None:
+def _split_stmt(c: Cascade, s: Stmt, applies, wants, taken: set[str], sizes: dict) -> list[Stmt] | None:
     parts = _contraction(s)
     if parts is None or not applies(s):
         return None
     inner, outer, den = parts
     sums = [f for f in inner if f.op in _SUMS and wants(s, f, inner)]
-    split = _split_sum(c, s, sums[0], inner, outer, den, taken) if sums else None
+    split = _split_sum(c, s, sums[0], inner, outer, den, taken, sizes) if sums else None
     if split is None:
         return None
     out: list[Stmt] = []
     for t in split[:-1]:                   # a term may hold another sum: split it in turn
-        out += _split_stmt(c, t, applies, wants, taken) or [t]
+        out += _split_stmt(c, t, applies, wants, taken, sizes) or [t]
     return out + [split[-1]]
 
 
 def _split_contractions(c: Cascade, applies, wants) -> Cascade:
     taken: set[str] = set()
+    sizes: dict[str, str] = {}
     new, changed = [], False
     for s in c.stmts:
-        split = _split_stmt(c, s, applies, wants, taken)
+        split = _split_stmt(c, s, applies, wants, taken, sizes)
         changed |= split is not None
         new += split or [s]
-    return c.with_stmts(new) if changed else c
+    if not changed:
+        return c
+    # the sizes a term is multiplied by: params the launchers evaluate from the sizes
+    params = c.params + tuple(ParamDecl(name, Expr(Op.INDEX, (), i)) for i, name in sizes.items())
+    return c.with_stmts(new).with_params(params)
 
 
 def _where_zero(c: Cascade, x: Expr, extra: set[str]) -> Expr | None:

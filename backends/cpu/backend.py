@@ -27,7 +27,7 @@ import torch
 from einattn.compiler import Capabilities, KernelPlan, check_capabilities, make_kernel_plan
 from einattn.ir import UnsupportedError, settings
 
-from ..base import INDEX_LIMIT, Target, check_config, hidden_nonfinite, span, with_statistics
+from ..base import INDEX_LIMIT, Target, check_config, complete_params, hidden_nonfinite, span, with_statistics
 from .build import get_kernel
 from .config import CpuConfig
 
@@ -79,6 +79,7 @@ class CpuBackend:
 
     def launch(self, artifact: CpuArtifact, inputs: dict, sizes: dict, params: dict) -> dict:
         c = artifact.kp.cascade
+        params = complete_params(c, sizes, params)
         inputs = with_statistics(artifact.kp, inputs, sizes, params)
         args = [_check_input(t.name, inputs[t.name], bool(t.indices) and t.indices[-1] in artifact.static)
                 for t in c.inputs]

@@ -5,7 +5,7 @@ import torch
 
 from einattn.compiler import check_streamable
 
-from ..base import Target, check_config
+from ..base import Target, check_config, complete_params
 from .reference import run_reference
 from .streaming import run_streaming
 
@@ -49,4 +49,5 @@ class StreamingBackend:
 
     def launch(self, artifact, inputs, sizes, params):
         plan, block_n = artifact
+        params = complete_params(plan.cascade, sizes, params)
         return run_streaming(plan, inputs, sizes, params, block_n, _compute_dtype(inputs))

@@ -32,7 +32,7 @@ from einattn.compiler.capabilities import Capabilities, check_capabilities
 from einattn.compiler.kernel_plan import Kind, KernelPlan, make_kernel_plan
 from einattn.ir import BackendUnavailable, UnsupportedError
 
-from ..base import INDEX_LIMIT, Target, hidden_nonfinite, span, with_statistics
+from ..base import INDEX_LIMIT, Target, complete_params, hidden_nonfinite, span, with_statistics
 from .abi import constexpr_values, dot_precision, output_dtype
 from .aot import check_slice_offsets, compile_kernel
 from .config import TritonConfig, check_compiled, check_config, parse_config
@@ -134,6 +134,7 @@ class TritonBackend:
                     f"einattn.compile(..., target='{artifact.target}', interpret=True) or set EINATTN_INTERPRET=1; "
                     f"to inspect the compiled code use `einattn compile SPEC --target {artifact.target} --out DIR`")
             device = torch.device("cuda")
+        params = complete_params(artifact.plan.cascade, sizes, params)
         x = with_statistics(artifact.plan, check_inputs(artifact, inputs, device), sizes, params)
         compute = dot_dtype(artifact.plan, x)
         dts = [t.dtype for t in x.values()]

@@ -81,6 +81,14 @@ FIRES = {
         "S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] * scale - Q2[b,h,m,d] * K2[b,h,n,d] / c",
         "M[b,h,m] max= S[b,h,m,n]", "P[b,h,m,n] = exp(S[b,h,m,n] - M[b,h,m])", "L[b,h,m] = P[b,h,m,n]",
         "O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e] / L[b,h,m]")),
+    # a term missing a summed index is summed over it too (docs/spec.md): times its size, a param
+    "value_sum_missing_key": (("split_value_sum",), spec(
+        SCORE, "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e] + G[b,h,m,e]")),
+    "flashbias_as_written": (("split_score_sum",), spec(
+        "S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] + Qb[b,h,m,r] * Kb[b,h,n,r]",
+        "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e]")),
+    "bias_inside_sum": (("split_score_sum",), spec(
+        "S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] + B[b,h,m,n]", "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e]")),
 }
 
 # name -> (rewrite that must not fire, spec, whether the kernel plan accepts it)
@@ -92,8 +100,6 @@ LEAVES = {
         "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e] / L[b,h,m]"), True),
     "where_divided": ("pull_value_reads", spec(
         SCORE, "O[b,h,m,e] = where(n <= m, V[b,h,n,e] / sigmoid(S[b,h,m,n]), 0.0)"), False),
-    "value_sum_missing_key": ("split_value_sum", spec(
-        SCORE, "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e] + G[b,h,m,e]"), False),
     "value_weights_summed": ("split_value_sum", spec(
         SCORE, "O[b,h,m,e] = (sigmoid(S[b,h,m,n]) + relu(S[b,h,m,n])) * V[b,h,n,e]"), True),
     "scalars_in_order": ("gather_scalars", spec(
@@ -101,12 +107,6 @@ LEAVES = {
         True),
     "scalars_elementwise": ("gather_scalars", spec(
         SCORE, "T[b,h,m,n] = 2 * S[b,h,m,n] * c", "O[b,h,m,e] = sigmoid(T[b,h,m,n]) * V[b,h,n,e]"), True),
-    "flashbias_as_written": ("split_score_sum", spec(
-        "S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] + Qb[b,h,m,r] * Kb[b,h,n,r]",
-        "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e]"), False),
-    "bias_inside_sum": ("split_score_sum", spec(
-        "S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] + B[b,h,m,n]", "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e]"),
-        False),
     "score_factor_times_sum": ("split_score_sum", spec(
         "S[b,h,m,n] = (Q[b,h,m,d] + Q2[b,h,m,d]) * K[b,h,n,d]", "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e]"),
         False),
