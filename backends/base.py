@@ -130,5 +130,7 @@ def with_statistics(kp, inputs: dict, sizes: dict, params: dict) -> dict:
     for s in pre:
         t = eval_stmt(s, frame)
         frame.values[s.name] = (t, s.indices)
-        out[s.name] = t
+        dts = {out[r].dtype for r in s.expr.reads()}
+        # a value operand is a dot operand: the dtype of its inputs; a statistic stays float32
+        out[s.name] = t.to(dts.pop()) if not s.reduced and len(dts) == 1 else t
     return out

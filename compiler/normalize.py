@@ -315,6 +315,45 @@ def hoist_score_factors(c: Cascade) -> Cascade:
     return c.with_stmts(new) if changed else c
 
 
+def name_value_operands(c: Cascade) -> Cascade:
+    """Give the value operand of a value contraction a statement of its own when it is an
+    expression of inputs along the keys: ``O[m,e] = P[m,n] * (V1[n,e] + V2[n,e] * 0.5)`` ->
+    ``O_v[n,e] = V1 + V2 * 0.5``; ``O = P * O_v``.
+
+    Precondition: a sum over the key with a value index (see :func:`split_value_sum`) whose
+    factor carrying a value index is not a plain read, reads inputs only, and carries only
+    indices its reads carry, the key among them (no query index: ``where(n <= m, V, 0)`` is
+    :func:`pull_value_reads`'s). Exact: the reference evaluates that factor before the sum just
+    so. The kernels compute such a statement before the kernel (``compiler/statistics.py``,
+    one pass over the values) and stream it like any value tensor, where distributing
+    ``P * (V1 + V2)`` would differ from the reference wherever ``P`` overflows to +-inf, and
+    ``where(n < Pf, V, 0)`` stays exact for NaN at hidden keys.
+    """
+    inputs = {t.name for t in c.inputs}
+    taken: set[str] = set()
+    new, changed = [], False
+    for s in c.stmts:
+        extra = _value_contraction(c, s)
+        parts = _contraction(s) if extra else None
+        repl: dict[Expr, Expr] = {}
+        for f in (parts[0] if parts else ()):
+            reads = [e for e in f.walk() if e.op is Op.READ]
+            carried = [x.index for e in reads for x in e.arg[1]]
+            if f.op is Op.READ or not set(f.indices()) & extra or not reads \
+                    or any(e.arg[0] not in inputs for e in reads) \
+                    or c.key not in carried or not set(f.indices()) <= set(carried):
+                continue
+            idx = tuple(dict.fromkeys(i for i in carried if i in set(f.indices())))
+            name = _fresh(c, f"{s.name}_v", taken)
+            new.append(Stmt(name, idx, Reduce.SUM, f, s.loc))
+            repl[f] = Expr.read(name, tuple(Sub(i) for i in idx))
+        if repl:
+            changed = True
+            s = dataclasses.replace(s, expr=s.expr.replace(lambda x: repl.get(x)))
+        new.append(s)
+    return c.with_stmts(new) if changed else c
+
+
 def finite_only_inputs(plan) -> tuple[str, ...]:
     """Inputs that :func:`pull_value_reads` moved out of a ``where`` in ``plan`` (a compiler
     ``Plan``): the planned cascade matches the reference only while they are finite, so a

@@ -6,6 +6,7 @@ from .passes import Role
 _WHY = {
     "fold_identities": "folded x * 1, x + 0, x - 0, negations into products",
     "split_score_sum": "one score statement per term of a sum of products",
+    "name_value_operands": "gave a value operand of inputs (V1 + V2, where(n < p, V, 0)) a statement of its own",
     "pull_value_reads": "moved value reads out of where(c, V, 0): where(c, 1, 0) * V",
     "split_value_sum": "one value statement per term of a sum",
     "gather_scalars": "gathered the scalar factors of contractions after the tensor factors",

@@ -9,7 +9,8 @@ import dataclasses
 
 from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, Sub, build_product, product_factors
 
-from .normalize import gather_scalars, hoist_score_factors, pull_value_reads, split_score_sum, split_value_sum
+from .normalize import (gather_scalars, hoist_score_factors, name_value_operands, pull_value_reads, split_score_sum,
+                        split_value_sum)
 from .passes import Role, place
 
 
@@ -251,6 +252,7 @@ def fold_identities(c: Cascade) -> Cascade:
 PIPELINE = (
     ("fold_identities", fold_identities),
     ("split_score_sum", split_score_sum),
+    ("name_value_operands", name_value_operands),
     ("pull_value_reads", pull_value_reads),
     ("split_value_sum", split_value_sum),
     ("gather_scalars", gather_scalars),

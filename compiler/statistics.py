@@ -17,18 +17,27 @@ per key, through the same paths as any other input.
   from its reads that carry the key index too (``Kn[b,h,n]`` from ``K[b,h,n,d]``;
   a score ``S[b,h,m,n]`` has ``m`` from the query side);
 - it is not an output (kernels write outputs row by row).
+
+Also computed before the kernel: an elementwise statement of inputs along the keys that
+carries an index beyond the query rows (a value operand, ``O_v[n,e] = V1 + V2 * 0.5``, named
+by ``name_value_operands``): a key tile holds no such index, a value tensor does. It keeps
+the dtype of its inputs (it is an operand of the P.V product); statistics are float32.
 """
 from __future__ import annotations
 
 from einattn.ir import Cascade, Op, Stmt, TensorDecl
 
+from .normalize import _row_dims
 
-def _is_statistic(s: Stmt, c: Cascade, ready: set[str]) -> bool:
-    if not s.reduced or c.key in s.reduced or s.name in c.outputs:
+
+def _is_statistic(s: Stmt, c: Cascade, ready: set[str], rows: set[str] | None) -> bool:
+    if c.key in s.reduced or s.name in c.outputs:
         return False
     reads = [e for e in s.expr.walk() if e.op is Op.READ]
     if any(e.arg[0] not in ready for e in reads):
         return False
+    if not s.reduced:           # a value operand (name_value_operands): along the keys, past the rows
+        return bool(reads) and c.key in s.indices and rows is not None and bool(set(s.indices) - rows - {c.key})
     if c.key not in s.indices:
         return True
     keyside = {x.index for e in reads if any(x.index == c.key for x in e.arg[1]) for x in e.arg[1]}
@@ -39,9 +48,10 @@ def split_statistics(c: Cascade) -> tuple[tuple[Stmt, ...], Cascade]:
     """(the statements computed before the kernel, the cascade the kernel computes, in which
     they are inputs appended after the declared ones)."""
     ready = {t.name for t in c.inputs}
+    rows = _row_dims(c)
     pre = []
     for s in c.stmts:
-        if _is_statistic(s, c, ready):
+        if _is_statistic(s, c, ready, rows):
             pre.append(s)
             ready.add(s.name)
     if not pre:

@@ -52,7 +52,7 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
     for j, a in enumerate(r.args):
         if a.kind == "ptr":
             # statistics computed before the kernel (KernelPlan.pre) are float32 at any input dtype
-            stat = torch.float32 if any(p.name == a.of for p in artifact.plan.pre) else dtype
+            stat = torch.float32 if any(p.name == a.of and p.reduced for p in artifact.plan.pre) else dtype
             sig[a.name] = _PTR[out_dt.get(a.of, stat)]
             attrs[(j,)] = [["tt.divisibility", 16]]
         elif a.kind in ("stride", "size"):

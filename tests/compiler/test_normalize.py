@@ -54,7 +54,7 @@ FIRES = {
     "value_sum": (("split_value_sum",), spec(
         SCORE, "P[b,h,m,n] = sigmoid(S[b,h,m,n])",
         "O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e] + P[b,h,m,n] * V2[b,h,n,e]")),
-    "value_factored": (("split_value_sum", "online_rescaling"), spec(
+    "value_factored": (("name_value_operands", "defer_normalization", "online_rescaling"), spec(
         SCORE, "M[b,h,m] max= S[b,h,m,n]", "P[b,h,m,n] = exp(S[b,h,m,n] - M[b,h,m])", "L[b,h,m] = P[b,h,m,n]",
         "O[b,h,m,e] = P[b,h,m,n] * (V[b,h,n,e] + V2[b,h,n,e]) / L[b,h,m]")),
     "value_reads_summed": (("split_value_sum",), spec(
@@ -243,3 +243,20 @@ def test_flashbias_as_documented(target):
     want = torch.softmax(q @ k.transpose(-1, -2) / 2 + qb @ kb.transpose(-1, -2), -1) @ v
     got = einattn.compile(FLASHBIAS, target=target, **(TRITON if target == "cuda" else {}))(**x)
     assert_rel_close(got, want, 1e-4 if target != "reference" else 1e-12, target)
+
+
+def test_a_value_operand_of_inputs_is_computed_before_the_kernel_and_stays_exact():
+    """``where(n < Pf, V, 0)`` (a condition on the key alone) is a value operand of inputs:
+    named (name_value_operands) and computed before the kernel, so a NaN at a hidden key is
+    ignored as in the reference (pull_value_reads would give NaN, hence refuse the call)."""
+    text = spec(SCORE, "O[b,h,m,e] = sigmoid(S[b,h,m,n]) * where(n < 5, V[b,h,n,e], 0.0) * c")
+    plan = make_plan(einattn.load_spec(text))
+    assert plan.rewrites[:1] == ("name_value_operands",) and "pull_value_reads" not in plan.rewrites
+    assert [s.name for s in make_kernel_plan(plan).pre] == ["O_v"]
+    x = _inputs(text)
+    x["V"][0, 0, 7, 0] = float("nan")                   # key 7 is hidden from every row
+    want = _reference_pair(text, x)[0][0]
+    assert not want.isnan().any()
+    for target, opts in (("streaming", {}), ("cpu", {}), ("cuda", TRITON)):
+        got = einattn.compile(text, target=target, **opts)(**{n: t.float() for n, t in x.items()})
+        assert_rel_close(got, want, 1e-4, target)
