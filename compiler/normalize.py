@@ -354,22 +354,22 @@ def name_value_operands(c: Cascade) -> Cascade:
     return c.with_stmts(new) if changed else c
 
 
-def finite_only_inputs(plan) -> tuple[str, ...]:
+def finite_only_inputs(plan) -> dict[str, Stmt]:
     """Inputs that :func:`pull_value_reads` moved out of a ``where`` in ``plan`` (a compiler
-    ``Plan``): the planned cascade matches the reference only while they are finite, so a
-    launcher refuses a call where one holds NaN or +-inf instead of answering NaN where the
-    reference answers a number (``einattn/kernel.py``)."""
+    ``Plan``), each with the statement that read it there: the planned cascade matches the
+    reference only while they are finite, so a launcher refuses a call where one holds NaN or
+    +-inf instead of answering NaN where the reference answers a number (``einattn/kernel.py``)."""
     before = plan.original
     for name, stage in plan.stages:
         if name == "pull_value_reads":
             break
         before = stage
     else:
-        return ()
-    out: dict[str, None] = {}
+        return {}
+    out: dict[str, Stmt] = {}
     for s in before.stmts:
         extra = _value_contraction(before, s)
         for x in (s.expr.walk() if extra else ()):
             if _where_zero(before, x, extra) is not None:
-                out.update(dict.fromkeys(e.arg[0] for e in _value_reads(before, x, extra)))
-    return tuple(out)
+                out.update(dict.fromkeys((e.arg[0] for e in _value_reads(before, x, extra)), s))
+    return out

@@ -26,7 +26,7 @@ class Kernel:
         self._backend, self._artifact = backend, artifact
         self._grouped = _grouped_reads(spec)
         # inputs the plan moved out of a where(c, V, 0): exact only while finite (reference: exact)
-        self._finite_only = finite_only_inputs(plan) if target.kind != "reference" else ()
+        self._finite_only = finite_only_inputs(plan) if target.kind != "reference" else {}
 
     def __repr__(self) -> str:
         return f"Kernel({self.spec.name!r}, target='{self.target}', passes={self.plan.passes})"
@@ -96,12 +96,13 @@ class Kernel:
                     f"or use target='reference' or 'streaming', which support autograd")
 
 
-def _check_finite_only(names: tuple, inputs: dict, target) -> None:
-    bad = [n for n in names if not all_finite(inputs[n])]
+def _check_finite_only(reads: dict, inputs: dict, target) -> None:
+    bad = [n for n in reads if not all_finite(inputs[n])]
     if bad:
+        s = reads[bad[0]]
         raise UnsupportedError(
-            f"input '{bad[0]}' holds NaN or inf, and the cascade reads it inside where(cond, {bad[0]}, 0) of a "
-            f"sum over the keys: the {target} target computes that as where(cond, 1, 0) * {bad[0]} (the "
+            f"{s.loc or ''}: input '{bad[0]}' holds NaN or inf, and '{s.name}' reads it inside "
+            f"where(cond, {bad[0]}, 0) of a sum over the keys: the {target} target computes that as where(cond, 1, 0) * {bad[0]} (the "
             f"pull_value_reads rewrite, what a P.V product can compute), which gives NaN where the reference "
             f"gives 0 at keys the condition hides. Replace them first (torch.nan_to_num({bad[0]}) for padding), "
             f"or use target='reference'")
