@@ -23,6 +23,8 @@ _SUMS = (Op.ADD, Op.SUB)
 
 
 def _fresh(c: Cascade, base: str, taken: set[str]) -> str:
+    """``base``, or ``base2``, ``base3``...: a name no tensor, param or index has, nor one in
+    ``taken`` (which it joins)."""
     names = taken | {s.name for s in c.stmts} | {t.name for t in c.inputs} | {p.name for p in c.params} \
         | set(c.index_names)
     name, k = base, 1
@@ -80,7 +82,9 @@ def _split_sum(c: Cascade, s: Stmt, sum_factor: Expr, inner: list[Expr], outer: 
         if any(f.indices() and not set(f.indices()) & red for f in product_factors(expr)[1]):
             return None     # a tensor divisor would move out of the sum
         mine = used - set(s.indices)
-        times = [Expr(Op.PARAM, (), sizes.setdefault(i, _fresh(c, f"size_{i}", taken))) for i in sorted(red - mine)]
+        for i in sorted(red - mine - set(sizes)):
+            sizes[i] = _fresh(c, f"size_{i}", taken)
+        times = [Expr(Op.PARAM, (), sizes[i]) for i in sorted(red - mine)]
         if not mine:
             terms.append(build_product([expr] + times, []))
             continue

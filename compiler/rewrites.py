@@ -9,7 +9,7 @@ import dataclasses
 
 from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, Sub, build_product, product_factors
 
-from .normalize import (gather_scalars, hoist_score_factors, name_value_operands, pull_value_reads, split_score_sum,
+from .normalize import (_fresh, gather_scalars, hoist_score_factors, name_value_operands, pull_value_reads, split_score_sum,
                         split_value_sum)
 from .passes import Role, place
 
@@ -27,16 +27,6 @@ def prune_unused(c: Cascade) -> Cascade:
             keep.append(s)
             live.update(s.expr.reads())
     return c if len(keep) == len(c.stmts) else c.with_stmts(reversed(keep))
-
-
-def _fresh(c: Cascade, base: str, taken: set[str]) -> str:
-    names = taken | {s.name for s in c.stmts} | {t.name for t in c.inputs} | {p.name for p in c.params} \
-        | set(c.index_names)
-    name, k = base, 1
-    while name in names:
-        k += 1
-        name = f"{base}{k}"
-    return name
 
 
 def defer_normalization(c: Cascade) -> Cascade:
