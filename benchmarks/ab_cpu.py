@@ -1,10 +1,9 @@
 """A/B the CPU kernels of another git revision against the working tree's, in one process.
 
-The renderer and template of REV (``backends/cpu/{render,expr,config}.py`` or, before the
-layout of subpackages, ``backends/cpu_codegen.py`` and ``backends/cpu_expr.py``; and
-``templates/cpu/attention.tvmscript.jinja``) are taken from git into a temporary package;
-both render the working tree's kernel plan, are built with the working tree's
-``build_module`` and are called alternately (no launcher: kernel time only).
+REV's whole compiler (its kernel plan, renderer and template: ``git archive`` into a
+temporary tree, imported by a subprocess) renders each variant's kernel source; the
+working tree renders its own; both are built with the working tree's ``build_module``
+and called alternately (no launcher: kernel time only).
 
     python benchmarks/ab_cpu.py d01d0ab softmax,causal --shape b=1,h=8,m=2048,n=2048,d=64,e=64
 
@@ -14,7 +13,9 @@ largest difference between the two outputs, then a torch.matmul probe.
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,36 +26,39 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# the renderer's files of each layout: (module to import, {file name: path in the revision})
-LAYOUTS = [("render", {"render.py": "backends/cpu/render.py", "expr.py": "backends/cpu/expr.py",
-                       "config.py": "backends/cpu/config.py"}),
-           ("cpu_codegen", {"cpu_codegen.py": "backends/cpu_codegen.py", "cpu_expr.py": "backends/cpu_expr.py"})]
-TEMPLATE = "templates/cpu/attention.tvmscript.jinja"
+# the packages of the fixed layout, mapped under einattn/ as pyproject's package-dir does
+PACKAGES = ("ir", "compiler", "backends", "templates", "examples", "autotune")
+OLD_RENDER = """
+import json, sys
+import einattn
+from einattn.compiler import make_kernel_plan, make_plan
+try:
+    from einattn.backends.cpu.render import render
+    from einattn.backends.cpu.config import CpuConfig
+except ImportError:                       # before the layout of subpackages
+    from einattn.backends.cpu_codegen import CpuConfig, render
+job = json.load(sys.stdin)
+json.dump({name: render(make_kernel_plan(make_plan(einattn.load_spec(name))), CpuConfig(), static, job["vec"])
+           for name, static in job["static"].items()}, sys.stdout)
+"""
 
 
-def _show(rev: str, path: str) -> str | None:
-    p = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True)
-    return p.stdout if p.returncode == 0 else None
-
-
-def old_codegen(rev: str, where: Path):
-    pkg = where / "abold"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / Path(TEMPLATE).name).write_text(_show(rev, TEMPLATE))
-    for module, files in LAYOUTS:
-        texts = {name: _show(rev, path) for name, path in files.items()}
-        if all(t is not None for t in texts.values()):
-            break
-    else:
-        raise SystemExit(f"{rev}: no CPU renderer found at {[p for _, fs in LAYOUTS for p in fs.values()]}")
-    for name, text in texts.items():
-        # read the template beside the renderer, not from the installed package
-        text = text.replace('(importlib.resources.files("einattn.templates") / "cpu" / TEMPLATE)',
-                            '(__import__("pathlib").Path(__file__).parent / TEMPLATE)')
-        (pkg / name).write_text(text)
-    sys.path.insert(0, str(where))
-    return importlib.import_module(f"abold.{module}")
+def old_sources(rev: str, static: dict, vec: int, where: Path) -> dict[str, str]:
+    """The kernel source REV renders for each variant, with REV's whole compiler (its own
+    kernel plan, renderer and template), rendered in a subprocess that imports REV's tree."""
+    src, pkg = where / "src", where / "py" / "einattn"
+    src.mkdir()
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(src)], input=tar, check=True)
+    shutil.copytree(src / "einattn", pkg)
+    for name in PACKAGES:
+        if (src / name).is_dir():
+            (pkg / name).symlink_to(src / name)
+    p = subprocess.run([sys.executable, "-c", OLD_RENDER], input=json.dumps({"static": static, "vec": vec}),
+                       capture_output=True, text=True, cwd=where, env={**os.environ, "PYTHONPATH": str(pkg.parent)})
+    if p.returncode:
+        raise SystemExit(f"{rev} could not render: {p.stderr[-2000:]}")
+    return json.loads(p.stdout)
 
 
 def main() -> int:
@@ -75,14 +79,15 @@ def main() -> int:
     shape.setdefault("g", max(1, shape["h"] // 4))
     set_threads(torch.get_num_threads())
     vec = cb.host().fp32_lanes
+    names = a.variants.split(",")
+    plans = {name: make_kernel_plan(make_plan(einattn.load_spec(name))) for name in names}
+    statics = {name: {i: shape[i] for i in kp.static} for name, kp in plans.items()}
     with tempfile.TemporaryDirectory() as tmp:
-        oldcg = old_codegen(a.rev, Path(tmp))
-        for name in a.variants.split(","):
-            spec = einattn.load_spec(name)
-            kp = make_kernel_plan(make_plan(spec))
-            static = {i: shape[i] for i in newcg.static_indices(kp)}
-            fns = {"old": cb.build_module(oldcg.render(kp, oldcg.CpuConfig(), static, vec))["main"],
-                   "new": cb.build_module(newcg.render(kp, CpuConfig(), static, vec))["main"]}
+        old = old_sources(a.rev, statics, vec, Path(tmp))
+        for name in names:
+            spec, kp = einattn.load_spec(name), plans[name]
+            fns = {"old": cb.build_module(old[name])["main"],
+                   "new": cb.build_module(newcg.render(kp, CpuConfig(), statics[name], vec))["main"]}
             x = [torch.randn([shape[i] for i in t.indices]) * 0.5 for t in spec.inputs]
             sizes = bind_sizes(spec, {t.name: tuple(v.shape) for t, v in zip(spec.inputs, x)})
             params = [float(v) for v in eval_params(spec, sizes, None).values()]
