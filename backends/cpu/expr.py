@@ -188,6 +188,13 @@ class _Printer(ExprPrinter):
         return self.where(f"{a} == {self.const(0.0)}", self.const(0.0), self.over_zero(a, zero))
 
     def apply(self, op: Op, args: list[str], e: Expr, at: Ctx) -> str:
+        if op is Op.MUL and any(_is_zero(x) for x in e.src):
+            # TVM's simplifier folds x * 0.0 to 0.0, but under IEEE (the reference's rule) it is
+            # NaN for x = +-inf or NaN: print the product as a select the simplifier leaves alone
+            j = 0 if _is_zero(e.src[1]) else 1          # the operand that is not the zero
+            x = self.stage(args[j])
+            sign = f"(T.float32(-1.0) * {x})" if math.copysign(1.0, e.src[1 - j].arg) < 0 else x
+            return f'T.Select(T.isfinite({x}), T.copysign(T.float32(0.0), {sign}), T.float32("nan"))'
         if at.fast and op in (Op.EXP, Op.EXP2, Op.TANH, Op.SIGMOID, Op.SOFTPLUS, Op.LOG, Op.LOG2):
             return self.fast_fn(op, args[0])
         if op is Op.SOFTPLUS:   # max(x, 0) + log1p(exp(-|x|)): TVM has no softplus
