@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from einattn.backends.printer import ExprPrinter
+from einattn.backends.printer import ExprPrinter, needs_sub_rule
 from einattn.compiler.infinity import Flags, inf_flags
 from einattn.ir import Expr, Op, UnsupportedError
 
@@ -166,6 +166,16 @@ class _Printer(ExprPrinter):
         return f"in_{name}[{', '.join(parts)}]"
 
     # -- what differs from the shared rules -----------------------------------
+    def sub(self, e: Expr, at: Ctx) -> str:
+        if e.src[0] != e.src[1]:
+            return super().sub(e, at)
+        # x - x: TVM's simplifier folds it to 0, IEEE gives NaN for x = +-inf or NaN (and the
+        # masked-row rule -inf for x = -inf where it applies)
+        x = self.stage(self.expr(e.src[0], at))
+        rest = self.where(f"{x} == {self.NEG_INF}", self.NEG_INF, self.NAN) \
+            if needs_sub_rule(e, self.flags(at)) else self.NAN
+        return self.where(f"T.isfinite({x})", self.const(0.0), rest)
+
     def scalar_div(self, a: str, b: str) -> str:
         # one reciprocal, hoisted out of the loops by LLVM
         return f"({a} * (T.float32(1.0) / {b}))"

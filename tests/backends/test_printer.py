@@ -175,8 +175,9 @@ FAMILIES = {
   - Z[b,h,m,e] = A[b,h,m,e] % 0.0
 outputs: [O, R, Z]
 """),
-    # x * 0.0 is NaN for x = +-inf (a key of inf below); TVM's simplifier folded it to 0 on the CPU
-    "times_zero": (f"{S_} * 0.0 + {S_} / c + kb[b,h,n] * -0.0", SOFTMAX_TAIL),
+    # x * 0.0 and x - x are NaN for x = +-inf (a key of inf below); TVM's simplifier folded both
+    # to 0 on the CPU
+    "times_zero": (f"{S_} * 0.0 + {S_} / c + kb[b,h,n] * -0.0 + ({S_} - {S_})", SOFTMAX_TAIL),
 }
 SIZES = {"b": 1, "h": 2, "m": 19, "n": 23, "d": 16, "e": 8}
 COMPILE = {"cpu": {}, "cuda": {"interpret": True, "config": {"BLOCK_M": 16, "BLOCK_N": 16}}}
