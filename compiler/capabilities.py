@@ -30,8 +30,9 @@ class Capabilities:
     Attributes:
         max_value_indices: distinct value indices (widths of the accumulators, e.g. e) per kernel.
         key_reductions: reductions a per-row statement may take over the keys.
-        row_reductions: per-row statements outside the key loop may sum over an index (a
-            statistic such as a query norm computed before the key loop).
+        row_reductions: a per-row statement after the key loop may reduce over one value index
+            of a row value into a value per row (an output's norm). Statistics of inputs alone
+            are computed before the kernel (``compiler/statistics.py``) on every backend.
         outputs_need_query: every output carries the query index (one row of the query tile each).
         output_roles: index roles an output may carry.
         row_feature_roles: roles of the feature indices of a per-row value besides grid and query.
@@ -72,12 +73,16 @@ def check_capabilities(kp: KernelPlan, caps: Capabilities, backend: str) -> None
                           f"it sums over {', '.join(op.reduced)}, including the query index '{kp.query}' "
                           f"(each program computes its own query rows)",
                           "reduce the per-row output in PyTorch, or use target='streaming'")
-        if op.reduced and not caps.row_reductions:
+        fits = len(op.reduced) == 1 and op.reduced[0] in kp.value and set(op.dims) <= kp.rowdims
+        if op.reduced and not (caps.row_reductions and fits):
             # statistics of inputs alone run before the kernel (compiler/statistics.py): this
-            # one reads a value of the kernel (after the key loop, such as an output's norm)
-            raise _refuse(kp, op.name, "per-row statement", backend,
-                          f"it sums over {', '.join(op.reduced)} a value the kernel computes (a statistic "
-                          f"after the key loop), which the kernels do not compute yet",
+            # one reduces a value of the kernel (after the key loop, such as an output's norm)
+            why = (f"it reduces over {', '.join(op.reduced)} into [{', '.join(op.dims)}]; after the key loop "
+                   f"the kernels reduce one value index of a row value into one value per row"
+                   if caps.row_reductions else
+                   f"it sums over {', '.join(op.reduced)} a value the kernel computes (a statistic after "
+                   f"the key loop), which this backend does not compute")
+            raise _refuse(kp, op.name, "per-row statement", backend, why,
                           "output the value and reduce it in PyTorch, or use target='streaming'")
     for p in kp.passes:
         for op in p.loop:

@@ -124,12 +124,14 @@ class RunningOp:
 @dataclass(frozen=True, slots=True)
 class RowOp:
     """A per-row statement outside the key loop (prologue, epilogues); ``reduced`` names the
-    indices it sums over (only a backend whose capabilities allow it compiles a non-empty one)."""
+    indices it reduces (by ``reduce``) over: a value index, after the key loop (an output's norm);
+    only a backend whose capabilities allow it compiles a non-empty one."""
     kind: ClassVar[Kind] = Kind.ROW
     name: str
     dims: tuple[str, ...]
     expr: Expr
     reduced: tuple[str, ...] = ()
+    reduce: Reduce = Reduce.SUM
 
     @property
     def exprs(self) -> tuple[Expr, ...]:
@@ -394,7 +396,7 @@ def make_kernel_plan(plan: Plan) -> KernelPlan:
             return RunningOp(s.name, s.indices, s.expr)
         if not dims <= rowdims | set(value) | set(contract):
             raise _unsupported(s, f"a row statement may only carry {sorted(rowdims | set(value))}")
-        return RowOp(s.name, s.indices, s.expr, tuple(s.reduced))
+        return RowOp(s.name, s.indices, s.expr, tuple(s.reduced), s.reduce)
 
     passes = []
     for p in plan.schedule:

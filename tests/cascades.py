@@ -20,8 +20,8 @@ compile:
   mean-centred relu that needs a second pass over the keys;
 - value forms: ``P * V``, a value read inside ``where`` (``P * where(mask, V, 0)``),
   two value reads summed (``P * (V + V2)``);
-- an epilogue (gate, scale, several outputs, a second output over another value
-  tensor of its own width ``f``).
+- an epilogue (gate, scale, the output over its own norm, several outputs, a second
+  output over another value tensor of its own width ``f``).
 
 Inputs are ``randn * scale`` and may hold one extreme value (NaN, +-inf, 1e30,
 1e-40) or rows that a ``-inf`` bias masks entirely. Structure choices come from a
@@ -163,7 +163,7 @@ def random_spec(r: random.Random) -> str:
             lines.append(f"  - O[b,h,m,e] = P[b,h,m,n] * {value(r, v_read, mask, used)} / L[b,h,m]")
         else:
             lines.append(f"  - O[b,h,m,e] = P[b,h,m,n] * {value(r, v_read, mask, used)} * inv_n")
-    epi = r.choice(["none", "gate", "scale", "two", "wide"])
+    epi = r.choice(["none", "gate", "scale", "two", "wide", "norm"])
     if epi == "gate":
         lines.append("  - Og[b,h,m,e] = O[b,h,m,e] * sigmoid(G[b,h,m,e])")
         outputs[0] = "Og"
@@ -174,6 +174,10 @@ def random_spec(r: random.Random) -> str:
     elif epi == "two":
         lines.append("  - O2[b,h,m,e] = O[b,h,m,e] * O[b,h,m,e]")
         outputs.append("O2")
+    elif epi == "norm":                          # the output over its own norm (after the key loop)
+        lines.append("  - Z[b,h,m] = O[b,h,m,e] * O[b,h,m,e]")
+        lines.append("  - Onorm[b,h,m,e] = O[b,h,m,e] * rsqrt(Z[b,h,m] + 1.0e-6)")
+        outputs[0] = "Onorm"
     elif epi == "wide":                          # a second value tensor of another width
         lines.append("  - Ow[b,h,m,f] = P[b,h,m,n] * Vw[b,h,n,f] * inv_n")
         outputs.append("Ow")

@@ -94,6 +94,8 @@ COSINE = SOFTMAX.replace("  - S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] * scale\n",
 OUT_NORM = SOFTMAX.replace("outputs: [O]", "  - Z[b,h,m] = O[b,h,m,e] * O[b,h,m,e]\n"
                                             "  - Out[b,h,m,e] = O[b,h,m,e] * rsqrt(Z[b,h,m] + 1e-6)\n"
                                             "outputs: [Out]")
+# ... and one over two indices after the key loop (the output against the queries)
+OUT_DOT_Q = OUT_NORM.replace("Z[b,h,m] = O[b,h,m,e] * O[b,h,m,e]", "Z[b,h,m] = O[b,h,m,e] * Q[b,h,m,d]")
 
 
 @pytest.mark.cpu
@@ -109,8 +111,18 @@ def test_a_row_statistic_over_the_head_dim_runs_before_the_kernel(target):
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.cpu
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
-def test_a_statistic_after_the_key_loop_is_refused_with_its_place(target):
-    with pytest.raises(UnsupportedError, match=r"<string>:\d+:\d+: per-row statement 'Z.*sums over e a value "
-                                               r"the kernel computes.*reduce it in PyTorch"):
-        _kernel(OUT_NORM, target)
+def test_a_statistic_after_the_key_loop_runs_in_the_epilogue(target):
+    """An output normalised by its own norm (a sum over e after the key loop) was refused."""
+    x = zoo_inputs("softmax", dtype=torch.float64, b=1, h=2, m=21, n=9, d=4, e=8)
+    want = _kernel(OUT_NORM, "reference")(**x)
+    got = _kernel(OUT_NORM, target)(**{k: v.float() for k, v in x.items()})
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["cpu", "cuda"])
+def test_a_reduction_over_two_indices_after_the_key_loop_is_refused_with_its_place(target):
+    with pytest.raises(UnsupportedError, match=r"<string>:\d+:\d+: per-row statement 'Z.*reduces over e, d into "
+                                               r"\[b, h, m\].*reduce it in PyTorch"):
+        _kernel(OUT_DOT_Q, target)

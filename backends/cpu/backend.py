@@ -60,7 +60,7 @@ class CpuBackend:
     config_keys = tuple(CpuConfig.keys())
     # per-row values may carry one compiled-in feature index (a value or a contraction index),
     # and so may outputs; each value width has its own accumulator and P.V register tiles
-    capabilities = Capabilities(max_value_indices=MAX_VALUE_WIDTHS, row_reductions=False, outputs_need_query=True,
+    capabilities = Capabilities(max_value_indices=MAX_VALUE_WIDTHS, row_reductions=True, outputs_need_query=True,
                                 output_roles=frozenset({"grid", "query", "value", "contract"}),
                                 row_feature_roles=frozenset({"value", "contract"}), max_row_features=1)
 

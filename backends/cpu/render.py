@@ -32,7 +32,7 @@ from einattn.compiler import Kind, KernelPlan
 from einattn.compiler.infinity import input_flags
 from einattn.compiler.lowering import alias_copies, fuse_row_reductions, stage_dense_reads
 from einattn.compiler.masks import atom, tile_decision
-from einattn.ir import Expr, Op, Sub
+from einattn.ir import Expr, Op, Reduce, Sub
 
 from .config import CpuConfig
 from .expr import Ctx, fconst, inf_flags, lower
@@ -233,15 +233,24 @@ class KernelView:
                    rows=dict(self.rows), flags=self.input_flags | dict(flags), mask=mask, tag=tag, alias=dict(alias or {}))
 
     def row_op(self, op, where: str, flags: dict | None = None) -> OpView:
-        """An elementwise per-row statement, computed for the valid rows (epilogue, prologue)."""
+        """A per-row statement, computed for the valid rows (epilogue, prologue): elementwise, or
+        a reduction over one value index into a value per row (capabilities)."""
         feat = [d for d in self.rows[op.name] if d != self.kp.query]     # at most one (capabilities)
-        cx = self.ctx(tag=f"s_{where}_{op.name}_", lane=f"l_{feat[-1]}" if feat else "li",
-                      lanes=self.static[feat[-1]] if feat else self.cfg.BLOCK_M, fast=False,
+        lane = op.reduced[0] if op.reduced else (feat[-1] if feat else None)
+        cx = self.ctx(tag=f"s_{where}_{op.name}_", lane=f"l_{lane}" if lane else "li",
+                      lanes=self.static[lane] if lane else self.cfg.BLOCK_M, fast=False,
                       coords=self.coords(), flags=flags or {})
         v = OpView("ROW", op.name, op.expr, cx)
         v.feat = [(f"l_{d}", self.static[d]) for d in feat]
         v.has_query = self.kp.query in self.rows[op.name]
         v.dst = self.row_ref(op.name)
+        v.red, v.identity, v.acc = None, "", ""
+        if op.reduced:              # a serial loop over the index, accumulating into the row value
+            v.red = (f"l_{lane}", self.static[lane])
+            v.identity = fconst(op.reduce.identity)
+            d = v.dst
+            v.acc = (f"{d} + {{}}" if op.reduce is Reduce.SUM else     # max/min keep a NaN (docs/spec.md)
+                     f"T.Select(T.isnan({d}), {d}, T.{op.reduce.name.lower()}({d}, {{}}))")
         return v
 
     # -- passes -------------------------------------------------------------------

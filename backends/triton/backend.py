@@ -87,7 +87,7 @@ class TritonBackend:
     config_keys = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
     # per-row values and outputs carry grid, query and value indices ([BLOCK_M] or
     # [BLOCK_M, BLOCK_e] blocks); contraction indices live only inside tl.dot
-    capabilities = Capabilities(max_value_indices=MAX_VALUE_WIDTHS, row_reductions=False, outputs_need_query=True,
+    capabilities = Capabilities(max_value_indices=MAX_VALUE_WIDTHS, row_reductions=True, outputs_need_query=True,
                                 output_roles=frozenset({"grid", "query", "value"}),
                                 row_feature_roles=frozenset({"value"}), max_row_features=1)
 

@@ -198,6 +198,8 @@ class Renderer:
         return "rowval" if any(self.roles.get(i) == "value" for i in dims) else "row"
 
     def row_value(self, op: TileOp) -> str:
+        if getattr(op, "reduced", ()):
+            return self.row_reduction(op)
         ctx = self.row_ctx(op.dims)
         code = self.printer(op.expr, ctx)
         deps = _deps(op.expr, self.kp, self.roles, set())
@@ -209,6 +211,16 @@ class Renderer:
             shape = f"[BLOCK_M, BLOCK_{e}]" if ctx == "rowval" else "[BLOCK_M]"
             code = f"({code} + tl.zeros({shape}, tl.float32))"
         return code
+
+    def row_reduction(self, op: TileOp) -> str:
+        """A reduction over one value index of [BLOCK_M, BLOCK_e] row values into [BLOCK_M]
+        (capabilities): the padded columns take the reduction's identity."""
+        (e,) = op.reduced
+        code = f"({self.printer(op.expr, 'rowval')} + tl.zeros([BLOCK_M, BLOCK_{e}], tl.float32))"
+        val = f"tl.where(mask_{e}[None, :], {code}, {const_text(op.reduce.identity)})"
+        if op.reduce is Reduce.SUM:
+            return f"tl.sum({val}, 1)"
+        return f"tl.reduce({val}, 1, {'_max_nan' if op.reduce is Reduce.MAX else '_min_nan'})"
 
     def atoms(self, pred: Expr):
         """(cm, cn, const code, op) per affine comparison, normalised to ``lin <= 0`` / ``lin < 0``."""

@@ -11,7 +11,7 @@ from einattn.compiler import (Capabilities, Kind, MapOp, RowOp, RowReduceOp, Sco
                               make_plan, stage_dense_reads)
 from einattn.ir import UnsupportedError
 from tests.helpers import SOFTMAX
-from tests.test_kernel_refusals import COSINE, OUT_NORM
+from tests.test_kernel_refusals import COSINE, OUT_DOT_Q, OUT_NORM
 
 TWO_VALUES = (SOFTMAX.replace("  V: [b, h, n, e]\n", "  V: [b, h, n, e]\n  W: [b, h, n, f]\n")
               .replace("  - O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e] / L[b,h,m]\n",
@@ -59,14 +59,17 @@ def test_a_statistic_of_inputs_is_computed_before_the_kernel():
 
 
 @pytest.mark.parametrize("target", ["cpu", "cuda"])
-def test_a_statistic_after_the_key_loop_is_refused_by_the_capability_check(target):
-    kp = _kp(OUT_NORM)                                  # the plan describes it ...
+def test_a_statistic_after_the_key_loop_is_checked_against_the_capabilities(target):
+    kp = _kp(OUT_NORM)
     (z,) = [op for op in kp.passes[-1].epilogue if op.name == "Z"]
     assert z.reduced == ("e",)
-    with pytest.raises(UnsupportedError, match=rf"<string>:\d+:\d+: per-row statement 'Z.*{target} backend"
+    check_capabilities(kp, _caps(target), target)       # one value index into a value per row
+    with pytest.raises(UnsupportedError, match=r"<string>:\d+:\d+: per-row statement 'Z.*toy backend"
                                                r".*sums over e a value the kernel computes"):
-        check_capabilities(kp, _caps(target), target)   # ... the backends refuse it
-    check_capabilities(kp, Capabilities(row_reductions=True), "future")
+        check_capabilities(kp, Capabilities(row_reductions=False), "toy")
+    with pytest.raises(UnsupportedError, match=rf"<string>:\d+:\d+: per-row statement 'Z.*{target} backend"
+                                               r".*reduces over e, d"):
+        check_capabilities(_kp(OUT_DOT_Q), _caps(target), target)
 
 
 def test_a_second_value_width_is_refused_where_one_is_allowed():
@@ -126,12 +129,12 @@ def test_explain_kernel_prints_roles_ops_rules_and_targets(capsys, tmp_path):
                    "fuse_row_reductions", "cpu: yes", "cuda: yes", "rocm: yes"):
         assert phrase in out, (phrase, out)
     f = tmp_path / "norm.yaml"
-    f.write_text(OUT_NORM)
+    f.write_text(OUT_DOT_Q)
     assert main(["explain", str(f), "--kernel"]) == 0
     out = capsys.readouterr().out
-    assert "RowOp Z[b,h,m] = sum_e" in out
+    assert "RowOp Z[b,h,m] = sum_e,d" in out
     for t in ("cpu", "cuda", "rocm"):
-        assert f"  {t}: no: {f}:" in out and f"by the {t} backend: it sums over e" in out, out
+        assert f"  {t}: no: {f}:" in out and f"by the {t} backend: it reduces over e, d" in out, out
     f.write_text(COSINE)
     assert main(["explain", str(f), "--kernel"]) == 0
     out = capsys.readouterr().out
