@@ -147,12 +147,13 @@ class ExprPrinter:
                 return self.div_by_zero(a, b, den.arg)
             return self.div_rule(a, b)
         if op is Op.FLOORDIV:
-            a, b = self.expr(e.src[0], at), self.expr(e.src[1], at)
-            return self.PRIMS["floor"].format(self.quotient(a, b, e.src[1]))
+            a = self.reuse(self.expr(e.src[0], at))
+            b = self.reuse(self.expr(e.src[1], at))
+            return self.floor_div(a, b, e.src[0], e.src[1])
         if op is Op.MOD:           # torch.remainder: the divisor's sign
             a = self.reuse(self.expr(e.src[0], at))
             b = self.reuse(self.expr(e.src[1], at))
-            return self.remainder(a, b, e.src[1])
+            return self.remainder(a, b, e.src[0], e.src[1])
         if op is Op.POW and e.src[1].op is Op.CONST and e.src[1].arg in SMALL_POWERS:
             x = self.reuse(self.expr(e.src[0], at))
             return "(" + " * ".join([x] * int(e.src[1].arg)) + ")"
@@ -202,9 +203,68 @@ class ExprPrinter:
         """``a / b`` under IEEE rules alone (inside ``//`` and ``%``), unparenthesised."""
         return f"{a} / {b}"
 
-    def remainder(self, a: str, b: str, den: Expr) -> str:
-        """``a % b`` with the divisor's sign (``a`` and ``b`` may be printed twice)."""
-        return f"({a} - {b} * {self.PRIMS['floor'].format(self.quotient(a, b, den))})"
+    def floor_div(self, a: str, b: str, num: Expr, den: Expr) -> str:
+        """``a // b`` as torch (and Python) floor-divide: ``floor(a / b)``, except that an infinite
+        ``a`` gives NaN (``b != 0``) and a finite non-zero ``a`` over an infinite ``b`` of the other
+        sign gives -1. (For finite operands torch floors ``(a - fmod(a, b)) / b``, which can be one
+        less where ``a / b`` rounds up to an integer, as ``1 // 0.1``: 9 in torch, 10 here.)"""
+        q = self.PRIMS["floor"].format(self.quotient(a, b, den))
+        nan = self._all(self._test(num, a, "inf"), self._test(den, b, "nonzero"))
+        minus_one = self._all(self._test(den, b, "inf"), self._test(num, a, "finite"),
+                              self._opposite(num, den, a, b, "<"))
+        out = self._pick(minus_one, self.const(-1.0), q)
+        return self._pick(nan, self.NAN, out)
+
+    def remainder(self, a: str, b: str, num: Expr, den: Expr) -> str:
+        """``a % b`` as torch.remainder, with the divisor's sign (``a`` and ``b`` may be printed
+        twice): ``a - b * floor(a / b)``, and for an infinite ``b`` and finite ``a`` (where that
+        is NaN) ``a`` if both have one sign or ``a`` is 0, else ``b``."""
+        r = f"({a} - {b} * {self.PRIMS['floor'].format(self.quotient(a, b, den))})"
+        special = self._all(self._test(den, b, "inf"), self._test(num, a, "finite"))
+        keep_a = self._any(self._test(num, a, "zero"), self._opposite(num, den, a, b, ">"))
+        return self._pick(special, self._pick(keep_a, a, b), r)
+
+    # conditions on operands, decided here when an operand is a literal (Triton cannot combine
+    # a Python bool with a tensor): True, False, or the printed test
+    def _test(self, e: Expr, x: str, what: str):
+        if e.op is Op.CONST:
+            v = e.arg
+            return {"inf": math.isinf(v), "finite": math.isfinite(v), "nonzero": v != 0.0, "zero": v == 0.0}[what]
+        absx = self.OPS[Op.ABS].format(x)
+        return {"inf": f"({absx} == {self.INF})", "finite": f"({absx} < {self.INF})",
+                "nonzero": f"({x} != {self.const(0.0)})", "zero": f"({x} == {self.const(0.0)})"}[what]
+
+    def _opposite(self, num: Expr, den: Expr, a: str, b: str, cmp: str):
+        """``a * b < 0`` (``cmp`` "<") or ``> 0``: the operands' signs differ or agree."""
+        if num.op is Op.CONST and den.op is Op.CONST:
+            p = num.arg * den.arg
+            return p < 0 if cmp == "<" else p > 0
+        return f"({self.OPS[Op.MUL].format(a, b)} {cmp} {self.const(0.0)})"
+
+    def _pick(self, cond, a: str, b: str) -> str:
+        return a if cond is True else b if cond is False else self.where(cond, a, b)
+
+    def _all(self, *terms):
+        if any(t is False for t in terms):
+            return False
+        rest = [t for t in terms if t is not True]
+        if not rest:
+            return True
+        out = rest[0]
+        for t in rest[1:]:
+            out = self.OPS[Op.AND].format(out, t)
+        return out
+
+    def _any(self, *terms):
+        if any(t is True for t in terms):
+            return True
+        rest = [t for t in terms if t is not False]
+        if not rest:
+            return False
+        out = rest[0]
+        for t in rest[1:]:
+            out = self.OPS[Op.OR].format(out, t)
+        return out
 
     def div_by_zero(self, a: str, b: str, zero: float) -> str:
         """``a / 0.0`` or ``a / -0.0`` (a literal divisor), with ``0 / 0 = 0``."""

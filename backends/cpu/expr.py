@@ -188,10 +188,10 @@ class _Printer(ExprPrinter):
     def quotient(self, a: str, b: str, den: Expr) -> str:
         return self.over_zero(a, den.arg) if _is_zero(den) else super().quotient(a, b, den)
 
-    def remainder(self, a: str, b: str, den: Expr) -> str:
+    def remainder(self, a: str, b: str, num: Expr, den: Expr) -> str:
         if _is_zero(den):
             return self.NAN                   # x % 0 (TVM folds the 0 * inf of the general form to 0)
-        return super().remainder(a, b, den)
+        return super().remainder(a, b, num, den)
 
     def div_by_zero(self, a: str, b: str, zero: float) -> str:
         a = self.stage(a)                     # and 0 / 0 = 0

@@ -212,3 +212,34 @@ def test_cpu_divides_by_a_literal_zero_like_the_reference():
     assert "/ T.float32(-0.0)" not in text and '(-T.infinity("float32"))' in text
     for op in (Op.FLOORDIV, Op.MOD):
         assert "/ T.float32(0.0)" not in cpu(Expr(op, (S, C(0.0))))
+
+
+FLOOR_DIV = """einattn: 1
+name: floor_div
+inputs: {A: [b, m, n], B: [b, m, n], Q: [b, m, d], K: [b, n, d], V: [b, n, e]}
+cascade:
+  - S[b,m,n] = Q[b,m,d] * K[b,n,d]
+  - T[b,m,n] = A[b,m,n] // B[b,m,n] + 1000 * (A[b,m,n] % B[b,m,n]) + S[b,m,n] * 0
+  - O[b,m,e] = T[b,m,n] * V[b,n,e]
+outputs: [O]
+"""
+SPECIAL = [float("inf"), -float("inf"), 7.0, -7.0, 0.0, 5.5, -2.5, float("nan"), 3.0]
+
+
+@pytest.mark.cpu
+@pytest.mark.parametrize("target", sorted(COMPILE))
+def test_floor_division_and_remainder_follow_torch_at_special_values(target):
+    """Regression (random cascades, seed 208 of tests/cascades.py: ``S // 1`` with an infinite
+    score): the kernels printed ``floor(a / b)``, which is +-inf for an infinite ``a`` where
+    torch (the reference) gives NaN, and 0 where torch gives -1 for ``7 // -inf``; ``%``
+    likewise (``7 % -inf`` is -inf in torch, NaN as printed)."""
+    pytest.importorskip("tvm" if target == "cpu" else "triton")
+    pairs = [(a, b) for a in SPECIAL for b in SPECIAL]
+    a = torch.tensor([p[0] for p in pairs]).reshape(1, -1, 1)
+    b = torch.tensor([p[1] for p in pairs]).reshape(1, -1, 1)
+    x = dict(A=a, B=b, Q=torch.ones(1, len(pairs), 2), K=torch.ones(1, 1, 2), V=torch.ones(1, 1, 1))
+    want = (a.double() // b.double() + 1000 * torch.remainder(a.double(), b.double())).flatten()
+    got = einattn.compile(FLOOR_DIV, target=target, **COMPILE[target])(**x).flatten().double()
+    bad = [(pairs[i], float(want[i]), float(got[i])) for i in range(len(pairs))
+           if not torch.isclose(want[i], got[i], equal_nan=True)]
+    assert not bad, bad
