@@ -245,25 +245,22 @@ class ExprPrinter:
         return a if cond is True else b if cond is False else self.where(cond, a, b)
 
     def _all(self, *terms):
-        if any(t is False for t in terms):
-            return False
-        rest = [t for t in terms if t is not True]
-        if not rest:
-            return True
-        out = rest[0]
-        for t in rest[1:]:
-            out = self.OPS[Op.AND].format(out, t)
-        return out
+        return self._join(Op.AND, False, terms)
 
     def _any(self, *terms):
-        if any(t is True for t in terms):
-            return True
-        rest = [t for t in terms if t is not False]
+        return self._join(Op.OR, True, terms)
+
+    def _join(self, op: Op, absorbing: bool, terms):
+        """``op`` (AND / OR) of conditions that may be decided (True / False) or printed: the
+        ``absorbing`` value decides the whole, the other one drops out."""
+        if any(t is absorbing for t in terms):
+            return absorbing
+        rest = [t for t in terms if t is not (not absorbing)]
         if not rest:
-            return False
+            return not absorbing
         out = rest[0]
         for t in rest[1:]:
-            out = self.OPS[Op.OR].format(out, t)
+            out = self.OPS[op].format(out, t)
         return out
 
     def div_by_zero(self, a: str, b: str, zero: float) -> str:
