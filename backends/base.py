@@ -120,6 +120,8 @@ def with_statistics(kp, inputs: dict, sizes: dict, params: dict) -> dict:
     pre = getattr(kp, "pre", ())
     if not pre:
         return inputs
+    from einattn.compiler.statistics import keeps_input_dtype
+
     from .torch.evaluator import Frame, eval_stmt
     decl = {t.name: t.indices for t in kp.cascade.inputs}
     device = next(iter(inputs.values())).device if inputs else "cpu"
@@ -132,5 +134,5 @@ def with_statistics(kp, inputs: dict, sizes: dict, params: dict) -> dict:
         frame.values[s.name] = (t, s.indices)
         dts = {out[r].dtype for r in s.expr.reads()}
         # a value operand is a dot operand: the dtype of its inputs; a statistic stays float32
-        out[s.name] = t.to(dts.pop()) if not s.reduced and len(dts) == 1 else t
+        out[s.name] = t.to(dts.pop()) if keeps_input_dtype(s) and len(dts) == 1 else t
     return out

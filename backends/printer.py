@@ -46,11 +46,6 @@ FOLD: dict[Op, Callable[[float], float]] = {
     Op.SQUARE: lambda x: x * x, Op.RELU: lambda x: max(x, 0.0)}
 
 
-def is_scalar(e: Expr) -> bool:
-    """Depends on params and constants only (the same for every element of a kernel)."""
-    return not any(x.op in (Op.READ, Op.INDEX, Op.RUNNING) for x in e.walk())
-
-
 def needs_sub_rule(e: Expr, flags: Mapping[str, Flags]) -> bool:
     """``e = a - b`` needs ``(-inf) - (-inf) = -inf``: both sides may be -inf."""
     return inf_flags(e.src[0], flags)[0] and inf_flags(e.src[1], flags)[0]
@@ -58,7 +53,7 @@ def needs_sub_rule(e: Expr, flags: Mapping[str, Flags]) -> bool:
 
 def needs_div_rule(den: Expr) -> bool:
     """A division by ``den`` needs ``0 / 0 = 0``: ``den`` is not provably non-zero."""
-    return not is_scalar(den) or (den.op is Op.CONST and den.arg == 0.0)
+    return not den.is_scalar() or (den.op is Op.CONST and den.arg == 0.0)
 
 
 def fold(e: Expr) -> float | None:

@@ -246,15 +246,11 @@ def pull_value_reads(c: Cascade) -> Cascade:
     return c.with_stmts(new) if changed else c
 
 
-def _is_scalar(f: Expr) -> bool:
-    return not f.indices() and not f.reads()
-
-
 def _arrange(fs: list[Expr]) -> list[Expr]:
     consts = [f.arg for f in fs if f.op is Op.CONST]
     k = math.prod(consts)
-    return ([f for f in fs if not _is_scalar(f)] + ([Expr.const(k)] if consts and k != 1.0 else [])
-            + [f for f in fs if _is_scalar(f) and f.op is not Op.CONST])
+    return ([f for f in fs if not f.is_scalar()] + ([Expr.const(k)] if consts and k != 1.0 else [])
+            + [f for f in fs if f.is_scalar() and f.op is not Op.CONST])
 
 
 def gather_scalars(c: Cascade) -> Cascade:
@@ -300,13 +296,13 @@ def hoist_score_factors(c: Cascade) -> Cascade:
     new, changed = [], False
     for s in c.stmts:
         parts = _contraction(s) if c.key in s.indices and c.key not in s.reduced else None
-        outer_t = [f for f in parts[1] if not _is_scalar(f)] if parts else []
-        den_t = [f for f in parts[2] if not _is_scalar(f)] if parts else []
+        outer_t = [f for f in parts[1] if not f.is_scalar()] if parts else []
+        den_t = [f for f in parts[2] if not f.is_scalar()] if parts else []
         if not parts or not (outer_t or den_t) or not parts[0]:
             new.append(s)
             continue
         inner, outer, den = parts
-        dot = build_product(inner + [f for f in outer if _is_scalar(f)], [f for f in den if _is_scalar(f)])
+        dot = build_product(inner + [f for f in outer if f.is_scalar()], [f for f in den if f.is_scalar()])
         idx = tuple(i for i in s.indices if i in set(dot.indices()))
         if set(dot.indices()) - set(idx) != set(s.reduced):
             new.append(s)              # a summed index only in the hoisted factors: leave it

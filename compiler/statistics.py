@@ -44,6 +44,12 @@ def _is_statistic(s: Stmt, c: Cascade, ready: set[str], rows: set[str] | None) -
     return set(s.indices) <= keyside
 
 
+def keeps_input_dtype(s: Stmt) -> bool:
+    """Whether a statement computed before the kernel takes its inputs' dtype (a value operand,
+    an operand of the P.V product) rather than float32 (a statistic, a reduction)."""
+    return not s.reduced
+
+
 def split_statistics(c: Cascade) -> tuple[tuple[Stmt, ...], Cascade]:
     """(the statements computed before the kernel, the cascade the kernel computes, in which
     they are inputs appended after the declared ones)."""

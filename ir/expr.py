@@ -115,6 +115,10 @@ class Expr:
                     seen[s.index] = None
         return tuple(seen)
 
+    def is_scalar(self) -> bool:
+        """Depends on params and constants only (the same value at every coordinate)."""
+        return not self.indices() and not self.reads()
+
     def reads(self) -> tuple[str, ...]:
         """Tensor names read, in first-seen order."""
         return tuple(dict.fromkeys(e.arg[0] for e in self.walk() if e.op is Op.READ))

@@ -449,7 +449,3 @@ def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int) -> 
     view = KernelView(kp, cfg, static, vec)
     return _template().render(k=view, cfg=cfg, lower=lower, VEC=vec)
 
-
-def static_indices(kp: KernelPlan) -> tuple[str, ...]:
-    """Indices whose sizes are compiled in (``KernelPlan.static``)."""
-    return kp.static

@@ -23,6 +23,8 @@ import torch
 
 from einattn.ir import BackendUnavailable, UnsupportedError
 
+from einattn.compiler.statistics import keeps_input_dtype
+
 from ..base import INDEX_LIMIT, span
 from .abi import constexpr_values, contiguous_stride, dot_precision, output_dtype
 
@@ -52,7 +54,8 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
     for j, a in enumerate(r.args):
         if a.kind == "ptr":
             # statistics computed before the kernel (KernelPlan.pre) are float32 at any input dtype
-            stat = torch.float32 if any(p.name == a.of and p.reduced for p in artifact.plan.pre) else dtype
+            stat = torch.float32 if any(p.name == a.of and not keeps_input_dtype(p) for p in artifact.plan.pre) \
+                else dtype
             sig[a.name] = _PTR[out_dt.get(a.of, stat)]
             attrs[(j,)] = [["tt.divisibility", 16]]
         elif a.kind in ("stride", "size"):

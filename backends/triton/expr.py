@@ -17,16 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from einattn.backends.printer import ExprPrinter, is_scalar
+from einattn.backends.printer import ExprPrinter
 from einattn.compiler.infinity import Flags, cascade_inf_flags
 from einattn.ir import Cascade, Expr, Op, UnsupportedError
 
-__all__ = ["NEG_INF", "Printer", "const_text", "is_scalar", "may_be_neg_inf"]
-
-
-def may_be_neg_inf(c: Cascade) -> dict[str, Flags]:
-    """Per statement: (may be -inf, may be +inf); max reductions start at -inf, masks put it there."""
-    return cascade_inf_flags(c)
+__all__ = ["NEG_INF", "Printer", "const_text"]
 
 
 @dataclass
@@ -66,7 +61,8 @@ class Printer(ExprPrinter):
     PRIMS = {"floor": "tl.floor({})"}
 
     def __post_init__(self):
-        self.neg_inf = may_be_neg_inf(self.cascade)
+        # per statement: (may be -inf, may be +inf): max reductions start at -inf, masks put it there
+        self.neg_inf = cascade_inf_flags(self.cascade)
 
     # -- coordinates ------------------------------------------------------------
     def coord(self, index: str, ctx: str, div: str | None = None, load_axis: str | None = None) -> str:

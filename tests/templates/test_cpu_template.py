@@ -10,7 +10,7 @@ import pytest
 
 from einattn import explain
 from einattn.backends.cpu.config import CpuConfig
-from einattn.backends.cpu.render import render, static_indices, template_source
+from einattn.backends.cpu.render import render, template_source
 from einattn.backends.cpu.expr import Ctx, inf_flags, lower
 from einattn.compiler import make_kernel_plan
 from einattn.ir import Expr, Op, Sub
@@ -19,7 +19,7 @@ from tests.helpers import ZOO_NAMES
 
 def _source(name: str, cfg: CpuConfig = CpuConfig()) -> str:
     kp = make_kernel_plan(explain(name))
-    return render(kp, cfg, {i: {"d": 16, "e": 32}.get(i, 8) for i in static_indices(kp)}, 16)
+    return render(kp, cfg, {i: {"d": 16, "e": 32}.get(i, 8) for i in kp.static}, 16)
 
 
 @pytest.mark.parametrize("name", ZOO_NAMES)
