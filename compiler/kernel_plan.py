@@ -344,8 +344,9 @@ def make_kernel_plan(plan: Plan) -> KernelPlan:
                 raise _unsupported(s, f"exactly one factor must carry the key index '{key}'")
             scores.append((s, qa[0], kb[0], f, build_product([x for x in num if x not in reads], den)))
     if not scores:
-        raise UnsupportedError(f"{c.name}: no score contraction (sum over a feature index of a query-side "
-                               f"and a key-side tensor); nothing to tile")
+        raise UnsupportedError(f"{c.file}: '{c.name}' has no score contraction (a sum over a feature index of "
+                               f"a query-side and a key-side tensor, such as Q[b,h,m,d] * K[b,h,{c.key},d]): the "
+                               f"kernels tile the keys of one; use target='streaming' or 'reference'")
     s0, qa, kb, f, _ = scores[0]
     qi = set(qa.indices()) - {f}
     ki = set(kb.indices()) - {f, key}
