@@ -37,6 +37,32 @@ def parse_target(text: str) -> Target:
     return Target(kind, arch or None)
 
 
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """What one tuned kernel is for: the size of every index of the spec and the inputs' dtype.
+
+    >>> Workload.of({"m": 1, "n": 8192, "d": 64}).size("n")
+    8192
+    """
+    sizes: tuple[tuple[str, int], ...]
+    dtype: str = "float32"
+
+    @classmethod
+    def of(cls, sizes: dict, dtype="float32") -> "Workload":
+        return cls(tuple(sorted((str(k), int(v)) for k, v in sizes.items())), str(dtype).replace("torch.", ""))
+
+    def size(self, index: str, default: int | None = None) -> int:
+        for k, v in self.sizes:
+            if k == index:
+                return v
+        if default is None:
+            raise KeyError(index)
+        return default
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.sizes)
+
+
 class Backend(Protocol):
     name: str
     config_keys: tuple[str, ...]
