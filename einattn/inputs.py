@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from einattn.backends.torch.check import TOLERANCE, random_inputs, rel_error  # noqa: F401 (re-exported)
 from einattn.ir import Loc, SpecError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -166,27 +167,10 @@ def check_memory(spec, shape: dict, dtype: torch.dtype, reference: bool = False)
 
 
 def make_inputs(spec, shape: dict, dtype: torch.dtype, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random inputs (randn * 0.5) for every input of the spec at the given sizes.
+    """Random inputs (randn * 0.5, ``random_inputs``) for every input of the spec at the given sizes.
 
     The shape is checked first (``check_shape``, ``check_memory``): bad sizes are SpecErrors, not
     torch errors.
     """
     check_memory(spec, check_shape(spec, shape), dtype)
-    g = torch.Generator().manual_seed(seed)
-    return {t.name: (torch.randn([shape[i] for i in t.indices], generator=g, dtype=torch.float64) * 0.5).to(dtype)
-            for t in spec.inputs}
-
-
-def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| / max |want| over entries where want is finite; inf if NaN/inf appears wrongly."""
-    got, want = got.double(), want.double()
-    if not torch.equal(torch.isfinite(got), torch.isfinite(want)):
-        return float("inf")
-    fin = torch.isfinite(want)
-    if not fin.any():
-        return 0.0
-    scale = want[fin].abs().max().clamp_min(1e-30)
-    return float((got[fin] - want[fin]).abs().max() / scale)
-
-
-TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 1e-2}
+    return random_inputs(spec, shape, dtype, seed)
