@@ -23,6 +23,8 @@ def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precisi
         out[f"BLOCK_{i}"] = next_pow2(int(sizes[i]))
     out["BLOCK_M"], out["BLOCK_N"] = config.BLOCK_M, config.BLOCK_N
     out["DOT_PRECISION"] = dot_precision
+    if "KV_SPLITS" in r.constexprs:
+        out["KV_SPLITS"] = config.KV_SPLITS
     return out
 
 
@@ -35,6 +37,16 @@ def dot_precision(dtypes) -> str:
 def output_dtype(r: Rendered, dims, compute: torch.dtype) -> torch.dtype:
     """Outputs with the value index take the inputs' dtype; per-row outputs (lse) stay fp32."""
     return compute if any(i in r.value for i in dims) else torch.float32
+
+
+def workspace_shapes(r: Rendered, sizes: dict, config: TritonConfig) -> dict:
+    """The fp32 workspace of each state of a split kernel: [KV_SPLITS, programs of grid axis 1,
+    query length(, padded value width)], as the kernels index it."""
+    progs = 1
+    for g in r.grid:
+        progs *= int(sizes[g])
+    base = [config.KV_SPLITS, progs, int(sizes[r.query])]
+    return {w: base + ([next_pow2(int(sizes[e]))] if e is not None else []) for w, e in r.workspaces}
 
 
 def contiguous_stride(dims, j: int, sizes: dict) -> int:

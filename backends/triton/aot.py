@@ -6,6 +6,10 @@ launcher passes for contiguous tensors: 16-byte aligned pointers and unit
 last-dim strides (specialised as constants, as Triton's JIT does for a stride
 of 1), so the code and its register count are those a real launch compiles.
 
+A split kernel (``KV_SPLITS > 1``) compiles twice: the part kernel and its
+combine kernel, which share one signature; the combine's files and resources
+come with the part kernel's (``files["combine.<suffix>"]``, ``resources["combine"]``).
+
 Resources: shared memory (LDS) from Triton's metadata; registers and spills
 from ``ptxas -v`` on the PTX (CUDA), or from the ``.vgpr_count``,
 ``.sgpr_count`` and spill fields of the AMDGCN metadata (ROCm).
@@ -40,6 +44,7 @@ class CompiledKernel:
     resources: dict
     metadata: dict
     compile_seconds: float
+    combine: "CompiledKernel | None" = None     # the merge kernel of a split key loop
 
 
 def signature(artifact, sizes: dict, dtype: torch.dtype):
@@ -52,7 +57,10 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
     dims = {t.name: t.indices for t in artifact.plan.cascade.inputs}
     dims.update(dict(r.outputs))
     for j, a in enumerate(r.args):
-        if a.kind == "ptr":
+        if a.kind == "workspace":
+            sig[a.name] = "*fp32"
+            attrs[(j,)] = [["tt.divisibility", 16]]
+        elif a.kind == "ptr":
             # statistics computed before the kernel (KernelPlan.pre) are float32 at any input dtype
             stat = torch.float32 if any(p.name == a.of and not keeps_input_dtype(p) for p in artifact.plan.pre) \
                 else dtype
@@ -92,7 +100,19 @@ def check_slice_offsets(artifact, sizes: dict) -> None:
                                    f"with 32-bit offsets (< 2**31): use shorter sequences per call")
 
 
-def compile_kernel(fn, artifact, sizes: dict, dtype: torch.dtype) -> CompiledKernel:
+def compile_kernel(fn, artifact, sizes: dict, dtype: torch.dtype, combine=None) -> CompiledKernel:
+    """Compile ``fn`` (and ``combine``, the merge kernel of a split artifact, with the same signature)."""
+    ck = _compile_one(fn, artifact, sizes, dtype)
+    if combine is not None:
+        cc = _compile_one(combine, artifact, sizes, dtype)
+        ck.combine = cc
+        ck.files.update({f"combine.{k}": v for k, v in cc.files.items()})
+        ck.resources["combine"] = dict(cc.resources)
+        ck.compile_seconds += cc.compile_seconds
+    return ck
+
+
+def _compile_one(fn, artifact, sizes: dict, dtype: torch.dtype) -> CompiledKernel:
     try:
         import triton
         from triton.compiler import ASTSource

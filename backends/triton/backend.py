@@ -14,6 +14,13 @@ when it decorates), which runs the same kernel on CPU tensors.
 kernel on a visible GPU of the target's kind, in the interpreter when asked,
 and otherwise raises :class:`BackendUnavailable` saying how to run it.
 
+``KV_SPLITS = S > 1`` (one-pass plans, ``compiler.splits``) launches S programs per
+row block, each over its own part of the keys, then a combine kernel that merges
+their fp32 states from a workspace and stores the outputs. ``space``,
+``default_config`` and ``model_time`` serve the tuner: the configs worth trying
+(nothing compiled) and a predicted time from the compiled kernel's resources
+(``model.predict``).
+
 >>> import einattn, torch
 >>> k = einattn.compile("causal", target="cuda", interpret=True, config={"BLOCK_M": 16, "BLOCK_N": 16})
 >>> q = torch.randn(1, 2, 20, 16)
@@ -30,15 +37,17 @@ import torch
 
 from einattn.compiler.capabilities import Capabilities, check_capabilities
 from einattn.compiler.kernel_plan import Kind, KernelPlan, make_kernel_plan
+from einattn.compiler.splits import split_refusal
 from einattn.ir import BackendUnavailable, UnsupportedError
 
-from ..base import INDEX_LIMIT, Target, complete_params, hidden_nonfinite, span, with_statistics
-from .abi import constexpr_values, dot_precision, output_dtype
+from ..base import INDEX_LIMIT, Target, Workload, complete_params, hidden_nonfinite, span, with_statistics
+from .abi import constexpr_values, dot_precision, output_dtype, workspace_shapes
 from .aot import check_slice_offsets, compile_kernel
 from .config import TritonConfig, check_compiled, check_config, parse_config
 from .hardware import HardwareTarget, load_target
 from .loader import interpreting, load_kernel, write_source
-from .render import Rendered, render
+from .model import predict
+from .render import Rendered, render, template_hash
 
 MAX_VALUE_WIDTHS = 4      # one [BLOCK_M, BLOCK_e] accumulator each (counted by config.estimate); tested with 2
 
@@ -61,7 +70,7 @@ class TritonArtifact:
             return self
         if self.visit_all is None:
             kp = self.plan.visiting_all()
-            r = render(kp)
+            r = render(kp, split=self.rendered.split)
             self.visit_all = dataclasses.replace(self, plan=kp, rendered=r, path=write_source(r.source),
                                                  compiled={})
         return self.visit_all
@@ -81,10 +90,10 @@ def device_kind() -> str | None:
 class TritonBackend:
     """``cuda[:sm_80|sm_90|...]`` and ``rocm[:gfx90a|gfx942]`` through Triton.
 
-    Config keys: BLOCK_M, BLOCK_N, num_warps, num_stages.
+    Config keys: BLOCK_M, BLOCK_N, num_warps, num_stages, KV_SPLITS.
     """
     name = "triton"
-    config_keys = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages")
+    config_keys = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "KV_SPLITS")
     # per-row values and outputs carry grid, query and value indices ([BLOCK_M] or
     # [BLOCK_M, BLOCK_e] blocks); contraction indices live only inside tl.dot
     capabilities = Capabilities(max_value_indices=MAX_VALUE_WIDTHS, row_reductions=True, outputs_need_query=True,
@@ -101,7 +110,10 @@ class TritonBackend:
         cfg = parse_config(config, hw)
         kp = make_kernel_plan(plan)
         check_capabilities(kp, self.capabilities, target.kind)
-        rendered = render(kp)
+        if cfg.KV_SPLITS > 1 and (why := split_refusal(kp)) is not None:
+            raise UnsupportedError(f"config KV_SPLITS={cfg.KV_SPLITS} for target {target}: {why}; "
+                                   f"use KV_SPLITS=1 (the default) for this spec")
+        rendered = render(kp, split=cfg.KV_SPLITS > 1)
         check_config(kp, cfg, hw, sizes=None, dtype=None)
         return TritonArtifact(kp, rendered, Target(target.kind, hw.arch), hw, cfg, bool(interpret),
                               write_source(rendered.source))
@@ -113,9 +125,13 @@ class TritonBackend:
         check_slice_offsets(artifact, sizes)
         key = (tuple(sorted(constexpr_values(artifact.rendered, sizes, artifact.config, "").items())), dtype)
         if key not in artifact.compiled:
-            fn = load_kernel(artifact.path, artifact.rendered.kernel_name, interpret=False)
-            ck = compile_kernel(fn, artifact, sizes, dtype)
+            r = artifact.rendered
+            fn = load_kernel(artifact.path, r.kernel_name, interpret=False)
+            combine = load_kernel(artifact.path, r.combine_name, interpret=False) if r.split else None
+            ck = compile_kernel(fn, artifact, sizes, dtype, combine=combine)
             check_compiled(ck.resources, artifact.hardware, artifact.config)
+            if ck.combine is not None:
+                check_compiled(ck.combine.resources, artifact.hardware, artifact.config)
             artifact.compiled[key] = ck
         return artifact.compiled[key]
 
@@ -150,8 +166,15 @@ class TritonBackend:
         for o, dims in r.outputs:
             outs[o] = torch.empty([sizes[i] for i in dims], dtype=output_dtype(r, dims, run), device=device)
         args = []
+        ws = {}
+        if r.split:
+            # every element a part can read is written by its part first (masked rows are read masked)
+            ws = {w: torch.empty(s, dtype=torch.float32, device=device)
+                  for w, s in workspace_shapes(r, sizes, artifact.config).items()}
         for a in r.args:
-            if a.kind == "ptr":
+            if a.kind == "workspace":
+                args.append(ws[a.of])
+            elif a.kind == "ptr":
                 args.append(x[a.of] if a.of in x else outs[a.of])
             elif a.kind == "stride":
                 t = x[a.of] if a.of in x else outs[a.of]
@@ -172,16 +195,59 @@ class TritonBackend:
             return outs
         check_offsets(artifact, x, outs, grid_n)
         opts = {"num_warps": artifact.config.num_warps, "num_stages": artifact.config.num_stages}
+        calls = [(fn, grid)]
+        if r.split:
+            combine = load_kernel(artifact.path, r.combine_name, interpret=artifact.interpret)
+            calls = [(fn, (*grid, artifact.config.KV_SPLITS)), (combine, grid)]
         if artifact.interpret:
             import numpy as np
             # (-inf) - (-inf) is computed before _sub_rule selects -inf: numpy would warn
             with interpreting(), np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                fn[grid](*args, **ce, **opts)
+                for f, g in calls:
+                    f[g](*args, **ce, **opts)
             if run != compute:
                 outs = {o: outs[o].to(output_dtype(r, dims, compute)) for o, dims in r.outputs}
         else:
-            fn[grid](*args, **ce, **opts, enable_fp_fusion=True)
+            for f, g in calls:
+                f[g](*args, **ce, **opts, enable_fp_fusion=True)
         return outs
+
+    # -- tuning -------------------------------------------------------------------------
+    def space(self, plan, target: Target, workload: Workload) -> list[dict]:
+        """The configs worth trying for ``plan`` at ``workload`` (``TritonConfig.space``): full dicts,
+        the default first, each checked against the target's limits; nothing is compiled."""
+        kp = make_kernel_plan(plan)
+        return [c.to_json() for c in TritonConfig.space(kp, workload, load_target(target))]
+
+    def default_config(self, plan, target: Target, workload: Workload) -> dict:
+        """The config used when none is given (every key, KV_SPLITS=1)."""
+        return TritonConfig().to_json()
+
+    def fingerprint(self, target: Target) -> dict:
+        """What a tuning record for ``target`` was measured against: a change to any of these
+        may change the best config."""
+        import triton
+        hw = load_target(target)
+        return {"backend": self.name, "kind": hw.kind, "arch": hw.arch, "hardware": hw.name,
+                "triton": triton.__version__, "template": template_hash()}
+
+    def model_time(self, plan, target: Target, config: dict, workload: Workload) -> dict:
+        """Predicted time of ``config`` at ``workload`` (``model.predict``) from the kernel compiled
+        ahead of time at the workload's head dims and dtype; a config that does not compile or fit
+        raises :class:`UnsupportedError` with the reason."""
+        art = self.prepare(plan, target, config)
+        hw, sizes = art.hardware, workload.as_dict()
+        art.config.validate(hw, art.plan, workload)
+        dtype = getattr(torch, workload.dtype)
+        try:
+            ck = self.build(art, sizes, dtype)
+        except UnsupportedError:
+            raise
+        except Exception as e:     # Triton's own compile errors (out of resources, MLIR failures)
+            raise UnsupportedError(f"config {art.config.to_json()} does not compile for {art.target} "
+                                   f"({hw.name}) at {sizes}, {workload.dtype}: {type(e).__name__}: "
+                                   f"{str(e).strip()[:400]}") from None
+        return predict(art.plan, art.config, workload, hw, resources=ck.resources)
 
 
 def check_inputs(artifact: TritonArtifact, inputs: dict, device: torch.device) -> dict:

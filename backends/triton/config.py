@@ -6,6 +6,9 @@ dtype the target lacks, more threads than a block may have, a shared-memory
 estimate past the per-block limit, or accumulators that need more registers
 per thread than exist. After compiling, the shared memory Triton reports and
 the register count are checked against the same limits.
+
+``TritonConfig.space`` is the search space of one plan, workload and GPU: a
+pure function, pruned by these checks before anything compiles.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from einattn.compiler.kernel_plan import Kind, KernelPlan
+from einattn.compiler.splits import split_refusal
 from einattn.ir import UnsupportedError
 
 from .hardware import MAX_HEAD_DIM, HardwareTarget
@@ -24,9 +28,71 @@ class TritonConfig:
     BLOCK_N: int = 64
     num_warps: int = 4
     num_stages: int = 2
+    KV_SPLITS: int = 1
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
+
+    def validate(self, hw: HardwareTarget, kp: KernelPlan | None = None, workload=None) -> dict:
+        """Raise :class:`UnsupportedError` when this config cannot run ``kp`` at ``workload`` on ``hw``.
+
+        The checks of :func:`check_config` (block sizes, threads, dtype, head dims, shared memory and
+        register estimates: the plan and sizes are those of ``kp`` and ``workload`` when given) and the
+        split's: ``KV_SPLITS > 1`` needs a one-pass plan and no more parts than the workload has key
+        tiles. Returns the resource estimates (:func:`estimate`).
+        """
+        where = f"target {hw.kind}:{hw.arch} ({hw.name})"
+        if self.KV_SPLITS > 1 and kp is not None and (why := split_refusal(kp)) is not None:
+            raise UnsupportedError(f"KV_SPLITS={self.KV_SPLITS}: {why}; use KV_SPLITS=1")
+        sizes = workload.as_dict() if workload is not None else None
+        dtype = workload.dtype if workload is not None else None
+        if self.KV_SPLITS > 1 and kp is not None and sizes and kp.key in sizes:
+            tiles = -(-sizes[kp.key] // self.BLOCK_N)
+            if self.KV_SPLITS > tiles:
+                raise UnsupportedError(f"KV_SPLITS={self.KV_SPLITS} on {where}: the {sizes[kp.key]} keys make only "
+                                       f"{tiles} tiles of BLOCK_N={self.BLOCK_N}, so some parts would have none; "
+                                       f"use KV_SPLITS <= {tiles} or a smaller BLOCK_N")
+        if kp is None:
+            return {}
+        return check_config(kp, self, hw, sizes=sizes, dtype=dtype)
+
+    @classmethod
+    def space(cls, kp: KernelPlan, workload, hw: HardwareTarget) -> list["TritonConfig"]:
+        """Every config worth trying for ``kp`` at ``workload`` on ``hw``: the default first, then a
+        deterministic order, each one passing :meth:`validate` (nothing is compiled).
+
+        BLOCK_M in {16, 32, 64, 128} (only up to the padded query length, so decoding shapes keep
+        small tiles), BLOCK_N in {16, 32, 64, 128}, num_warps in {2, 4, 8}, num_stages in {1, 2, 3, 4}
+        on NVIDIA and {1, 2} on AMD. KV_SPLITS in {1, 2, 4, 8, 16} (not past the key tiles) only when
+        the plan has one pass and the unsplit programs (grid x query tiles) fill fewer than two waves
+        of one program per SM; otherwise 1. Shared-memory, register and dtype estimates prune the
+        rest. Size: at most 4 * 4 * 3 * 4 * 5 = 960 configs; a prefill workload (long queries: no
+        splits) on an H100 keeps about 150, a decode workload (BLOCK_M 16 only, splits) about 200.
+        """
+        sizes = workload.as_dict()
+        m, n = sizes.get(kp.query, 1), sizes.get(kp.key, 1)
+        progs = 1
+        for g in kp.grid:
+            progs *= sizes.get(g, 1)
+        m_pad = _block(m)
+        block_m = [b for b in (16, 32, 64, 128) if b <= max(16, m_pad)]
+        stages = (1, 2) if hw.kind != "cuda" else (1, 2, 3, 4)
+        can_split = split_refusal(kp) is None and progs * -(-m // min(block_m)) < 2 * hw.sms
+        splits = (1, 2, 4, 8, 16) if can_split else (1,)
+        default = cls()
+        out, seen = [], set()
+        cands = [default] + [cls(bm, bn, w, s, k) for k in splits for bm in block_m for bn in (16, 32, 64, 128)
+                             for w in (2, 4, 8) for s in stages]
+        for c in cands:
+            if c in seen:
+                continue
+            seen.add(c)
+            try:
+                c.validate(hw, kp, workload)
+            except UnsupportedError:
+                continue
+            out.append(c)
+        return out
 
 
 def parse_config(config: dict | None, hw: HardwareTarget) -> TritonConfig:

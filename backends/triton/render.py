@@ -14,6 +14,11 @@ come from the affine atoms of a conjunctive mask at the tile's corners. Any
 other affine mask (a disjunction such as prefix-LM) classifies each key tile at
 run time instead (full / partial / empty) in one loop.
 
+With ``split`` (``KV_SPLITS > 1``) the key loop of a one-pass plan is cut into
+parts along a third grid axis; each part stores its per-row state to fp32
+workspaces, and a second kernel in the same file merges the parts
+(``compiler.splits.merges``), runs the epilogue and stores the outputs.
+
 What the kernel can compile is checked before rendering (``TritonBackend.capabilities``,
 ``compiler.capabilities``); which loads are hoisted out of the key loop comes from the
 ``hoist_key_free_reads`` lowering rule (``compiler.lowering``). The other rules
@@ -22,12 +27,15 @@ copy for free, fuses the loops itself and loads tiles with ``tl.load``.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.resources
 from dataclasses import dataclass, field
 
 from einattn.compiler.kernel_plan import Kind, KernelPass, KernelPlan, TileOp
 from einattn.compiler.lowering import hoist_key_free_reads
 from einattn.compiler.masks import atom, substitute, tile_decision
+from einattn.compiler.splits import merges
 from einattn.ir import Expr, Op, Reduce
 
 from einattn.compiler.infinity import inf_flags
@@ -39,7 +47,8 @@ TEMPLATE = ("triton", "attention.py.jinja")
 
 @dataclass(frozen=True)
 class Arg:
-    """One kernel argument: ``kind`` is ptr, stride, size or param; ``of`` names what it belongs to."""
+    """One kernel argument: ``kind`` is ptr, stride, size, param or workspace (a split part's fp32
+    state, [KV_SPLITS, programs of grid axis 1, size_m(, BLOCK_e)]); ``of`` names what it belongs to."""
     name: str
     kind: str
     of: str
@@ -59,6 +68,12 @@ class Rendered:
     contract: tuple[str, ...]
     value: tuple[str, ...]
     outputs: tuple[tuple[str, tuple[str, ...]], ...]
+    combine_name: str = ""          # the merge kernel of a split key loop (same arguments), "" unsplit
+    workspaces: tuple[tuple[str, str | None], ...] = ()   # (state, its value index or None) when split
+
+    @property
+    def split(self) -> bool:
+        return bool(self.combine_name)
 
 
 @dataclass
@@ -361,8 +376,60 @@ class Renderer:
             self.classify(kpass, view)
         return view
 
+    # -- splitting the key loop --------------------------------------------------------
+    @staticmethod
+    def ws_address(op: TileOp, row: str) -> str:
+        """Offsets into a state's workspace for the rows ``row`` ([BLOCK_M] int64)."""
+        if op.kind is Kind.VALUE:
+            e = op.value_index
+            return f"({row})[:, None] * BLOCK_{e} + offs_{e}[None, :]"
+        return row
+
+    def ws_stores(self, kpass: KernelPass) -> list[str]:
+        out = []
+        for op in kpass.state:
+            mask = "mask_m[:, None]" if op.kind is Kind.VALUE else "mask_m"
+            out.append(f"tl.store(ws_{op.name}_ptr + {self.ws_address(op, 'ws_row')}, r_{op.name}, mask={mask})")
+        return out
+
+    def merge_lines(self, kpass: KernelPass) -> list[str]:
+        """The combine kernel's merge of the parts' states, in loop order (a merged state only reads
+        states before it: stabilisers and the running values a RunningOp reads)."""
+        ops = {op.name: op for op in kpass.state}
+        pr, out = self.printer, []
+        pr.tiles, pr.hoist = set(), None
+        for mg in merges(self.kp):
+            op = ops[mg.name]
+            row = "s * ws_part + ws_row"
+            part = f"tl.load(ws_{mg.name}_ptr + {self.ws_address(op, row)}, " \
+                   f"mask={'mask_m[:, None]' if op.kind is Kind.VALUE else 'mask_m'}, other=0.0)"
+            if mg.how == "recompute":
+                out.append(f"r_{mg.name} = {self.row_value(op)}")
+                continue
+            if mg.how in ("max", "min"):
+                ident = const_text(op.reduce.identity)
+                out.append(f"r_{mg.name} = tl.full([BLOCK_M], {ident}, tl.float32)")
+                out.append("for s in range(KV_SPLITS):")
+                out.append(f"    r_{mg.name} = _{mg.how}_nan(r_{mg.name}, {part.replace('other=0.0', 'other=' + ident)})")
+                continue
+            shape = f"[BLOCK_M, BLOCK_{op.value_index}]" if op.kind is Kind.VALUE else "[BLOCK_M]"
+            out.append(f"r_{mg.name} = tl.zeros({shape}, tl.float32)")
+            out.append("for s in range(KV_SPLITS):")
+            factors = []
+            for m, base in mg.rescale:
+                # the tile loop's correction base(m_old - m) with m_old the part's stabiliser
+                fn = "tl.exp" if base == "exp" else "tl.exp2"
+                m_part = f"tl.load(ws_{m}_ptr + {row}, mask=mask_m, other=0.0)"
+                factors.append(f"{fn}(_sub_rule({m_part}, r_{m}))")
+            scale = ""
+            if factors:
+                f = " * ".join(factors)
+                scale = f" * ({f})[:, None]" if op.kind is Kind.VALUE else f" * {f}"
+            out.append(f"    r_{mg.name} = r_{mg.name} + {part}{scale}")
+        return out
+
     # -- the whole kernel ------------------------------------------------------------
-    def render(self) -> Rendered:
+    def render(self, split: bool = False) -> Rendered:
         kp, c, pr = self.kp, self.kp.cascade, self.printer
         args: list[Arg] = []
         for t in c.inputs:
@@ -378,9 +445,14 @@ class Renderer:
                 for j in range(len(x.arg[1])) if x.arg[1][j].div}
         for p in c.params:
             args.append(Arg(f"p_{p.name}", "param", p.name, dtype="i32" if p.name in divs else "fp32"))
+        workspaces = ()
+        if split:
+            workspaces = tuple((op.name, op.value_index if op.kind is Kind.VALUE else None)
+                               for op in kp.passes[0].state)
+            args += [Arg(f"ws_{w}_ptr", "workspace", w) for w, _ in workspaces]
         feats = (*kp.contract, *kp.value)
         constexprs = tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
-                           + ["DOT_PRECISION"])
+                           + ["DOT_PRECISION"] + (["KV_SPLITS"] if split else []))
 
         # grid coordinates in 64 bits: (batch, head) offsets reach past 2**31 elements in large
         # tensors; offsets inside one (batch, head) slice stay 32-bit (checked at launch)
@@ -410,17 +482,30 @@ class Renderer:
             mask = f", mask={' & '.join(masks)}" if masks else ""
             stores.append(f"tl.store({' + '.join(offs)}, {val}.to({o}_ptr.dtype.element_ty){mask})")
         name = f"einattn_{_ident(c.name)}_kernel"
+        combine_name = f"einattn_{_ident(c.name)}_combine" if split else ""
+        split_parts = {"ws_stores": self.ws_stores(kp.passes[0]), "merge_lines": self.merge_lines(kp.passes[0])} \
+            if split else {}
         from jinja2 import Environment, StrictUndefined
         env = Environment(undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                           lstrip_blocks=True)
-        text = importlib.resources.files("einattn.templates").joinpath(*TEMPLATE).read_text()
+        text = template_source()
         src = env.from_string(text).render(
             name=name, spec=c.name, structural_hash=c.structural_hash(), args=args, constexprs=constexprs,
             grid=kp.grid, grid_lines=grid_lines, query=kp.query, key=kp.key, contract=kp.contract,
             value=kp.value, qa_lines=qa_lines, prologue=prologue, passes=passes, stores=stores,
-            n_passes=len(passes))
+            n_passes=len(passes), split=split, combine_name=combine_name, **split_parts)
         return Rendered(src, name, tuple(args), constexprs, kp.grid, kp.query, kp.key, kp.contract,
-                        kp.value, tuple(outputs))
+                        kp.value, tuple(outputs), combine_name, workspaces)
+
+
+@functools.lru_cache(maxsize=1)
+def template_source() -> str:
+    return importlib.resources.files("einattn.templates").joinpath(*TEMPLATE).read_text()
+
+
+def template_hash() -> str:
+    """A short hash of the kernel template: part of a tuning record's target fingerprint."""
+    return hashlib.sha256(template_source().encode()).hexdigest()[:16]
 
 
 def _eval_number(e: Expr) -> float:
@@ -436,8 +521,9 @@ def _ident(s: str) -> str:
     return out if out and not out[0].isdigit() else f"k_{out}"
 
 
-def render(kp: KernelPlan) -> Rendered:
-    """Triton source of a kernel plan, with its argument list.
+def render(kp: KernelPlan, split: bool = False) -> Rendered:
+    """Triton source of a kernel plan, with its argument list; ``split``: the key loop in
+    ``KV_SPLITS`` parts plus the combine kernel (one-pass plans, ``compiler.splits``).
 
     >>> from einattn.compiler import make_plan
     >>> from einattn.compiler.kernel_plan import make_kernel_plan
@@ -446,4 +532,4 @@ def render(kp: KernelPlan) -> Rendered:
     >>> r.kernel_name, "tl.dot" in r.source
     ('einattn_softmax_kernel', True)
     """
-    return Renderer(kp).render()
+    return Renderer(kp).render(split)
