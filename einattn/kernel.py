@@ -7,7 +7,7 @@ from einattn.backends import get_backend, parse_target
 from einattn.backends.base import all_finite
 from einattn.compiler import Plan, make_plan
 from einattn.compiler.normalize import finite_only_inputs
-from einattn.ir import Loc, Op, SpecError, UnsupportedError, bind_sizes, eval_params
+from einattn.ir import Loc, Op, SpecError, TuningError, UnsupportedError, bind_sizes, eval_params
 
 from einattn.ir import settings
 from .specs import Spec, load_spec
@@ -25,6 +25,8 @@ class Kernel:
         self.interpret, self.tune = bool(interpret), tune
         self._backend, self._artifact = backend, artifact
         self._grouped = _grouped_reads(spec)
+        self._tuned: dict = {}
+        self._kp = None         # (shape bucket, dtype) -> artifact of the tuned config (tune != "none")
         # inputs the plan moved out of a where(c, V, 0): exact only while finite (reference: exact)
         self._finite_only = finite_only_inputs(plan) if target.kind != "reference" else {}
 
@@ -76,9 +78,37 @@ class Kernel:
         params = eval_params(c, sizes, self.params)
         _check_grouped_reads(self._grouped, sizes, params)
         _check_finite_only(self._finite_only, inputs, self.target)
-        outs = self._backend.launch(self._artifact, inputs, sizes, params)
+        artifact = self._artifact if self.tune == "none" else self._tuned_artifact(inputs, sizes)
+        outs = self._backend.launch(artifact, inputs, sizes, params)
         res = tuple(outs[o] for o in c.outputs)
         return res[0] if len(res) == 1 else res
+
+    def _tuned_artifact(self, inputs: dict, sizes: dict):
+        """The artifact of the tuned config of this call's shape bucket: looked up in the tuning
+        database (then the shipped records) on the first call with a new bucket; tuned at
+        ``self.tune`` effort when no record exists (``autotune.tuner.lookup_or_tune``)."""
+        from einattn.autotune.key import shape_bucket
+        from einattn.autotune.measure import Task
+        from einattn.autotune.tuner import lookup_or_tune
+        from einattn.backends.base import Workload
+        from einattn.compiler import make_kernel_plan
+        dtype = next(iter(inputs.values())).dtype if inputs else torch.float32
+        work = Workload.of(sizes, dtype)
+        if self._kp is None:
+            self._kp = make_kernel_plan(self.plan)
+        bucket = (tuple(shape_bucket(self._kp, work, eval_params(self.spec, sizes, self.params)).items()), work.dtype)
+        hit = self._tuned.get(bucket)
+        if hit is None:
+            task = Task(self.spec, str(self.target), work, tuple(sorted(self.params.items())), self.interpret)
+            rec = lookup_or_tune(task, self.tune, pinned=self.config)
+            options = {"interpret": True} if self.interpret else {}
+            hit = self._tuned[bucket] = (dict(rec.winner),
+                                         self._backend.prepare(self.plan, self.target, dict(rec.winner), **options))
+        return hit[1]
+
+    def tuned_configs(self) -> dict:
+        """Shape bucket -> the config this kernel runs it with (``tune`` != "none")."""
+        return {b: cfg for b, (cfg, _) in self._tuned.items()}
 
     def _check_call(self, inputs: dict) -> None:
         """Refuse, at the call, what the target would otherwise get wrong later."""
@@ -190,8 +220,14 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
     Args:
         spec: a Spec, a path, YAML text or a zoo name.
         target: ``reference``, ``streaming``, ``cpu``, ``cuda[:sm_XX]`` or ``rocm[:gfxXXX]``.
-        tune: ``"none"`` (the autotuner is not built yet).
-        config: kernel parameters, e.g. ``{"BLOCK_N": 64}``; unknown keys are errors.
+        tune: ``"none"`` (the backend's default config, or ``config``), ``"quick"`` or ``"full"``:
+            on the first call with a new shape bucket (query and key lengths and the number of
+            (batch x head) programs rounded up to powers of two; exact head dims and dtype) the
+            kernel looks the tuning database up (``EINATTN_CACHE_DIR``, then the records shipped
+            with einattn); a hit measures nothing; a miss tunes at that effort (``quick``: about
+            30 s on a 2-core CPU), stores the record and logs one line.
+        config: kernel parameters, e.g. ``{"BLOCK_N": 64}``; unknown keys are errors. With
+            ``tune`` they are pinned: the search covers the other keys.
         interpret: GPU targets only: run the rendered Triton kernel in Triton's
             interpreter on CPU tensors (default: the EINATTN_INTERPRET setting).
         **params: overrides of the spec's params (``scale=0.1``).
@@ -203,9 +239,9 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
     torch.Size([1, 2, 5, 8])
     """
     c = load_spec(spec)
-    if tune != "none":
-        raise UnsupportedError(f"tune={tune!r}: the autotuner is not built yet; use tune='none' and pin "
-                               f"kernel parameters with config={{...}}")
+    from einattn.autotune.tuner import EFFORTS
+    if tune not in EFFORTS:
+        raise TuningError(f"tune={tune!r}: expected one of {', '.join(map(repr, EFFORTS))}")
     known = {p.name for p in c.params}
     for k in params:
         if k not in known:
@@ -221,6 +257,9 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
     plan = make_plan(c)
     options = {"interpret": True} if interpret else {}
     artifact = backend.prepare(plan, t, dict(config or {}), **options)
+    if tune != "none" and getattr(backend, "space", None) is None:
+        raise TuningError(f"tune={tune!r}: target '{t}' has nothing to tune; tunable targets: cpu, cuda, rocm, "
+                          f"streaming (use tune='none')")
     return Kernel(c, plan, t, backend, artifact, params, config or {}, interpret=interpret, tune=tune)
 
 

@@ -47,6 +47,18 @@ class StreamingBackend:
         cfg = {"BLOCK_N": 64, **check_config(self.name, config, {"BLOCK_N": int})}
         return plan, cfg["BLOCK_N"]
 
+    # tunable: the key tile (the autotuner's tests tune this backend: no compiler involved)
+    def space(self, plan, target: Target, workload) -> list[dict]:
+        """BLOCK_N in {64, 16, 32, 128, 256}, the default first, none past the key length's power of two."""
+        n = workload.size(plan.cascade.key, 64)
+        return [{"BLOCK_N": b} for b in (64, 16, 32, 128, 256) if b == 64 or b < 2 * n]
+
+    def default_config(self, plan, target: Target, workload) -> dict:
+        return {"BLOCK_N": 64}
+
+    def fingerprint(self, target: Target) -> dict:
+        return {"backend": "streaming", "torch": torch.__version__.split("+")[0]}
+
     def launch(self, artifact, inputs, sizes, params):
         plan, block_n = artifact
         params = complete_params(plan.cascade, sizes, params)
