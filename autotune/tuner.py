@@ -138,7 +138,9 @@ def tune(task: Task, *, effort: str = "quick", pinned: dict | None = None, execu
                  worker=getattr(executor, "worker", "") if measured else "model",
                  tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  wall_s=round(time.perf_counter() - t0, 3),
-                 source_sha=source_sha(task, plan, winner.config))
+                 source_sha=source_sha(task, plan, winner.config),
+                 extra={"spec_file": str(getattr(task.cascade, "file", "") or ""),
+                        "params": dict(task.params)})
     if store:
         (db or Database()).append(rec)
     return rec
