@@ -15,7 +15,10 @@ apply to every config, so errors shared by all configs cancel in the ranking.
   key but not the query index (K, V) once per query block (a split part reads
   only its share, so the split does not change this); inputs with both
   (a bias [m, n]) once; for ``KV_SPLITS > 1`` the fp32 workspace written by the
-  parts and read back by the combine kernel.
+  parts and read back by the combine kernel. There is no cache model: the
+  re-reads of K and V by the query blocks all count at memory bandwidth (on a
+  GPU many hit L2), so long-query workloads come out memory-bound more often
+  than they are; the ranking still favours what cuts that traffic (larger BLOCK_M).
 - Occupancy. Programs resident per SM from the threads, registers and shared
   memory of one program: the compiled kernel's (``resources`` from the
   ahead-of-time build) when given, else :func:`config.estimate` (registers
