@@ -49,7 +49,7 @@ def check_effort(effort: str) -> None:
         raise TuningError(f"unknown tuning effort {effort!r}; expected one of {', '.join(EFFORTS)}")
 
 
-def tuning_key(task: Task, plan=None, kp=None) -> TuningKey:
+def tuning_key(task: Task, plan=None, kp=None, fp: dict | None = None) -> TuningKey:
     """The key a record of ``task`` is stored and found under."""
     t = parse_target(task.target)
     backend = get_backend(t)
@@ -57,7 +57,7 @@ def tuning_key(task: Task, plan=None, kp=None) -> TuningKey:
     kp = kp or make_kernel_plan(plan)
     from einattn.ir import eval_params
     params = eval_params(task.cascade, task.workload.as_dict(), dict(task.params))
-    fp = {**fingerprint(backend, t), "einattn": einattn_version()}
+    fp = fp or {**fingerprint(backend, t), "einattn": einattn_version()}
     return TuningKey.make(plan.cascade.structural_hash(), shape_bucket(kp, task.workload, params),
                           task.workload.dtype, str(t), fp)
 
@@ -101,11 +101,13 @@ def gpu_present(target) -> bool:
 
 def tune(task: Task, *, effort: str = "quick", pinned: dict | None = None, executor: Executor | None = None,
          timer=None, db: Database | None = None, progress=None, store: bool = True,
-         strategy: str | None = None, repeats: int = 5, timeout_s: float = 60.0) -> Record:
+         strategy: str | None = None, repeats: int = 5, timeout_s: float = 60.0,
+         fp: dict | None = None) -> Record:
     """Tune one workload and (with ``store``) append its record to ``db``.
 
     ``progress(done, total, outcome)`` is called after each candidate; ``timer`` replaces the
-    wall clock (``measure.wall_clock``); ``strategy`` forces ``exhaustive`` or ``optuna``.
+    wall clock (``measure.wall_clock``); ``strategy`` forces ``exhaustive`` or ``optuna``; ``fp`` is
+    the fingerprint of the machines the executor measures on (default: this one's).
     """
     check_effort(effort)
     if effort == "none":
@@ -114,7 +116,7 @@ def tune(task: Task, *, effort: str = "quick", pinned: dict | None = None, execu
     t = parse_target(task.target)
     plan = make_plan(task.cascade)
     kp = make_kernel_plan(plan)
-    key = tuning_key(task, plan, kp)
+    key = tuning_key(task, plan, kp, fp)
     space, default = search_space(task, plan, pinned)
     if not space:
         raise TuningError(f"no config of target '{t}' fits this workload with {pinned}")
@@ -144,6 +146,14 @@ def tune(task: Task, *, effort: str = "quick", pinned: dict | None = None, execu
     if store:
         (db or Database()).append(rec)
     return rec
+
+
+def tune_each(task: Task, executor: Executor, **how) -> list[Record]:
+    """One record per hardware kind of the executor's workers (``RayExecutor.groups``), each keyed by
+    the fingerprint of the machines that measured it; a local executor gives one."""
+    t = parse_target(task.target)
+    groups = executor.groups(task.target) if hasattr(executor, "groups") and t.kind == "cpu" else [(None, executor)]
+    return [tune(task, executor=ex, fp=fp, **how) for fp, ex in groups]
 
 
 def source_sha(task: Task, plan, config: dict) -> str | None:

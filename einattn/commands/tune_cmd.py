@@ -45,7 +45,7 @@ def run(args) -> int:
     from einattn.autotune.database import Database
     from einattn.autotune.measure import Task
     from einattn.autotune.report import candidate_table, summary
-    from einattn.autotune.tuner import tune
+    from einattn.autotune.tuner import tune_each
     from einattn.backends import parse_target
     from einattn.backends.base import Workload
     from einattn.ir import SpecError, Loc
@@ -64,14 +64,17 @@ def run(args) -> int:
     ex = executors.create(args.executor, **({"address": args.address} if args.executor == "ray" else {}))
     bar = _progress()
     try:
-        rec = tune(task, effort=args.effort, pinned=parse_assignments(args.config, "config", False), executor=ex,
-                   progress=bar, store=not args.no_store, strategy=args.strategy, repeats=args.repeats)
+        recs = tune_each(task, ex, effort=args.effort, pinned=parse_assignments(args.config, "config", False),
+                         progress=bar, store=not args.no_store, strategy=args.strategy, repeats=args.repeats)
     finally:
         bar.close()
-    print(candidate_table(rec))
-    print(summary(rec))
-    if not args.no_store:
-        print(f"stored as {rec.id} in {Database().path}")
+    for rec in recs:
+        if len(recs) > 1:
+            print(f"workers {rec.worker}, fingerprint {rec.key.fingerprint_id}:")
+        print(candidate_table(rec))
+        print(summary(rec))
+        if not args.no_store:
+            print(f"stored as {rec.id} in {Database().path}")
     return 0
 
 
