@@ -38,7 +38,7 @@ import torch
 from einattn.compiler.capabilities import Capabilities, check_capabilities
 from einattn.compiler.kernel_plan import Kind, KernelPlan, make_kernel_plan
 from einattn.compiler.splits import split_refusal
-from einattn.ir import BackendUnavailable, UnsupportedError
+from einattn.ir import BackendUnavailable, EinattnError, UnsupportedError
 
 from ..base import INDEX_LIMIT, Target, Workload, complete_params, hidden_nonfinite, span, with_statistics
 from .abi import constexpr_values, dot_precision, output_dtype, workspace_shapes
@@ -241,7 +241,7 @@ class TritonBackend:
         dtype = getattr(torch, workload.dtype)
         try:
             ck = self.build(art, sizes, dtype)
-        except UnsupportedError:
+        except EinattnError:
             raise
         except Exception as e:     # Triton's own compile errors (out of resources, MLIR failures)
             raise UnsupportedError(f"config {art.config.to_json()} does not compile for {art.target} "
