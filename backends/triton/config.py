@@ -71,7 +71,7 @@ class TritonConfig:
         workload (BLOCK_M 16 and the default only, with splits) about 230 and 120.
         """
         sizes = workload.as_dict()
-        m, n = sizes.get(kp.query, 1), sizes.get(kp.key, 1)
+        m = sizes.get(kp.query, 1)
         progs = 1
         for g in kp.grid:
             progs *= sizes.get(g, 1)
