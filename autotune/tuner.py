@@ -230,7 +230,7 @@ def rank_by_model(task, plan, space, default, effort, progress):
         try:
             pred = backend.model_time(plan, t, dict(o.config), task.workload, compile=True)
             o.status, o.ms, o.reason, name = "ok", pred["seconds"] * 1e3, "", pred["model"]
-            o.gflops = pred.get("gflops")
+            o.gflops = pred["flops"] / pred["seconds"] / 1e9 if pred.get("flops") and pred["seconds"] > 0 else None
         except UnsupportedError as e:
             o.status, o.reason = "invalid", str(e)
         except Exception as e:

@@ -223,6 +223,10 @@ class TritonBackend:
         """The config used when none is given (every key, KV_SPLITS=1)."""
         return TritonConfig().to_json()
 
+    def kernel_source(self, plan, target: Target, config: dict, workload: Workload) -> str:
+        """The generated source of ``config`` (what a tuning record's ``source_sha`` hashes)."""
+        return self.prepare(plan, target, config).source
+
     def fingerprint(self, target: Target) -> dict:
         """What a tuning record for ``target`` was measured against: a change to any of these
         may change the best config."""
@@ -231,10 +235,17 @@ class TritonBackend:
         return {"backend": self.name, "kind": hw.kind, "arch": hw.arch, "hardware": hw.name,
                 "triton": triton.__version__, "template": template_hash()}
 
-    def model_time(self, plan, target: Target, config: dict, workload: Workload) -> dict:
+    def model_time(self, plan, target: Target, config: dict, workload: Workload, compile: bool = True) -> dict:
         """Predicted time of ``config`` at ``workload`` (``model.predict``) from the kernel compiled
         ahead of time at the workload's head dims and dtype; a config that does not compile or fit
-        raises :class:`UnsupportedError` with the reason."""
+        raises :class:`UnsupportedError` with the reason. With ``compile=False`` nothing is rendered
+        or compiled: the shared memory and registers are ``estimate()``'s (milliseconds a config)."""
+        if not compile:
+            hw = load_target(target)
+            cfg, kp = parse_config(config, hw), make_kernel_plan(plan)
+            check_capabilities(kp, self.capabilities, target.kind)
+            cfg.validate(hw, kp, workload)
+            return predict(kp, cfg, workload, hw)
         art = self.prepare(plan, target, config)
         hw, sizes = art.hardware, workload.as_dict()
         art.config.validate(hw, art.plan, workload)
