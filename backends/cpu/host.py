@@ -6,6 +6,10 @@ lanes). Importing TVM's compiler takes over a second, so the answer is kept in a
 small JSON file keyed by ``/proc/cpuinfo``: a process that only loads cached
 kernels never imports it. The fingerprint joins every fact that changes the
 generated code and keys the CPU backend's build cache.
+
+The cache sizes and the usable core count (:func:`read_cache_sizes`) come from
+sysfs and the process's CPU affinity: they change no code, only which configs
+fit and pay off (``CpuConfig.validate`` and ``CpuConfig.space``).
 """
 from __future__ import annotations
 
@@ -34,8 +38,54 @@ class HostCpu:
         """The dict form TVM 0.27 requires (``"llvm -mcpu=..."`` strings are rejected)."""
         return {"kind": "llvm", "mcpu": self.mcpu}
 
+    @property
+    def vector_registers(self) -> int:
+        """Architectural vector registers: 32 with AVX-512 (and on AArch64), 16 with AVX2/SSE."""
+        return 32 if self.vector_bits >= 512 or not self.triple.startswith(("x86_64", "i686", "i386")) else 16
+
     def fingerprint(self) -> str:
         return f"{self.triple}/{self.mcpu}/v{self.vector_bits}"
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSizes:
+    """Bytes of the L1 data cache and the L2 of one core, of the (shared) L3, and the cores
+    this process may run on. The defaults are the fallback where sysfs says nothing."""
+    l1d: int = 48 * 1024
+    l2: int = 1024 * 1024
+    l3: int = 0
+    cores: int = 1
+
+
+CACHE_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG") or 0) * scale
+
+
+def read_cache_sizes(root: Path = CACHE_SYSFS) -> CacheSizes:
+    """The host's cache sizes from ``root/index*/{level,type,size}`` (Linux sysfs), each one
+    the default of :class:`CacheSizes` when unreadable, and ``len(os.sched_getaffinity(0))`` cores.
+
+    >>> read_cache_sizes(Path("/nonexistent")).l2
+    1048576
+    """
+    found: dict[str, int] = {}
+    for d in sorted(Path(root).glob("index*")):
+        try:
+            level = (d / "level").read_text().strip()
+            kind = (d / "type").read_text().strip()
+            size = _parse_size((d / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        name = {"1": "l1d", "2": "l2", "3": "l3"}.get(level)
+        if name and size > 0 and not (name == "l1d" and kind == "Instruction"):
+            found[name] = size
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return CacheSizes(**found, cores=max(cores, 1))
 
 
 def cpuinfo_key() -> str:
