@@ -30,6 +30,8 @@ from einattn.ir import UnsupportedError, settings
 from ..base import INDEX_LIMIT, Target, check_config, complete_params, hidden_nonfinite, span, with_statistics
 from .build import get_kernel
 from .config import CpuConfig
+from .host import read_cache_sizes
+from .render import workspace_numel
 
 MAX_VALUE_WIDTHS = 4      # value tensors of different widths (O1 from V[.., e], O2 from W[.., f]); tested with 2
 from .runtime import _check_tvm_installed, host, run_kernel
@@ -75,7 +77,28 @@ class CpuBackend:
         cfg.check(host().fp32_lanes)
         kp = make_kernel_plan(plan)
         check_capabilities(kp, self.capabilities, self.name)
+        cfg.check_plan(kp)
         return CpuArtifact(kp, cfg, kp.static, plan.cascade.structural_hash())
+
+    # -- the search space, for the autotuner ---------------------------------------------
+    def space(self, plan, target: Target, workload) -> list[dict]:
+        """Config dicts worth timing for ``plan`` at ``workload`` on this host, the default
+        first (``CpuConfig.space``: pure, nothing is compiled)."""
+        kp = make_kernel_plan(plan)
+        return [c.as_dict() for c in CpuConfig.space(kp, workload, host(), read_cache_sizes())]
+
+    def default_config(self, plan, target: Target, workload) -> dict:
+        """The config ``prepare`` uses when given none, as a dict of every key."""
+        return CpuConfig.default(host()).as_dict()
+
+    def fingerprint(self, target: Target) -> dict:
+        """The named facts that change the generated code or its speed (keys tuning records)."""
+        from .build import _tvm_version
+        from .render import template_hash
+        cpu, caches = host(), read_cache_sizes()
+        return {"backend": self.name, "host": cpu.fingerprint(), "triple": cpu.triple, "mcpu": cpu.mcpu,
+                "vector_bits": cpu.vector_bits, "cores": caches.cores, "l1d": caches.l1d, "l2": caches.l2,
+                "l3": caches.l3, "tvm": _tvm_version(), "template": template_hash()}
 
     def launch(self, artifact: CpuArtifact, inputs: dict, sizes: dict, params: dict) -> dict:
         c = artifact.kp.cascade
@@ -99,8 +122,13 @@ class CpuBackend:
         fn = artifact.builds.get(bucket)
         if fn is None:
             fn = artifact.builds[bucket] = get_kernel(artifact, dict(bucket))
-        _check_offsets(list(zip([t.name for t in c.inputs], args)) + list(outs.items()))
-        run_kernel(fn, (*args, *outs.values(), *[float(params[p.name]) for p in c.params]),
+        ws = []
+        if artifact.config.KV_SPLITS > 1:       # a slot per (task, part) for the parts' states
+            ws = [torch.empty(workspace_numel(artifact.kp, artifact.config, dict(bucket), sizes),
+                              dtype=torch.float32)]
+        _check_offsets(list(zip([t.name for t in c.inputs], args)) + list(outs.items())
+                       + [("the KV_SPLITS workspace", w) for w in ws])
+        run_kernel(fn, (*args, *outs.values(), *ws, *[float(params[p.name]) for p in c.params]),
                    settings.num_threads() or torch.get_num_threads())
         return outs
 

@@ -16,6 +16,13 @@ A key tile on which the mask is false everywhere is skipped when the plan says
 that this leaves every reduction at its identity (``KernelPass.skip_empty``).
 Which case a tile is in is decided from its corners (``masks.atom``, ``masks.tile_decision``).
 
+With ``KV_SPLITS = S > 1`` the parallel loop runs over (task, part): each part
+streams its own range of key tiles and stores its per-row state to a float32
+workspace (an extra argument, allocated by the launcher: :func:`workspace_numel`,
+laid out by :func:`split_layout`); a second parallel loop over tasks merges the
+parts' states as ``compiler/splits.py`` says and runs the epilogue and the stores.
+S = 1 renders exactly the kernel without any of this.
+
 What the kernel can compile is checked before rendering (``CpuBackend.capabilities``,
 ``compiler.capabilities``); copies of tiles, reductions fused into a MAP's loop and the
 staged [.., m, n] input reads come from the lowering rules (``compiler.lowering``).
@@ -26,12 +33,14 @@ import dataclasses
 import functools
 import hashlib
 import importlib.resources
+import math
 from dataclasses import dataclass
 
 from einattn.compiler import Kind, KernelPlan
 from einattn.compiler.infinity import input_flags
 from einattn.compiler.lowering import alias_copies, fuse_row_reductions, stage_dense_reads
 from einattn.compiler.masks import atom, tile_decision
+from einattn.compiler.splits import merges as split_merges
 from einattn.ir import Expr, Op, Reduce, Sub
 
 from .config import CpuConfig
@@ -125,8 +134,9 @@ class KernelView:
         self.outputs = [{"name": o, "shape": _tup([self.size(i) for i in c.stmt(o).indices]),
                          "dims": c.stmt(o).indices} for o in c.outputs]
         self.params = [p.name for p in c.params]
+        self.splits = cfg.KV_SPLITS
         self.args = ([f"h_{t.name}: T.handle" for t in c.inputs] + [f"h_out_{o}: T.handle" for o in c.outputs]
-                     + [f"p_{p}: T.float32" for p in self.params])
+                     + (["h_ws: T.handle"] if self.splits > 1 else []) + [f"p_{p}: T.float32" for p in self.params])
         # grid decomposition: task = ((g0 * G1 + g1) ...) * qtiles + qt
         self.qtiles = f"T.floordiv({self.size(q)} + {cfg.BLOCK_M - 1}, {cfg.BLOCK_M})"
         self.ktiles = f"T.floordiv({self.size(n)} + {cfg.BLOCK_N - 1}, {cfg.BLOCK_N})"
@@ -174,6 +184,7 @@ class KernelView:
         self.prologue = [self.row_op(op, "pro") for op in kp.prologue]
         self._staged: dict[int, dict] = {}
         self.passes = [self.pass_view(p) for p in kp.passes]
+        self.split = self.split_view() if self.splits > 1 else None
         self.stores = []
         for o in self.outputs:
             dims = o["dims"]
@@ -386,6 +397,50 @@ class KernelView:
             self.buffers.append({"name": found[e], "shape": _tup([str(self.cfg.BLOCK_M), str(self.cfg.BLOCK_N)])})
         return found
 
+    # -- the split key loop (KV_SPLITS > 1) ------------------------------------------
+    def split_view(self) -> dict:
+        """What the template needs to store each part's state to the workspace and merge the
+        parts' states per row (``compiler.splits.merges``): slots, merges, the merge loop's buffers."""
+        kp, cfg, q = self.kp, self.cfg, self.kp.query
+        layout, width = split_layout(kp, cfg, self.static)
+        at = {name: off for name, off, _ in layout}
+
+        def slot(name: str) -> dict:
+            dims = self.rows[name]
+            feat = [(f"l_{d}", self.static[d]) for d in dims if d != q]
+            return {"buf": f"r_{name}", "off": at[name], "feat": feat, "has_query": q in dims,
+                    "rows": cfg.BLOCK_M if q in dims else 1, "stride": feat[0][1] if feat else 1}
+
+        buffers = [b for b in self.buffers if b["name"].startswith("r_")]
+        for m in kp.passes[0].stabilisers:
+            self.rows["part__" + m] = self.rows[m]
+            buffers.append({"name": f"r_part__{m}", "shape": _tup([str(cfg.BLOCK_M)])})
+        # every row value may be infinite here: the masked-row rules are printed wherever they apply
+        flags = dict(self.input_flags) | {name: (True, True) for name in self.rows}
+        coords = self.coords(m=f"T.min(m0 + li, {self.size(q)} - 1)")
+        merges = []
+        for mg in split_merges(kp):
+            v = slot(mg.name) | {"how": mg.how, "name": mg.name}
+            if mg.how in ("max", "min"):
+                v["identity"] = fconst(-float("inf") if mg.how == "max" else float("inf"))
+            elif mg.how == "sum":
+                v["identity"], v["corr"] = fconst(0.0), []
+                for m, base in mg.rescale:
+                    # the tile loop's online rescale base(m_old - m) with the part's m as m_old
+                    d = Expr(Op.SUB, (Expr.read("part__" + m, (Sub(q),)), Expr.read(m, (Sub(q),))))
+                    e = Expr(Op.EXP if base == "exp" else Op.EXP2, (d,))
+                    cx = self.ctx(tag=f"s_merge_{mg.name}_corr_{m}_", lane="li", lanes=cfg.BLOCK_M, fast=True,
+                                  flags=flags | {"part__" + m: (True, False)}, coords=coords)
+                    v["corr"].append({"part": f"r_part__{m}", "off": at[m], "buf": f"r_corr__{m}",
+                                      "expr": e, "ctx": cx})
+            else:
+                v["expr"] = mg.expr
+                v["ctx"] = self.ctx(tag=f"s_merge_{mg.name}_", lane="li", lanes=cfg.BLOCK_M, fast=True,
+                                    flags=flags, coords=coords)
+            merges.append(v)
+        return {"width": width, "slots": [slot(name) for name, _, _ in layout], "merges": merges,
+                "buffers": buffers, "per": f"T.floordiv({self.ktiles} + {self.splits - 1}, {self.splits})"}
+
     # -- e chunks of the P.V register tiles ------------------------------------------
     def e_chunks(self, e: str) -> list[tuple[int, int]]:
         """(first column, width) of the P.V register tiles over the value index ``e``."""
@@ -441,11 +496,32 @@ def classify_tile(pred: Expr, query: str, key: str) -> tuple[str, str]:
     return tile_decision(pred, leaf, lambda a, b: f"T.And({a}, {b})", lambda a, b: f"T.Or({a}, {b})")
 
 
+# -- the workspace of a split key loop ------------------------------------------------
+
+def split_layout(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int]) -> tuple[tuple, int]:
+    """``((state, offset, floats), ...), floats per part``: where each per-row state of the
+    (one) pass lies in a part's slot of the float32 workspace (the row buffer, flattened)."""
+    out, off = [], 0
+    for op in kp.passes[0].state:
+        feat = [d for d in op.dims if d not in kp.rowdims]
+        size = (cfg.BLOCK_M if kp.query in op.dims else 1) * math.prod(static[d] for d in feat)
+        out.append((op.name, off, size))
+        off += size
+    return tuple(out), off
+
+
+def workspace_numel(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], sizes: dict) -> int:
+    """Floats of the workspace a kernel with ``KV_SPLITS > 1`` takes: a slot per (task, part)."""
+    tasks = math.prod(int(sizes[g]) for g in kp.grid) * -(-int(sizes[kp.query]) // cfg.BLOCK_M)
+    return tasks * cfg.KV_SPLITS * split_layout(kp, cfg, static)[1]
+
+
 # -- entry point --------------------------------------------------------------------
 
 def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int) -> str:
     """TVMScript source of the fused forward kernel (one ``main`` prim_func)."""
     cfg.check(vec)
+    cfg.check_plan(kp)
     view = KernelView(kp, cfg, static, vec)
     return _template().render(k=view, cfg=cfg, lower=lower, VEC=vec)
 
