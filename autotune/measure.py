@@ -5,14 +5,15 @@ against the float64 reference on a small input of the same compiled-in sizes, an
 times it on the workload. A candidate that is refused by the config checks
 (``invalid``), fails to build (``build_error``), raises when run (``crash``), runs
 past the timeout (``timeout``) or disagrees with the reference (``inaccurate``) is
-recorded with its reason and dropped; the run goes on. Timing: one untimed call
-(it builds the kernel), then ``warmup + repeats`` rounds that call every surviving
-candidate once in turn (interleaved, so a slow phase of a shared machine hits them
-all alike), each sample a batch of calls long enough to time; the time is the
-median of the non-warm-up rounds.
+recorded with its reason and dropped; the run goes on. Timing: one call that is not
+counted (it builds the kernel at the workload's sizes), then ``warmup + repeats``
+rounds that time every surviving candidate once in turn (interleaved, so a slow
+phase of a shared machine hits them all alike); the time is the median of the
+rounds after the warm-up.
 
-The clock is injectable (``timer(fn, config) -> seconds``), as Triton's autotuner
-takes ``do_bench``: tests pass a fake one and measure nothing.
+The clock is injectable (``timer(fn, config) -> seconds per call of fn``), as
+Triton's autotuner takes ``do_bench``: tests pass a fake one and measure nothing.
+The default, :func:`wall_clock`, times a batch of calls when one is too short to time.
 """
 from __future__ import annotations
 
@@ -84,13 +85,22 @@ class Outcome:
 
 
 def wall_clock(fn, config) -> float:
-    """Seconds of one call of ``fn`` (synchronising a GPU around it)."""
+    """Seconds per call of ``fn`` (synchronising a GPU around it): one call, and when that is
+    shorter than ``SAMPLE_S`` a batch of calls that long, divided by its size."""
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     t = time.perf_counter()
     fn()
     sync()
-    return time.perf_counter() - t
+    one = time.perf_counter() - t
+    if one >= SAMPLE_S:
+        return one
+    n = min(MAX_BATCH, math.ceil(SAMPLE_S / max(one, 1e-9)))
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return (time.perf_counter() - t) / n
 
 
 def check_sizes(kp, sizes: dict) -> dict:
@@ -146,7 +156,7 @@ def evaluate(task: Task, configs: list[dict], *, timer=None, warmup: int = 1, re
     timer = timer or wall_clock
     bench = bench or Bench(task)
     outs = [Outcome(dict(c)) for c in configs]
-    alive: list[tuple[Outcome, object, int]] = []      # (outcome, run, calls per sample)
+    alive: list[tuple[Outcome, object]] = []      # (outcome, run)
     for o in outs:
         try:
             art = bench.prepare(o.config)
@@ -176,14 +186,9 @@ def evaluate(task: Task, configs: list[dict], *, timer=None, warmup: int = 1, re
         if first > timeout_s:
             o.status, o.reason = "timeout", f"one call took {first:.3g} s > {timeout_s:g} s"
             continue
-        try:
-            one = timer(run, o.config)
-        except Exception as e:
-            o.status, o.reason = "crash", f"{type(e).__name__}: {e}"
-            continue
-        alive.append((o, run, max(1, min(MAX_BATCH, math.ceil(SAMPLE_S / max(one, 1e-9))))))
+        alive.append((o, run))
     time_rounds(alive, timer, warmup, repeats, timeout_s)
-    for o, _, _ in alive:
+    for o, _ in alive:
         if o.status == "ok" and o.samples:
             o.ms = statistics.median(o.samples) * 1e3
             o.gflops = bench.flops / (o.ms * 1e-3) / 1e9 if o.ms > 0 else None
@@ -193,12 +198,11 @@ def evaluate(task: Task, configs: list[dict], *, timer=None, warmup: int = 1, re
 def time_rounds(alive, timer, warmup: int, repeats: int, timeout_s: float) -> None:
     """Interleaved rounds: every surviving candidate once per round; samples after ``warmup``."""
     for r in range(warmup + repeats):
-        for o, run, n in alive:
+        for o, run in alive:
             if o.status != "ok":
                 continue
-            batch = run if n == 1 else (lambda run=run, n=n: [run() for _ in range(n)])
             try:
-                t = timer(batch, o.config) / n
+                t = timer(run, o.config)
             except Exception as e:
                 o.status, o.reason = "crash", f"{type(e).__name__}: {e}"
                 continue
