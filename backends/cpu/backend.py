@@ -83,12 +83,14 @@ class CpuBackend:
     # -- the search space, for the autotuner ---------------------------------------------
     def space(self, plan, target: Target, workload) -> list[dict]:
         """Config dicts worth timing for ``plan`` at ``workload`` on this host, the default
-        first (``CpuConfig.space``: pure, nothing is compiled)."""
+        first where it fits the workload (``CpuConfig.space``: nothing is compiled; the first
+        call in a process without a cached host description asks LLVM, importing TVM)."""
         kp = make_kernel_plan(plan)
         return [c.as_dict() for c in CpuConfig.space(kp, workload, host(), read_cache_sizes())]
 
     def default_config(self, plan, target: Target, workload) -> dict:
-        """The config ``prepare`` uses when given none, as a dict of every key."""
+        """Every key's default for this host (``CpuConfig.default``): on AVX-512 hosts the config
+        ``prepare`` uses when given none, KV_SPLITS=1."""
         return CpuConfig.default(host()).as_dict()
 
     def fingerprint(self, target: Target) -> dict:
