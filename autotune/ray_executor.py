@@ -4,9 +4,10 @@ One actor per device: by default one per alive node, holding all of its CPUs, so
 measurements never share a machine's cores (``actors=`` asks for a number instead,
 e.g. on a local test instance). Batches of candidates go to whichever actor is idle
 (``ray.wait``, not round-robin); a batch that runs past ``job_timeout_s`` or whose
-actor dies is retried once on another actor (a hung actor is killed and replaced),
-and after that its candidates are recorded as ``timeout`` / ``crash``: one bad
-candidate costs one job, never the run. Actors report the fingerprint of their
+actor dies is retried once on another actor, each candidate alone (a hung actor is
+killed and replaced); a candidate that fails alone too is recorded as ``timeout`` /
+``crash``: one bad
+candidate costs one job (its batch-mates are retried alone), never the run. Actors report the fingerprint of their
 machine; :meth:`RayExecutor.groups` splits the actors by it so a heterogeneous
 cluster tunes each hardware kind for itself, and every record names the worker
 that measured it. The driver alone writes the database. Ahead-of-time GPU builds
@@ -119,7 +120,11 @@ class RayExecutor:
             for ref in done:
                 j, batch, tries, actor, _ = running.pop(ref)
                 try:
-                    results[j] = ray.get(ref)
+                    got = ray.get(ref)
+                    if isinstance(j, tuple):
+                        results[j[0]][j[1]] = got[0]
+                    else:
+                        results[j] = got
                     idle.append(actor)
                 except Exception as e:                                      # the actor died or raised
                     actor = self._replace(actor)
@@ -130,18 +135,22 @@ class RayExecutor:
             for ref, (j, batch, tries, actor, t0) in list(running.items()):
                 if now - t0 > self.job_timeout_s:
                     running.pop(ref)
-                    ray.cancel(ref, force=True)
-                    fresh = self._replace(actor)
+                    fresh = self._replace(actor)               # killing the actor stops its task
                     idle.append(fresh)
                     self._retry_or_fail(queue, results, j, batch, tries, fresh, "timeout",
                                         f"the job ran past {self.job_timeout_s:g} s")
         return [o for j in range(len(jobs)) for o in results[j]]
 
     def _retry_or_fail(self, queue, results, j, batch, tries, actor, status, reason) -> None:
-        if tries == 0 and len(self.actors) > 0:
-            queue.append((j, batch, 1, actor))           # once more, on another actor when there is one
+        """A failed job runs once more on another actor, each of its candidates alone (so the one
+        that failed costs only itself); a candidate that fails alone a second time is recorded."""
+        if tries == 0:
+            results[j] = [None] * len(batch)
+            for i, c in enumerate(batch):
+                queue.append(((j, i), [c], 1, actor))
         else:
-            results[j] = [Outcome(dict(c), status=status, reason=reason + " (twice)") for c in batch]
+            j, i = j
+            results[j][i] = Outcome(dict(batch[0]), status=status, reason=reason + " (twice)")
 
     def _replace(self, actor):
         """Kill an actor and start a new one with the same resources in its place."""
