@@ -68,6 +68,7 @@ class Outcome:
     error: float | None = None            # relative error against the reference
     samples: list = field(default_factory=list)
     worker: str = ""                      # who measured it (executors fill it in)
+    again: bool = False                   # measured a second time beside the default (the final choice)
 
     def to_json(self) -> dict:
         d = {"config": self.config, "status": self.status}
@@ -81,6 +82,8 @@ class Outcome:
             d["error"] = float(f"{self.error:.3g}")
         if self.worker:
             d["worker"] = self.worker
+        if self.again:
+            d["again"] = True
         return d
 
 

@@ -17,7 +17,8 @@ def candidate_table(rec: Record, limit: int | None = None) -> str:
     table = []
     for c in rows[:limit]:
         mark = "*" if c["config"] == rec.winner else ("default" if c["config"] == rec.default else "")
-        why = c["status"] + (f": {c['reason'][:70]}" if c.get("reason") and c["status"] != "ok" else "")
+        why = c["status"] + (f": {c['reason'][:70]}" if c.get("reason") and c["status"] != "ok" else "") \
+            + (" (measured again)" if c.get("again") else "")
         table.append([mark, config_text(c["config"]), _num(c.get("ms")), _num(c.get("gflops")), why])
     return tabulate(table, headers=["", "config", time, "GFLOP/s", "status"], tablefmt="simple")
 
@@ -26,6 +27,8 @@ def summary(rec: Record) -> str:
     how = "measured" if rec.measured else f"ranked by the model {rec.model} (not measured: no such GPU here)"
     sp = rec.speedup
     vs = f", {sp:.2f}x the default ({_num(rec.default_ms)} ms)" if sp else ""
+    if rec.measured:
+        how += f" (the best {sum(1 for c in rec.candidates if c.get('again'))} measured again beside the default)"
     return (f"winner: {config_text(rec.winner)}: {_num(rec.ms)} ms{vs}; {how}; effort {rec.effort}, "
             f"{rec.strategy}, {len(rec.candidates)} candidates in {rec.wall_s:.1f} s")
 

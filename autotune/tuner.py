@@ -196,6 +196,7 @@ def measure_space(task, space, default, effort, executor, timer, progress, strat
         again.append(default)
     final = {config_id(o.config): o for o in executor.evaluate(task, again, **{**how, "repeats": 2 * repeats})}
     for cid, o in final.items():
+        done[cid].again = True
         if o.status == "ok":
             done[cid].ms, done[cid].gflops, done[cid].samples = o.ms, o.gflops, o.samples
         else:
