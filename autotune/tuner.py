@@ -41,6 +41,7 @@ log = logging.getLogger("einattn.autotune")
 
 EFFORTS = ("none", "quick", "full")
 TOP = 3                 # candidates measured again beside the default before choosing
+BATCH = 4               # candidates proposed, built and timed (interleaved) together
 MODEL_TOP = {"quick": 4, "full": 12}     # model-ranked candidates compiled ahead of time
 
 
@@ -173,8 +174,12 @@ def measure_space(task, space, default, effort, executor, timer, progress, strat
     how = dict(timer=timer, repeats=repeats, timeout_s=timeout_s)
     done: dict[tuple, Outcome] = {}
     total = min(limit, len(space))
+    final_repeats = repeats if effort == "quick" else 2 * repeats
     while True:
-        batch = strat.ask(4)
+        if done and not within_budget(done, t0, budget, final_repeats):
+            log.info("einattn: tuning budget of %gs spent after %d candidates", budget, len(done))
+            break
+        batch = strat.ask(BATCH)
         if not batch:
             break
         outs = executor.evaluate(task, batch, **how)
@@ -183,9 +188,6 @@ def measure_space(task, space, default, effort, executor, timer, progress, strat
             done[config_id(o.config)] = o
             if progress:
                 progress(len(done), total, o)
-        if time.perf_counter() - t0 > budget:
-            log.info("einattn: tuning budget of %gs spent after %d candidates", budget, len(done))
-            break
     ok = sorted((o for o in done.values() if o.status == "ok"), key=lambda o: o.ms)
     if not ok:
         return list(done.values()), None, done.get(config_id(default)), strat.name
@@ -194,7 +196,7 @@ def measure_space(task, space, default, effort, executor, timer, progress, strat
     if config_id(default) not in {config_id(c) for c in again} and done.get(config_id(default)) and \
             done[config_id(default)].status == "ok":
         again.append(default)
-    final = {config_id(o.config): o for o in executor.evaluate(task, again, **{**how, "repeats": 2 * repeats})}
+    final = {config_id(o.config): o for o in executor.evaluate(task, again, **{**how, "repeats": final_repeats})}
     for cid, o in final.items():
         done[cid].again = True
         if o.status == "ok":
@@ -207,6 +209,16 @@ def measure_space(task, space, default, effort, executor, timer, progress, strat
     if winner is not None and d is not None and d.status == "ok" and winner.ms >= d.ms:
         winner = d                                     # nothing beat the default
     return list(done.values()), winner, d, strat.name
+
+
+def within_budget(done: dict, t0: float, budget: float, final_repeats: int) -> bool:
+    """Whether one more batch and the final re-measurement fit in what is left of ``budget``, from
+    the mean cost of a candidate so far and the slowest call among the working ones."""
+    spent = time.perf_counter() - t0
+    per = spent / len(done)
+    calls = [o.ms for o in done.values() if o.status == "ok" and o.ms]
+    final = (TOP + 1) * (final_repeats + 3) * (max(calls) if calls else 0.0) / 1e3
+    return spent + BATCH * per + final <= budget
 
 
 def rank_by_model(task, plan, space, default, effort, progress):
