@@ -1,6 +1,8 @@
 """``einattn.compile`` and the callable ``Kernel`` it returns."""
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from einattn.backends import get_backend, parse_target
@@ -88,8 +90,6 @@ class Kernel:
         database (then the shipped records) on the first call with a new bucket; tuned at
         ``self.tune`` effort when no record exists (``autotune.tuner.lookup_or_tune``)."""
         from einattn.autotune.key import shape_bucket
-        from einattn.autotune.measure import Task
-        from einattn.autotune.tuner import lookup_or_tune
         from einattn.backends.base import Workload
         from einattn.compiler import make_kernel_plan
         dtype = next(iter(inputs.values())).dtype if inputs else torch.float32
@@ -99,12 +99,19 @@ class Kernel:
         bucket = (tuple(shape_bucket(self._kp, work, eval_params(self.spec, sizes, self.params)).items()), work.dtype)
         hit = self._tuned.get(bucket)
         if hit is None:
-            task = Task(self.spec, str(self.target), work, tuple(sorted(self.params.items())), self.interpret)
-            rec = lookup_or_tune(task, self.tune, pinned=self.config)
-            options = {"interpret": True} if self.interpret else {}
-            hit = self._tuned[bucket] = (dict(rec.winner),
-                                         self._backend.prepare(self.plan, self.target, dict(rec.winner), **options))
+            with _TUNE_LOCK:                 # two threads meeting a new bucket tune it once
+                hit = self._tuned.get(bucket) or self._tune_bucket(bucket, work)
         return hit[1]
+
+    def _tune_bucket(self, bucket, work) -> tuple:
+        from einattn.autotune.measure import Task
+        from einattn.autotune.tuner import lookup_or_tune
+        task = Task(self.spec, str(self.target), work, tuple(sorted(self.params.items())), self.interpret)
+        rec = lookup_or_tune(task, self.tune, pinned=self.config)
+        options = {"interpret": True} if self.interpret else {}
+        hit = self._tuned[bucket] = (dict(rec.winner),
+                                     self._backend.prepare(self.plan, self.target, dict(rec.winner), **options))
+        return hit
 
     def tuned_configs(self) -> dict:
         """Shape bucket -> the config this kernel runs it with (``tune`` != "none")."""
@@ -137,6 +144,8 @@ def _check_finite_only(reads: dict, inputs: dict, target) -> None:
             f"gives 0 at keys the condition hides. Replace them first (torch.nan_to_num({bad[0]}) for padding), "
             f"or use target='reference'")
 
+
+_TUNE_LOCK = threading.Lock()
 
 # targets whose outputs carry autograd history (they compute with torch operations)
 GRAD_TARGETS = ("reference", "streaming")

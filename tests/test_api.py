@@ -64,8 +64,8 @@ def test_missing_file_is_a_spec_error(tmp_path):
         einattn.load_spec(str(tmp_path / "absent.yaml"))
 
 
-def test_tune_auto_is_unsupported():
-    with pytest.raises(einattn.UnsupportedError, match="autotuner is not built yet"):
+def test_unknown_tune_effort_is_an_error():
+    with pytest.raises(einattn.TuningError, match="tune='auto': expected one of 'none', 'quick', 'full'"):
         einattn.compile("softmax", target="reference", tune="auto")
 
 

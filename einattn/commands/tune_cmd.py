@@ -36,6 +36,8 @@ def add(sub):
     p.add_argument("--address", default=None, help="with --executor ray: the cluster address (default: a "
                                                    "local Ray instance)")
     p.add_argument("--no-store", action="store_true", help="do not write the record to the tuning database")
+    p.add_argument("--if-missing", action="store_true",
+                   help="print the stored record when one exists (yours, then the shipped ones) instead of tuning")
     p.set_defaults(run=run)
 
 
@@ -61,6 +63,15 @@ def run(args) -> int:
     from einattn.ir import bind_sizes
     sizes = bind_sizes(spec, {x.name: tuple(shape[i] for i in x.indices) for x in spec.inputs})
     task = Task(spec, str(t), Workload.of(sizes, dtype), tuple(sorted(parse_params(args.param).items())))
+    if args.if_missing:
+        from einattn.autotune.database import lookup
+        from einattn.autotune.tuner import tuning_key
+        hit = lookup(tuning_key(task))
+        if hit is not None:
+            print(candidate_table(hit))
+            print(summary(hit))
+            print(f"found {hit.id}: not tuned again (--if-missing)")
+            return 0
     ex = executors.create(args.executor, **({"address": args.address} if args.executor == "ray" else {}))
     bar = _progress()
     try:

@@ -29,6 +29,9 @@ def test_tune_prints_the_table_and_stores_the_record(cache, capsys):
     assert "winner: BLOCK_N=" in out and "the default" in out and "measured" in out
     rec = Database(cache / "tuning" / "records.jsonl").records()
     assert len(rec) == 1 and rec[0].id in out
+    assert main(["tune", "causal", "--target", "streaming", "--shape", SHAPE, "--if-missing"]) == 0
+    assert f"found {rec[0].id}: not tuned again" in capsys.readouterr().out
+    assert len(Database(cache / "tuning" / "records.jsonl").records()) == 1
 
 
 def test_cache_list_show_export_import_verify_clear(cache, capsys, tmp_path):
