@@ -9,7 +9,7 @@ that agree with pinned keys, and then either
   executor builds, checks against the float64 reference and times, until the
   strategy is done or the effort's wall budget is spent; the best three and the
   default are then measured again side by side, and a candidate must beat the
-  default there to win; or
+  default there by ``MARGIN`` (3%) to win; or
 - ranks by a model (a GPU target on a machine without that GPU): every candidate
   is scored by the backend's roofline and occupancy model from the plan's resource
   estimates, the best few are compiled ahead of time and scored again with the
@@ -42,6 +42,7 @@ log = logging.getLogger("einattn.autotune")
 EFFORTS = ("none", "quick", "full")
 TOP = 3                 # candidates measured again beside the default before choosing
 BATCH = 4               # candidates proposed, built and timed (interleaved) together
+MARGIN = 0.03           # a candidate must beat the default by this share in the final round to win
 MODEL_TOP = {"quick": 4, "full": 12}     # model-ranked candidates compiled ahead of time
 
 
@@ -206,8 +207,8 @@ def measure_space(task, space, default, effort, executor, timer, progress, strat
     ok = sorted((o for o in (done[c] for c in final) if o.status == "ok"), key=lambda o: o.ms)
     d = done.get(config_id(default))
     winner = ok[0] if ok else None
-    if winner is not None and d is not None and d.status == "ok" and winner.ms >= d.ms:
-        winner = d                                     # nothing beat the default
+    if winner is not None and d is not None and d.status == "ok" and winner.ms >= (1 - MARGIN) * d.ms:
+        winner = d                                     # nothing beat the default beyond noise
     return list(done.values()), winner, d, strat.name
 
 
