@@ -55,6 +55,19 @@ def divisor_params(cascade) -> tuple[str, ...]:
     return tuple(out)
 
 
+def machine_name() -> str:
+    """The CPU's model name as the OS reports it (``/proc/cpuinfo``), for records to name the machine."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def einattn_version() -> str:
     try:
         return metadata.version("einattn")

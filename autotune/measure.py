@@ -70,6 +70,7 @@ class Outcome:
     samples: list = field(default_factory=list)
     worker: str = ""                      # who measured it (executors fill it in)
     again: bool = False                   # measured a second time beside the default (the final choice)
+    vs_default: float | None = None       # median per-round time ratio to the default in that round
 
     def to_json(self) -> dict:
         d = {"config": self.config, "status": self.status}
@@ -85,6 +86,8 @@ class Outcome:
             d["worker"] = self.worker
         if self.again:
             d["again"] = True
+        if self.vs_default is not None:
+            d["vs_default"] = round(self.vs_default, 4)
         return d
 
 

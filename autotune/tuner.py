@@ -8,8 +8,9 @@ that agree with pinned keys, and then either
   spaces, optuna's TPE for larger ones: ``strategy.choose``) proposes batches that the
   executor builds, checks against the float64 reference and times, until the
   strategy is done or the effort's wall budget is spent; the best three and the
-  default are then measured again side by side, and a candidate must beat the
-  default there by ``MARGIN`` (3%) to win; or
+  default are then measured again side by side (at least 7 rounds), and a candidate
+  must beat the default by ``MARGIN`` (3%) in the median of its per-round ratios to
+  the default to win; or
 - ranks by a model (a GPU target on a machine without that GPU): every candidate
   is scored by the backend's roofline and occupancy model from the plan's resource
   estimates, the best few are compiled ahead of time and scored again with the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import logging
+import statistics
 import time
 
 from einattn.backends import get_backend, parse_target
@@ -33,7 +35,7 @@ from einattn.ir import TuningError, UnsupportedError
 
 from .database import Database, Record, lookup
 from .executor import Executor, LocalExecutor
-from .key import TuningKey, einattn_version, shape_bucket
+from .key import TuningKey, einattn_version, machine_name, shape_bucket
 from .measure import Outcome, Task
 from .strategy import EFFORT, choose, config_id, create
 
@@ -144,7 +146,7 @@ def tune(task: Task, *, effort: str = "quick", pinned: dict | None = None, execu
                  wall_s=round(time.perf_counter() - t0, 3),
                  source_sha=source_sha(task, plan, winner.config),
                  extra={"spec_file": str(getattr(task.cascade, "file", "") or ""),
-                        "params": dict(task.params)})
+                        "params": dict(task.params), **({"machine": machine_name()} if measured else {})})
     if store:
         (db or Database()).append(rec)
     return rec
@@ -175,7 +177,7 @@ def measure_space(task, space, default, effort, executor, timer, progress, strat
     how = dict(timer=timer, repeats=repeats, timeout_s=timeout_s)
     done: dict[tuple, Outcome] = {}
     total = min(limit, len(space))
-    final_repeats = repeats if effort == "quick" else 2 * repeats
+    final_repeats = max(repeats, 7) if effort == "quick" else max(2 * repeats, 10)
     while True:
         if done and not within_budget(done, t0, budget, final_repeats):
             log.info("einattn: tuning budget of %gs spent after %d candidates", budget, len(done))
@@ -207,9 +209,20 @@ def measure_space(task, space, default, effort, executor, timer, progress, strat
     ok = sorted((o for o in (done[c] for c in final) if o.status == "ok"), key=lambda o: o.ms)
     d = done.get(config_id(default))
     winner = ok[0] if ok else None
-    if winner is not None and d is not None and d.status == "ok" and winner.ms >= (1 - MARGIN) * d.ms:
-        winner = d                                     # nothing beat the default beyond noise
+    if winner is not None and d is not None and d.status == "ok" and d in ok:
+        # round by round against the default (a slow phase of the machine hits both alike)
+        ratio = {config_id(o.config): paired_ratio(o.samples, d.samples) for o in ok if o is not d}
+        best = min(ratio, key=ratio.get, default=None)
+        winner = done[best] if best is not None and ratio[best] < 1 - MARGIN else d
+        for cid, r in ratio.items():
+            done[cid].vs_default = r
     return list(done.values()), winner, d, strat.name
+
+
+def paired_ratio(samples: list, default: list) -> float:
+    """Median over the rounds of (candidate time / default time in the same round)."""
+    pairs = [a / b for a, b in zip(samples, default) if b > 0]
+    return statistics.median(pairs) if pairs else float("inf")
 
 
 def within_budget(done: dict, t0: float, budget: float, final_repeats: int) -> bool:
