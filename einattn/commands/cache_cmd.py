@@ -9,6 +9,7 @@ stale record; it exits 1 when one is stale or fails.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,8 @@ def add(sub):
     a.add_argument("file", nargs="?", help="a .jsonl of records (default: the shipped records)")
     a.add_argument("--user", action="store_true", help="verify your own database instead")
     a.add_argument("--no-check", action="store_true", help="skip compiling and running the kernels")
+    a.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="processes verifying at once (default: the CPU count, %(default)s)")
     a = act.add_parser("clear", help="delete your tuning records (the shipped ones stay)")
     p.set_defaults(run=run)
 
@@ -69,15 +72,14 @@ def run(args) -> int:
                   + "; ".join(why), file=sys.stderr)
         return 0
     if args.action == "verify":
-        from einattn.autotune.verify import verify
+        from einattn.autotune.verify import verify_all
         if args.file:
             dbs = [database.Database(args.file, readonly=True)]
         else:
             dbs = [db] if args.user else database.shipped()
         recs = [r for d in dbs for r in d.latest()]
         bad = 0
-        for r in recs:
-            v = verify(r, check=not args.no_check)
+        for v in verify_all(recs, check=not args.no_check, jobs=max(1, args.jobs)):
             print(v.line(), flush=True)
             bad += v.status in ("stale", "failed")
         print(f"{len(recs)} record(s): {len(recs) - bad} ok or skipped, {bad} stale or failed")
