@@ -110,12 +110,17 @@ def wall_clock(fn, config) -> float:
     return (time.perf_counter() - t) / n
 
 
-def check_sizes(kp, sizes: dict) -> dict:
+def check_sizes(kp, sizes: dict, interpreted: bool = False) -> dict:
     """The small input every candidate is checked on: the workload's sizes with the query and key
-    lengths cut to ``CHECK_QUERY`` and ``CHECK_KEY`` (compiled-in sizes unchanged: the same build)."""
+    lengths cut to ``CHECK_QUERY`` and ``CHECK_KEY`` (compiled-in sizes unchanged: the same build).
+    In Triton's interpreter (numpy, one program at a time) smaller still: 17 queries, 257 keys
+    (16 parts of 16 keys) and every other runtime size (batch, heads) at most 2."""
     out = dict(sizes)
-    out[kp.query] = min(sizes[kp.query], CHECK_QUERY)
-    out[kp.key] = min(sizes[kp.key], CHECK_KEY)
+    q, k = (17, 257) if interpreted else (CHECK_QUERY, CHECK_KEY)
+    out[kp.query] = min(sizes[kp.query], q)
+    out[kp.key] = min(sizes[kp.key], k)
+    if interpreted:
+        out.update({i: min(v, 2) for i, v in sizes.items() if i not in kp.static and i not in (kp.query, kp.key)})
     return out
 
 
@@ -131,7 +136,7 @@ class Bench:
         self.kp = make_kernel_plan(self.plan)
         self.sizes = task.workload.as_dict()
         self.params = eval_params(c, self.sizes, dict(task.params))
-        self.small = check_sizes(self.kp, self.sizes)
+        self.small = check_sizes(self.kp, self.sizes, interpreted=task.interpret)
         self.small_params = eval_params(c, self.small, dict(task.params))
         dev = task.device
         self.check_inputs = random_inputs(c, self.small, task.dtype, seed=1, device=dev)

@@ -36,6 +36,13 @@ class _Worker:
         self.local = LocalExecutor()
         self.host = socket.gethostname()
 
+    def ready(self) -> str:
+        """Import what a job needs, so that a job's timeout never counts the actor's start."""
+        import torch  # noqa: F401
+
+        from . import measure, tuner  # noqa: F401
+        return self.host
+
     def fingerprint(self, target: str) -> dict:
         from einattn.backends import get_backend, parse_target
 
@@ -67,6 +74,7 @@ class RayExecutor:
         self.job_timeout_s = job_timeout_s
         self._cls = ray.remote(_Worker)
         self.actors = self._start(actors, cpus_per_actor)
+        ray.get([a.ready.remote() for a in self.actors])
         self._fps: dict = {}
 
     def _start(self, count, cpus):
@@ -160,5 +168,6 @@ class RayExecutor:
             pass
         new = self._cls.options(num_cpus=max(1.0, self.ray.cluster_resources().get("CPU", 1) // max(
             1, len(self.actors)))).remote()
+        self.ray.get(new.ready.remote())
         self.actors = [new if a is actor else a for a in self.actors]
         return new

@@ -126,6 +126,8 @@ def tune(task: Task, *, effort: str = "quick", pinned: dict | None = None, execu
         raise TuningError(f"no config of target '{t}' fits this workload with {pinned}")
     if t.kind in ("cuda", "rocm") and not gpu_present(t):
         outs, winner, default_out, how = rank_by_model(task, plan, space, default, effort, progress)
+        estimated = len(outs)
+        outs = kept_candidates(outs, winner, default_out)
         measured, model = False, how
         strat = f"model:{how}"
     else:
@@ -145,7 +147,8 @@ def tune(task: Task, *, effort: str = "quick", pinned: dict | None = None, execu
                  tuned_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  wall_s=round(time.perf_counter() - t0, 3),
                  source_sha=source_sha(task, plan, winner.config),
-                 extra={"spec_file": str(getattr(task.cascade, "file", "") or ""),
+                 extra={**({"estimated_only_dropped": estimated - len(outs)} if not measured else {}),
+                        "spec_file": str(getattr(task.cascade, "file", "") or ""),
                         "params": dict(task.params), **({"machine": machine_name()} if measured else {})})
     if store:
         (db or Database()).append(rec)
@@ -277,6 +280,15 @@ def rank_by_model(task, plan, space, default, effort, progress):
     return scored, winner, d, name or "model"
 
 
+def kept_candidates(outs: list, winner, default, extra: int = 12) -> list:
+    """A model-ranked record keeps the compiled candidates, the default and the next ``extra``
+    best estimates (each record would otherwise carry every estimate of a space of hundreds)."""
+    compiled = [o for o in outs if o.status != "not_measured"]
+    est = sorted((o for o in outs if o.status == "not_measured" and o.ms is not None), key=lambda o: o.ms)
+    keep = {id(o) for o in compiled + est[:extra]} | {id(x) for x in (winner, default) if x is not None}
+    return [o for o in outs if id(o) in keep]
+
+
 def check_in_interpreter(task: Task, config: dict) -> float:
     """Relative error of ``config`` against the reference on the small check input, interpreted."""
     import dataclasses
@@ -289,9 +301,13 @@ def check_in_interpreter(task: Task, config: dict) -> float:
 
 
 def lookup_or_tune(task: Task, effort: str, *, pinned: dict | None = None, db: Database | None = None) -> Record:
-    """The record of ``task``'s key (the user's database, then the shipped records), or a new tune."""
+    """The record of ``task``'s key (the user's database, then the shipped records), or a new tune.
+    A model-ranked record (``measured: false``) is not used where its GPU is present: that GPU is
+    measured instead."""
     key = tuning_key(task)
     rec = lookup(key, db)
+    if rec is not None and not rec.measured and gpu_present(parse_target(task.target)):
+        rec = None                        # a model's ranking is for machines without the GPU: measure here
     if rec is not None and (not pinned or all(rec.winner.get(k) == v for k, v in pinned.items())):
         return rec
     log.warning("einattn: no tuning record of %s on %s for the shape bucket %s: tuning it now (effort %s%s); "

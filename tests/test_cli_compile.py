@@ -28,7 +28,7 @@ def test_compile_writes_files_and_report(tmp_path, capsys, target, suffixes, mar
     assert marker in (out / f"{name}.{suffixes[0]}").read_text()
     assert (out / f"{name}.{suffixes[1]}").read_bytes()[:4] == b"\x7fELF"
     assert "tl.dot" in (out / "kernel.py").read_text()
-    assert rep["config"] == {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
+    assert rep["config"] == {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "KV_SPLITS": 1}
     assert rep["target"]["target"] == target and rep["dtype"] == "float16"
     assert rep["plan"]["passes"] == 1 and rep["plan"]["schedule"][0]["mask"] == "n <= m"
     assert rep["resources"]["shared_memory"] > 0 and rep["resources"]["registers"] > 0
