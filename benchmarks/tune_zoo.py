@@ -46,11 +46,11 @@ def probe() -> float:
 
 
 def sizes_for(spec, shape: dict) -> dict:
-    """The spec's input dims from the standard shape (g, the KV heads of gqa: h / 4; other dims: d)."""
+    """The spec's input dims from the standard shape (g, the KV heads of gqa: h / 4, at least 1; other dims: d)."""
     dims = list(dict.fromkeys(i for t in spec.inputs for i in t.indices))
     out = {}
     for i in dims:
-        out[i] = shape.get(i, shape["h"] // 4 if i == "g" else shape["d"])
+        out[i] = shape.get(i, max(1, shape["h"] // 4) if i == "g" else shape["d"])
     return out
 
 
