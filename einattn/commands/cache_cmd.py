@@ -37,6 +37,14 @@ def add(sub):
 
 
 def run(args) -> int:
+    from einattn.ir import TuningError
+    try:
+        return _run(args)
+    except OSError as e:                  # a file named on the command line: bad input, not a bug
+        raise TuningError(f"{args.action}: {e.strerror or e} ({e.filename or getattr(args, 'file', '')})") from None
+
+
+def _run(args) -> int:
     from einattn.autotune import database, report
     db = database.Database()
     if args.action == "list":

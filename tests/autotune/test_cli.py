@@ -113,3 +113,22 @@ def test_two_tuning_processes_on_one_database_lose_nothing(cache, tmp_path):
     recs = Database(cache / "tuning" / "records.jsonl").records()
     assert sorted(dict(r.key.bucket)["key"] for r in recs) == [2 ** n for n in range(3, 11)]
     assert all(isinstance(r, Record) and r.candidates for r in recs)
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["tune", "softmax", "--target", "reference", "--shape", SHAPE], "nothing to tune"),
+    (["cache", "show", "zzz"], "no record with a key starting 'zzz'"),
+    (["cache", "import", "/nonexistent.jsonl"], "import: No such file or directory"),
+    (["cache", "export", "out.zip"], "name it FILE.jsonl"),
+])
+def test_bad_input_is_one_line_and_exit_2(cache, capsys, argv, phrase):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "TuningError" in err and "Traceback" not in err
+
+
+def test_import_of_a_file_that_is_not_records_names_the_line(cache, capsys, tmp_path):
+    f = tmp_path / "bad.jsonl"
+    f.write_text("not json\n")
+    assert main(["cache", "import", str(f)]) == 2
+    assert f"{f}:1: not a tuning record" in capsys.readouterr().err
