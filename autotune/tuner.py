@@ -271,12 +271,15 @@ def rank_by_model(task, plan, space, default, effort, progress):
     d = next((o for o in scored if config_id(o.config) == config_id(default)), None)
     winner = None
     for o in ok:                                  # the first that the interpreter confirms
-        err = check_in_interpreter(task, o.config)
-        o.error = err
-        if err is None or err <= 2e-2:
+        try:
+            o.error = check_in_interpreter(task, o.config)
+        except Exception as e:                    # a candidate that crashes costs itself only
+            o.status, o.reason = "crash", f"in Triton's interpreter: {type(e).__name__}: {str(e)[:200]}"
+            continue
+        if o.error <= 2e-2:
             winner = o
             break
-        o.status, o.reason = "inaccurate", f"relative error {err:.3g} in Triton's interpreter"
+        o.status, o.reason = "inaccurate", f"relative error {o.error:.3g} in Triton's interpreter"
     return scored, winner, d, name or "model"
 
 
