@@ -28,7 +28,8 @@ def summary(rec: Record) -> str:
     sp = rec.speedup
     vs = f", {sp:.2f}x the default ({_num(rec.default_ms)} ms)" if sp else ""
     if rec.measured:
-        how += f" (the best {sum(1 for c in rec.candidates if c.get('again'))} measured again beside the default)"
+        again = sum(1 for c in rec.candidates if c.get("again") and c["config"] != rec.default)
+        how += f" (the best {again} measured again beside the default)"
     return (f"winner: {config_text(rec.winner)}: {_num(rec.ms)} ms{vs}; {how}; effort {rec.effort}, "
             f"{rec.strategy}, {len(rec.candidates)} candidates in {rec.wall_s:.1f} s")
 

@@ -35,6 +35,9 @@ def add(sub):
                    help="local: this process; ray: spread over a Ray cluster (the `ray` extra)")
     p.add_argument("--address", default=None, help="with --executor ray: the cluster address (default: a "
                                                    "local Ray instance)")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="with --executor local: build each batch's kernels in this many processes first "
+                        "(default %(default)s: build while measuring)")
     p.add_argument("--no-store", action="store_true", help="do not write the record to the tuning database")
     p.add_argument("--if-missing", action="store_true",
                    help="print the stored record when one exists (yours, then the shipped ones) instead of tuning")
@@ -72,7 +75,8 @@ def run(args) -> int:
             print(summary(hit))
             print(f"found {hit.id}: not tuned again (--if-missing)")
             return 0
-    ex = executors.create(args.executor, **({"address": args.address} if args.executor == "ray" else {}))
+    ex = executors.create(args.executor, **({"address": args.address} if args.executor == "ray" else
+                                            {"jobs": args.jobs}))
     bar = _progress()
     try:
         recs = tune_each(task, ex, effort=args.effort, pinned=parse_assignments(args.config, "config", False),

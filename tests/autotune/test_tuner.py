@@ -145,3 +145,14 @@ def test_lookup_falls_back_to_the_shipped_records(tmp_path, monkeypatch):
     monkeypatch.setattr(database, "shipped", lambda: [Database(tmp_path / "shipped.jsonl", readonly=True)])
     monkeypatch.setattr(tuner, "tune", lambda *a, **kw: pytest.fail("the shipped record must be used"))
     assert lookup_or_tune(t, "quick", db=Database(tmp_path / "user.jsonl")).winner == rec.winner
+
+
+def test_builds_in_worker_processes_then_times_here(tmp_path):
+    from einattn.autotune.executor import LocalExecutor
+    ex = LocalExecutor(jobs=2)
+    try:
+        rec = tune(task(), effort="quick", executor=ex, timer=fake_clock({128: 1e-4}),
+                   db=Database(tmp_path / "r.jsonl"))
+    finally:
+        ex.close()
+    assert rec.winner == {"BLOCK_N": 128} and all(c["status"] == "ok" for c in rec.candidates)
