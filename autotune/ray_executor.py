@@ -18,6 +18,7 @@ on the others, then ``einattn tune SPEC ... --executor ray --address HEAD:6379``
 """
 from __future__ import annotations
 
+import copy
 import socket
 import time
 
@@ -75,7 +76,6 @@ class RayExecutor:
         self._cls = ray.remote(_Worker)
         self.actors = self._start(actors, cpus_per_actor)
         ray.get([a.ready.remote() for a in self.actors])
-        self._fps: dict = {}
 
     def _start(self, count, cpus):
         ray = self.ray
@@ -104,9 +104,8 @@ class RayExecutor:
             by.setdefault(tuple(sorted(fp.items())), []).append(a)
         out = []
         for fp, actors in by.items():
-            sub = object.__new__(RayExecutor)
-            sub.ray, sub.job_timeout_s, sub._cls, sub.actors, sub._fps = (self.ray, self.job_timeout_s, self._cls,
-                                                                        actors, {})
+            sub = copy.copy(self)            # the same cluster and settings, these actors only
+            sub.actors = actors
             out.append((dict(fp), sub))
         return out
 

@@ -79,7 +79,6 @@ def import_records(db: Database, path: Path) -> tuple[list[Record], list[tuple[R
                     kernels += name.suffix != ".json"
     else:
         text = path.read_text()
-    src = Database(path)
     src_records = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
@@ -87,7 +86,6 @@ def import_records(db: Database, path: Path) -> tuple[list[Record], list[tuple[R
                 src_records.append(Record.from_json(json.loads(line)))
             except (ValueError, KeyError, TypeError) as e:
                 raise TuningError(f"{path}:{n}: not a tuning record ({type(e).__name__}: {e})") from None
-    del src
     have = {json.dumps(r.to_json(), sort_keys=True) for r in db.records()}
     good, refused = [], []
     for r in src_records:

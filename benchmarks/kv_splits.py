@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 
 import torch
 
@@ -25,7 +24,7 @@ def main() -> int:
     import einattn
     from einattn.backends.torch.check import random_inputs
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from tune_zoo import probe, sizes_for
+    from tune_zoo import interleaved, probe, sizes_for
     shape = {k: int(v) for k, v in (p.split("=") for p in args.shape.split(","))}
     base = {k: int(v) for k, v in (p.split("=") for p in args.config.split(","))} if args.config else {}
     splits = [int(s) for s in args.splits.split(",")]
@@ -39,15 +38,7 @@ def main() -> int:
         sizes = sizes_for(spec, shape)
         x = random_inputs(spec, sizes, torch.float32)
         ks = [einattn.compile(spec, target="cpu", config={**base, "KV_SPLITS": s}) for s in splits]
-        times = [[] for _ in ks]
-        for k in ks:
-            k(**x)
-        for r in range(args.rounds):
-            order = list(enumerate(ks)) if r % 2 == 0 else list(enumerate(ks))[::-1]
-            for i, k in order:
-                t = time.perf_counter()
-                k(**x)
-                times[i].append(time.perf_counter() - t)
+        times = interleaved([lambda k=k: k(**x) for k in ks], args.rounds)
         med = [statistics.median(t) * 1e3 for t in times]
         print(f"| {name} | " + " | ".join(f"{m:.3f}" for m in med) + " | " +
               " | ".join(f"{med[0] / m:.2f}x" for m in med[1:]) + " |", flush=True)

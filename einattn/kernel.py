@@ -80,12 +80,12 @@ class Kernel:
         params = eval_params(c, sizes, self.params)
         _check_grouped_reads(self._grouped, sizes, params)
         _check_finite_only(self._finite_only, inputs, self.target)
-        artifact = self._artifact if self.tune == "none" else self._tuned_artifact(inputs, sizes)
+        artifact = self._artifact if self.tune == "none" else self._tuned_artifact(inputs, sizes, params)
         outs = self._backend.launch(artifact, inputs, sizes, params)
         res = tuple(outs[o] for o in c.outputs)
         return res[0] if len(res) == 1 else res
 
-    def _tuned_artifact(self, inputs: dict, sizes: dict):
+    def _tuned_artifact(self, inputs: dict, sizes: dict, params: dict):
         """The artifact of the tuned config of this call's shape bucket: looked up in the tuning
         database (then the shipped records) on the first call with a new bucket; tuned at
         ``self.tune`` effort when no record exists (``autotune.tuner.lookup_or_tune``)."""
@@ -96,7 +96,7 @@ class Kernel:
         work = Workload.of(sizes, dtype)
         if self._kp is None:
             self._kp = make_kernel_plan(self.plan)
-        bucket = (tuple(shape_bucket(self._kp, work, eval_params(self.spec, sizes, self.params)).items()), work.dtype)
+        bucket = (tuple(shape_bucket(self._kp, work, params).items()), work.dtype)
         hit = self._tuned.get(bucket)
         if hit is None:
             with _TUNE_LOCK:                 # two threads meeting a new bucket tune it once

@@ -96,10 +96,10 @@ class CpuBackend:
     def kernel_source(self, plan, target: Target, config: dict, workload) -> str:
         """The TVMScript source of ``config`` at the workload's compiled-in sizes (what a tuning
         record's ``source_sha`` hashes); nothing is built."""
-        from .render import render
+        from .build import build_source
         art = self.prepare(plan, target, config)
         sizes = workload.as_dict()
-        return render(art.kp, art.config, {i: int(sizes[i]) for i in art.static}, host().fp32_lanes)
+        return build_source(art, {i: int(sizes[i]) for i in art.static})
 
     def fingerprint(self, target: Target) -> dict:
         """The named facts that change the generated code or its speed (keys tuning records)."""

@@ -2,24 +2,14 @@
 from __future__ import annotations
 
 import json
-import platform
-from pathlib import Path
+
+from einattn.autotune.key import machine_name
 
 
 def add(sub):
     p = sub.add_parser("targets", help="list GPU hardware targets and the detected host")
     p.add_argument("--json", action="store_true", help="print JSON (with each number's source)")
     p.set_defaults(run=run)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def detect_host() -> dict:
@@ -35,7 +25,7 @@ def detect_host() -> dict:
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    return {"cpu": cpu_model(), "gpu": gpu, "triton": triton_version,
+    return {"cpu": machine_name(), "gpu": gpu, "triton": triton_version,
             "run_hint": None if gpu else "no CUDA/ROCm device visible: GPU targets compile ahead of time; "
                                          "run them with interpret=True or EINATTN_INTERPRET=1"}
 
