@@ -72,16 +72,20 @@ class Backend(Protocol):
     def launch(self, artifact, inputs: dict, sizes: dict, params: dict) -> dict: ...
 
 
-def check_config(backend_name: str, config: dict, allowed: dict[str, type]) -> dict:
-    """Reject unknown or ill-typed config keys instead of ignoring them."""
+def check_config(backend_name: str, config: dict, allowed: dict[str, type], auto: tuple[str, ...] = ()) -> dict:
+    """Reject unknown or ill-typed config keys instead of ignoring them. Ints must be positive,
+    except the keys in ``auto``, where 0 means "chosen per call"; a ``str`` key takes text."""
     out = {}
     for k, v in (config or {}).items():
         if k not in allowed:
             raise UnsupportedError(f"config key {k!r} is not understood by the {backend_name} backend; "
                                    f"it accepts: {', '.join(allowed) or 'no keys'}")
-        if not isinstance(v, allowed[k]) or isinstance(v, bool) or (isinstance(v, int) and v < 1):
-            raise UnsupportedError(f"config {k}={v!r} for the {backend_name} backend must be a positive "
-                                   f"{allowed[k].__name__}")
+        if allowed[k] is str:
+            if not isinstance(v, str):
+                raise UnsupportedError(f"config {k}={v!r} for the {backend_name} backend must be text")
+        elif not isinstance(v, allowed[k]) or isinstance(v, bool) or (isinstance(v, int) and v < (0 if k in auto else 1)):
+            least = "an int >= 0 (0: chosen per call)" if k in auto else f"a positive {allowed[k].__name__}"
+            raise UnsupportedError(f"config {k}={v!r} for the {backend_name} backend must be {least}")
         out[k] = v
     return out
 
