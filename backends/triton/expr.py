@@ -39,6 +39,10 @@ class Printer(ExprPrinter):
         neg_inf: per input and statement, (may be -inf, may be +inf); the renderer
             updates it as statements are specialised (not to be confused with the
             constant text ``NEG_INF``).
+        per_row: grid indices that vary along the rows of a tile (the decode program's
+            packed heads): index -> the [BLOCK_M] variable of each row's coordinate.
+        shared: print a read shared by every row of the tile (the decode program's key-side
+            reads): ``per_row`` indices take the first row's coordinate ``idx_<index>``.
     """
     cascade: Cascade
     roles: dict[str, str]
@@ -46,6 +50,8 @@ class Printer(ExprPrinter):
     rows: set[str] = field(default_factory=set)
     hoist: dict[str, str] | None = None
     key_mask: bool = True
+    per_row: dict[str, str] = field(default_factory=dict)
+    shared: bool = False
 
     TARGET = "Triton"
     FOLD_CONSTANTS = True         # literals are Python floats in the source: fold, don't compute
@@ -71,7 +77,10 @@ class Printer(ExprPrinter):
             raise UnsupportedError(f"index '{index}' has no role in the tile program (expected one of "
                                    f"{sorted(self.roles)})")
         if role == "grid":
-            return f"idx_{index}" if div is None else f"(idx_{index} // p_{div})"
+            var = f"idx_{index}"
+            if index in self.per_row and not self.shared:
+                var = self.per_row[index] if ctx == "row" and load_axis is None else f"{self.per_row[index]}[:, None]"
+            return var if div is None else f"({var} // p_{div})"
         if div is not None:
             raise UnsupportedError(f"'{index} // {div}': only grid indices (batch, heads) may be divided")
         if role == "query":
@@ -149,7 +158,8 @@ class Printer(ExprPrinter):
             if self.hoist is not None and not has_key:
                 code = self.load(e, "row" if ctx == "tile" else ctx)
                 var = self.hoist.setdefault(code, f"ld_{name}_{len(self.hoist)}")
-                if ctx == "tile" and any(self.roles.get(s.index) == "query" for s in subs):
+                if ctx == "tile" and any(self.roles.get(s.index) == "query" or s.index in self.per_row
+                                         for s in subs):
                     return f"{var}[:, None]"
                 return var
             return self.load(e, ctx)

@@ -149,9 +149,12 @@ class _Body:
         return " * ".join(factors)
 
     def cached_load(self, read: Expr, axes: dict[str, str], prefix: str) -> str:
+        """A key-side tile (the score's key operand, a value read): one load for every row."""
         if read not in self.kb:
             var = f"{prefix}{len(self.kb)}"
+            self.r.printer.shared = True
             self.lines.append(f"{var} = {self.r.printer.load(read, 'tile', axes, cast=False)}")
+            self.r.printer.shared = False
             self.kb[read] = var
         return self.kb[read]
 
@@ -201,6 +204,10 @@ class _Body:
 
 
 class Renderer:
+    """The tile program: one program per query tile of BLOCK_M rows and grid slice."""
+    TEMPLATE = TEMPLATE
+    QUERY_SPAN = "BLOCK_M"        # query rows of one row block (the decode program's differ from its rows)
+
     def __init__(self, kp: KernelPlan):
         self.kp = kp
         self.roles = dict(kp.roles)
@@ -271,7 +278,7 @@ class Renderer:
         if any(cn == 0 for _, cn, _, _ in parsed):
             return False
         lines.append("m_lo = start_m")
-        lines.append("m_hi = tl.minimum(start_m + BLOCK_M, size_m) - 1")
+        lines.append(f"m_hi = tl.minimum(start_m + {self.QUERY_SPAN}, size_m) - 1")
         bound = {"hull_lo": [], "hull_hi": [], "full_lo": [], "full_hi": []}
         for k, (cm, cn, const, op) in enumerate(parsed):
             lo_m, hi_m = ("m_lo", "m_hi") if cm >= 0 else ("m_hi", "m_lo")
@@ -346,7 +353,7 @@ class Renderer:
         t, f = tile_decision(kpass.mask, leaf, lambda a, b: f"({a} & {b})", lambda a, b: f"({a} | {b})")
         lines.append(f"tile_full = {t} & (start_n + BLOCK_N <= size_n)")
         lines.append(f"tile_empty = {f}")
-        view.bounds += ["m_lo = start_m", "m_hi = tl.minimum(start_m + BLOCK_M, size_m) - 1",
+        view.bounds += ["m_lo = start_m", f"m_hi = tl.minimum(start_m + {self.QUERY_SPAN}, size_m) - 1",
                         "lo = 0", "hi = size_n"]
 
     def pass_view(self, kpass: KernelPass) -> PassView:
@@ -429,14 +436,14 @@ class Renderer:
         return out
 
     # -- the whole kernel ------------------------------------------------------------
-    def render(self, split: bool = False) -> Rendered:
-        kp, c, pr = self.kp, self.kp.cascade, self.printer
+    def args(self, split: bool) -> tuple[list[Arg], tuple]:
+        """The kernel arguments (and, split, the workspaces: (state, its value index or None))."""
+        kp, c = self.kp, self.kp.cascade
         args: list[Arg] = []
         for t in c.inputs:
             args.append(Arg(f"{t.name}_ptr", "ptr", t.name))
             args += [Arg(f"stride_{t.name}_{j}", "stride", t.name, j) for j in range(len(t.indices))]
-        outputs = list(kp.outputs)          # per row: checked by the capabilities
-        for o, dims in outputs:
+        for o, dims in kp.outputs:          # per row: checked by the capabilities
             args.append(Arg(f"{o}_ptr", "ptr", o))
             args += [Arg(f"stride_{o}_{j}", "stride", o, j) for j in range(len(dims))]
         for i in (*kp.grid, kp.query, kp.key):
@@ -450,12 +457,17 @@ class Renderer:
             workspaces = tuple((op.name, op.value_index if op.kind is Kind.VALUE else None)
                                for op in kp.passes[0].state)
             args += [Arg(f"ws_{w}_ptr", "workspace", w) for w, _ in workspaces]
-        feats = (*kp.contract, *kp.value)
-        constexprs = tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
-                           + ["DOT_PRECISION"] + (["KV_SPLITS"] if split else []))
+        return args, workspaces
 
+    def constexprs(self, split: bool) -> tuple[str, ...]:
+        feats = (*self.kp.contract, *self.kp.value)
+        return tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
+                     + ["DOT_PRECISION"] + (["KV_SPLITS"] if split else []))
+
+    def grid_lines(self) -> list[str]:
         # grid coordinates in 64 bits: (batch, head) offsets reach past 2**31 elements in large
         # tensors; offsets inside one (batch, head) slice stay 32-bit (checked at launch)
+        kp = self.kp
         grid_lines, rest = [], "pid_g.to(tl.int64)"
         for j, g in enumerate(reversed(kp.grid)):
             if j == len(kp.grid) - 1:
@@ -464,6 +476,12 @@ class Renderer:
                 grid_lines.append(f"idx_{g} = {rest} % size_{g}")
                 grid_lines.append(f"rest_{j} = {rest} // size_{g}")
                 rest = f"rest_{j}"
+        return grid_lines
+
+    def parts(self, split: bool) -> dict:
+        """What the template lays out (every name it reads)."""
+        kp, c, pr = self.kp, self.kp.cascade, self.printer
+        args, workspaces = self.args(split)
         qa_lines = []
         for op in kp.scores:
             if op.query_read not in self.qa:
@@ -473,7 +491,7 @@ class Renderer:
         prologue = [f"r_{op.name} = {self.row_value(op)}" for op in kp.prologue]
         passes = [self.pass_view(p) for p in kp.passes]
         stores = []
-        for o, dims in outputs:
+        for o, dims in kp.outputs:
             ctx = self.row_ctx(dims)
             offs = [f"{o}_ptr"] + [f"{pr.coord(i, ctx)} * stride_{o}_{j}" for j, i in enumerate(dims)]
             masks = [pr.mask_of(i, ctx) for i in dims]
@@ -485,22 +503,26 @@ class Renderer:
         combine_name = f"einattn_{_ident(c.name)}_combine" if split else ""
         split_parts = {"ws_stores": self.ws_stores(kp.passes[0]), "merge_lines": self.merge_lines(kp.passes[0])} \
             if split else {}
+        return dict(name=name, spec=c.name, structural_hash=c.structural_hash(), args=args,
+                    constexprs=self.constexprs(split), grid=kp.grid, grid_lines=self.grid_lines(), query=kp.query,
+                    key=kp.key, contract=kp.contract, value=kp.value, qa_lines=qa_lines, prologue=prologue,
+                    passes=passes, stores=stores, n_passes=len(passes), split=split, combine_name=combine_name,
+                    workspaces=workspaces, **split_parts)
+
+    def render(self, split: bool = False) -> Rendered:
+        kp = self.kp
+        parts = self.parts(split)
         from jinja2 import Environment, StrictUndefined
         env = Environment(undefined=StrictUndefined, keep_trailing_newline=True, trim_blocks=True,
                           lstrip_blocks=True)
-        text = template_source()
-        src = env.from_string(text).render(
-            name=name, spec=c.name, structural_hash=c.structural_hash(), args=args, constexprs=constexprs,
-            grid=kp.grid, grid_lines=grid_lines, query=kp.query, key=kp.key, contract=kp.contract,
-            value=kp.value, qa_lines=qa_lines, prologue=prologue, passes=passes, stores=stores,
-            n_passes=len(passes), split=split, combine_name=combine_name, **split_parts)
-        return Rendered(src, name, tuple(args), constexprs, kp.grid, kp.query, kp.key, kp.contract,
-                        kp.value, tuple(outputs), combine_name, workspaces)
+        src = env.from_string(template_source(self.TEMPLATE)).render(**parts)
+        return Rendered(src, parts["name"], tuple(parts["args"]), parts["constexprs"], kp.grid, kp.query, kp.key,
+                        kp.contract, kp.value, tuple(kp.outputs), parts["combine_name"], parts["workspaces"])
 
 
-@functools.lru_cache(maxsize=1)
-def template_source() -> str:
-    return importlib.resources.files("einattn.templates").joinpath(*TEMPLATE).read_text()
+@functools.lru_cache(maxsize=4)
+def template_source(which: tuple[str, str] = TEMPLATE) -> str:
+    return importlib.resources.files("einattn.templates").joinpath(*which).read_text()
 
 
 def template_hash() -> str:
