@@ -16,7 +16,14 @@ and otherwise raises :class:`BackendUnavailable` saying how to run it.
 
 ``KV_SPLITS = S > 1`` (one-pass plans, ``compiler.splits``) launches S programs per
 row block, each over its own part of the keys, then a combine kernel that merges
-their fp32 states from a workspace and stores the outputs. ``space``,
+their fp32 states from a workspace and stores the outputs.
+
+Two programs (``PROGRAM``): the tile program (query tiles of BLOCK_M rows) and the
+decode program (``backends/triton/decode.py``: the rows of PACK heads that read the
+same K/V rows packed into one row block). With "auto" (the default) each call takes
+the one ``compiler.decode.choose_program`` names for its query length; ``PACK`` and
+``KV_SPLITS`` left at 0 are chosen per call (:func:`decode.resolve`). Each program is
+rendered once per artifact, when a call first needs it. ``space``,
 ``default_config`` and ``model_time`` serve the tuner: the configs worth trying
 (nothing compiled) and a predicted time from the compiled kernel's resources
 (``model.predict``).
@@ -36,6 +43,7 @@ from pathlib import Path
 import torch
 
 from einattn.compiler.capabilities import Capabilities, check_capabilities
+from einattn.compiler.decode import pack_refusal, packing
 from einattn.compiler.kernel_plan import Kind, KernelPlan, make_kernel_plan
 from einattn.compiler.splits import split_refusal
 from einattn.ir import BackendUnavailable, EinattnError, UnsupportedError
@@ -43,11 +51,13 @@ from einattn.ir import BackendUnavailable, EinattnError, UnsupportedError
 from ..base import INDEX_LIMIT, Target, Workload, complete_params, hidden_nonfinite, span, with_statistics
 from .abi import constexpr_values, dot_precision, output_dtype, workspace_shapes
 from .aot import check_slice_offsets, compile_kernel
-from .config import TritonConfig, check_compiled, check_config, parse_config
+from .config import TritonConfig, _params, check_compiled, check_config, parse_config
+from .decode import describe_program, launch_grid, render_program, resolve
+from .decode import workspace_shapes as decode_workspace_shapes
 from .hardware import HardwareTarget, load_target
 from .loader import interpreting, load_kernel, write_source
 from .model import predict
-from .render import Rendered, render, template_hash
+from .render import Rendered, template_hash
 
 MAX_VALUE_WIDTHS = 4      # one [BLOCK_M, BLOCK_e] accumulator each (counted by config.estimate); tested with 2
 
@@ -63,6 +73,8 @@ class TritonArtifact:
     path: Path
     compiled: dict = field(default_factory=dict)     # (constexprs, dtypes) -> CompiledKernel
     visit_all: "TritonArtifact | None" = None         # the variant that skips no key tile, on demand
+    program: str = "tile"                             # what ``rendered`` is: "tile" | "decode"
+    variants: dict = field(default_factory=dict)      # concrete config -> the artifact a call runs
 
     def for_inputs(self, inputs: dict) -> "TritonArtifact":
         """This artifact, or its variant that visits every key tile (see ``hidden_nonfinite``)."""
@@ -70,10 +82,29 @@ class TritonArtifact:
             return self
         if self.visit_all is None:
             kp = self.plan.visiting_all()
-            r = render(kp, split=self.rendered.split)
+            r = render_program(kp, self.program, split=self.rendered.split)
             self.visit_all = dataclasses.replace(self, plan=kp, rendered=r, path=write_source(r.source),
-                                                 compiled={})
+                                                 compiled={}, variants={})
         return self.visit_all
+
+    def at(self, sizes: dict, params: dict | None = None) -> "TritonArtifact":
+        """The artifact a call at ``sizes`` runs: the program and the concrete config
+        (:func:`decode.resolve`: PROGRAM, PACK and KV_SPLITS fixed), rendered once per program."""
+        cfg, _ = resolve(self.plan, self.config, sizes, _params(self.plan, sizes, params), self.hardware)
+        if cfg == self.config:
+            return self
+        if cfg not in self.variants:
+            split = cfg.KV_SPLITS > 1
+            same = [a for a in (self, *self.variants.values())
+                    if a.program == cfg.PROGRAM and a.rendered.split == split]
+            if same:
+                r, path = same[0].rendered, same[0].path
+            else:
+                r = render_program(self.plan, cfg.PROGRAM, split)
+                path = write_source(r.source)
+            self.variants[cfg] = dataclasses.replace(self, rendered=r, path=path, config=cfg, program=cfg.PROGRAM,
+                                                     compiled={}, visit_all=None, variants={})
+        return self.variants[cfg]
 
     @property
     def source(self) -> str:
@@ -90,10 +121,10 @@ def device_kind() -> str | None:
 class TritonBackend:
     """``cuda[:sm_80|sm_90|...]`` and ``rocm[:gfx90a|gfx942]`` through Triton.
 
-    Config keys: BLOCK_M, BLOCK_N, num_warps, num_stages, KV_SPLITS.
+    Config keys: BLOCK_M, BLOCK_N, num_warps, num_stages, KV_SPLITS, PROGRAM, PACK (``TritonConfig``).
     """
     name = "triton"
-    config_keys = ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages", "KV_SPLITS")
+    config_keys = TritonConfig.__slots__
     # per-row values and outputs carry grid, query and value indices ([BLOCK_M] or
     # [BLOCK_M, BLOCK_e] blocks); contraction indices live only inside tl.dot
     capabilities = Capabilities(max_value_indices=MAX_VALUE_WIDTHS, row_reductions=True, outputs_need_query=True,
@@ -113,14 +144,26 @@ class TritonBackend:
         if cfg.KV_SPLITS > 1 and (why := split_refusal(kp)) is not None:
             raise UnsupportedError(f"config KV_SPLITS={cfg.KV_SPLITS} for target {target}: {why}; "
                                    f"use KV_SPLITS=1 (the default) for this spec")
-        rendered = render(kp, split=cfg.KV_SPLITS > 1)
+        if cfg.PACK > 1 and cfg.PROGRAM == "tile":
+            raise UnsupportedError(f"config PACK={cfg.PACK} with PROGRAM='tile' for target {target}: only the "
+                                   f"decode program packs heads; use PROGRAM='decode' (or 'auto') or PACK=1")
+        if cfg.PACK > 1 and packing(kp).index is None:          # refused at any sizes
+            raise UnsupportedError(f"config {pack_refusal(kp, cfg.PACK, {}, {})}")
+        program = "decode" if cfg.PROGRAM == "decode" else "tile"
+        rendered = render_program(kp, program, split=cfg.KV_SPLITS > 1)
         check_config(kp, cfg, hw, sizes=None, dtype=None)
         return TritonArtifact(kp, rendered, Target(target.kind, hw.arch), hw, cfg, bool(interpret),
-                              write_source(rendered.source))
+                              write_source(rendered.source), program=program)
+
+    def describe(self, artifact: TritonArtifact, sizes: dict, params: dict | None = None) -> str:
+        """Which program a call at ``sizes`` gets, why, and its layout (for ``einattn explain``)."""
+        return describe_program(artifact.plan, artifact.config, sizes, _params(artifact.plan, sizes, params),
+                                artifact.hardware)
 
     # -- ahead of time --------------------------------------------------------------
     def build(self, artifact: TritonArtifact, sizes: dict, dtype: torch.dtype = torch.float16):
         """Compile for the artifact's architecture at these sizes (head dims) and input dtype."""
+        artifact = artifact.at(sizes)
         check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=dtype)
         check_slice_offsets(artifact, sizes)
         key = (tuple(sorted(constexpr_values(artifact.rendered, sizes, artifact.config, "").items())), dtype)
@@ -151,6 +194,7 @@ class TritonBackend:
                     f"to inspect the compiled code use `einattn compile SPEC --target {artifact.target} --out DIR`")
             device = torch.device("cuda")
         params = complete_params(artifact.plan.cascade, sizes, params)
+        artifact = artifact.at(sizes, params)
         x = with_statistics(artifact.plan, check_inputs(artifact, inputs, device), sizes, params)
         compute = dot_dtype(artifact.plan, x)
         dts = [t.dtype for t in x.values()]
@@ -169,8 +213,9 @@ class TritonBackend:
         ws = {}
         if r.split:
             # every element a part can read is written by its part first (masked rows are read masked)
-            ws = {w: torch.empty(s, dtype=torch.float32, device=device)
-                  for w, s in workspace_shapes(r, sizes, artifact.config).items()}
+            shapes = decode_workspace_shapes(r, artifact.plan, sizes, artifact.config) \
+                if artifact.program == "decode" else workspace_shapes(r, sizes, artifact.config)
+            ws = {w: torch.empty(s, dtype=torch.float32, device=device) for w, s in shapes.items()}
         for a in r.args:
             if a.kind == "workspace":
                 args.append(ws[a.of])
@@ -187,10 +232,8 @@ class TritonBackend:
         ce = constexpr_values(r, sizes, artifact.config, dot_precision(dts))
         if not artifact.interpret:
             check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=compute)
-        grid_n = 1
-        for g in r.grid:
-            grid_n *= int(sizes[g])
-        grid = (triton_cdiv(sizes[r.query], artifact.config.BLOCK_M), grid_n)
+        grid = launch_grid(artifact.plan, artifact.config, sizes)
+        grid_n = grid[1]
         if sizes[r.query] == 0 or grid_n == 0:
             return outs
         check_offsets(artifact, x, outs, grid_n)
@@ -220,12 +263,18 @@ class TritonBackend:
         return [c.to_json() for c in TritonConfig.space(kp, workload, load_target(target))]
 
     def default_config(self, plan, target: Target, workload: Workload) -> dict:
-        """The config used when none is given (every key, KV_SPLITS=1)."""
-        return TritonConfig().to_json()
+        """The config used when none is given, as it resolves at ``workload`` (every key explicit:
+        the program ``choose_program`` names, PACK and KV_SPLITS as ``decode.resolve`` chooses them)."""
+        kp = make_kernel_plan(plan)
+        sizes = workload.as_dict()
+        if kp.query not in sizes:
+            return dataclasses.replace(TritonConfig(), PROGRAM="tile", PACK=1, KV_SPLITS=1).to_json()
+        return resolve(kp, TritonConfig(), sizes, _params(kp, sizes, None), load_target(target))[0].to_json()
 
     def kernel_source(self, plan, target: Target, config: dict, workload: Workload) -> str:
-        """The generated source of ``config`` (what a tuning record's ``source_sha`` hashes)."""
-        return self.prepare(plan, target, config).source
+        """The generated source of the program ``config`` runs at ``workload`` (what a tuning record's
+        ``source_sha`` hashes)."""
+        return self.prepare(plan, target, config).at(workload.as_dict()).source
 
     def fingerprint(self, target: Target) -> dict:
         """What a tuning record for ``target`` was measured against: a change to any of these
@@ -244,10 +293,13 @@ class TritonBackend:
             hw = load_target(target)
             cfg, kp = parse_config(config, hw), make_kernel_plan(plan)
             check_capabilities(kp, self.capabilities, target.kind)
+            sizes = workload.as_dict()
+            cfg = resolve(kp, cfg, sizes, _params(kp, sizes, None), hw)[0]
             cfg.validate(hw, kp, workload)
             return predict(kp, cfg, workload, hw)
-        art = self.prepare(plan, target, config)
-        hw, sizes = art.hardware, workload.as_dict()
+        sizes = workload.as_dict()
+        art = self.prepare(plan, target, config).at(sizes)
+        hw = art.hardware
         art.config.validate(hw, art.plan, workload)
         dtype = getattr(torch, workload.dtype)
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from einattn.compiler import decode as plan_decode
 from einattn.compiler.kernel_plan import Kind, KernelPlan
 from einattn.compiler.splits import split_refusal
 from einattn.ir import UnsupportedError
@@ -24,11 +25,21 @@ from .hardware import MAX_HEAD_DIM, HardwareTarget
 
 @dataclass(frozen=True, slots=True)
 class TritonConfig:
+    """One config of the Triton kernels.
+
+    ``BLOCK_M``: query rows per program of the tile program; the most rows of a decode row block.
+    ``KV_SPLITS``: parts of the key loop (0: chosen per call, 1 for the tile program and
+    ``compiler.decode.split_count`` over the target's SMs for the decode program).
+    ``PROGRAM``: "tile", "decode" or "auto" (``compiler.decode.choose_program`` per call).
+    ``PACK``: heads per decode row block (0: ``compiler.decode.pack_size`` per call).
+    """
     BLOCK_M: int = 64
     BLOCK_N: int = 64
     num_warps: int = 4
     num_stages: int = 2
-    KV_SPLITS: int = 1
+    KV_SPLITS: int = 0
+    PROGRAM: str = "auto"
+    PACK: int = 0
 
     def to_json(self) -> dict:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -46,6 +57,9 @@ class TritonConfig:
             raise UnsupportedError(f"KV_SPLITS={self.KV_SPLITS}: {why}; use KV_SPLITS=1")
         sizes = workload.as_dict() if workload is not None else None
         dtype = workload.dtype if workload is not None else None
+        if self.PROGRAM == "tile" and self.PACK > 1:
+            raise UnsupportedError(f"PACK={self.PACK} with PROGRAM='tile': only the decode program packs heads; "
+                                   f"use PROGRAM='decode' or PACK=1")
         if self.KV_SPLITS > 1 and kp is not None and sizes and kp.key in sizes:
             tiles = -(-sizes[kp.key] // self.BLOCK_N)
             if self.KV_SPLITS > tiles:
@@ -57,19 +71,23 @@ class TritonConfig:
         return check_config(kp, self, hw, sizes=sizes, dtype=dtype)
 
     @classmethod
-    def space(cls, kp: KernelPlan, workload, hw: HardwareTarget) -> list["TritonConfig"]:
-        """Every config worth trying for ``kp`` at ``workload`` on ``hw``: the default first, then a
-        deterministic order, each one passing :meth:`validate` (nothing is compiled).
+    def space(cls, kp: KernelPlan, workload, hw: HardwareTarget, params: dict | None = None) -> list["TritonConfig"]:
+        """Every config worth trying for ``kp`` at ``workload`` on ``hw``: the default as it resolves at
+        this workload first, then a deterministic order, each one explicit (``PROGRAM``, ``PACK`` and
+        ``KV_SPLITS`` set) and passing :meth:`validate` (nothing is compiled).
 
-        BLOCK_M in {16, 32, 64, 128} (only up to the padded query length, so decoding shapes keep
-        small tiles), BLOCK_N in {16, 32, 64, 128}, num_warps in {2, 4, 8}, num_stages in {1, 2, 3, 4}
-        on NVIDIA and {1, 2} on AMD. KV_SPLITS in {1, 2, 4, 8, 16} (not past the key tiles) only when
-        the plan has one pass and the unsplit programs (grid x query tiles) fill fewer than two waves
-        of one program per SM; otherwise 1. Shared-memory, register and dtype estimates prune the
-        rest. Size: at most 4 * 4 * 3 * 4 * 5 = 960 configs; at head dim 128 in fp16 a prefill
-        workload (long queries: no splits) keeps about 150 on an H100 and 100 on an MI300X, a decode
-        workload (BLOCK_M 16 and the default only, with splits) about 230 and 120.
+        Tile program: BLOCK_M in {16, 32, 64, 128} (only up to the padded query length, so decoding
+        shapes keep small tiles), BLOCK_N in {16, 32, 64, 128}, num_warps in {2, 4, 8}, num_stages in
+        {1, 2, 3, 4} on NVIDIA and {1, 2} on AMD. KV_SPLITS in {1, 2, 4, 8, 16} (not past the key
+        tiles) only when the plan has one pass and the unsplit programs (grid x query tiles) fill
+        fewer than two waves of one program per SM; otherwise 1. Decode program (query lengths up to
+        ``compiler.decode.DECODE_MAX_ROWS`` only): PACK in the divisors of the group that
+        ``pack_size`` allows, BLOCK_M the smallest row block that holds PACK x query rows, BLOCK_N
+        in {16, 32, 64, 128}, num_warps in {2, 4, 8}, num_stages 2 and 3 on NVIDIA ({1, 2} on AMD),
+        KV_SPLITS as above. Shared-memory, register and dtype estimates prune the rest. At head dim
+        128 in fp16 a decode workload of one softmax head group keeps about 320 configs on an H100.
         """
+        from .decode import decode_rows, resolve
         sizes = workload.as_dict()
         m = sizes.get(kp.query, 1)
         progs = 1
@@ -80,11 +98,21 @@ class TritonConfig:
         stages = (1, 2) if hw.kind != "cuda" else (1, 2, 3, 4)
         can_split = split_refusal(kp) is None and progs * -(-m // min(block_m)) < 2 * hw.sms
         splits = (1, 2, 4, 8, 16) if can_split else (1,)
-        default = cls()
+        cands = [cls(bm, bn, w, s, k, "tile", 1) for k in splits for bm in block_m for bn in (16, 32, 64, 128)
+                 for w in (2, 4, 8) for s in stages]
+        params = _params(kp, sizes, params)
+        if m <= plan_decode.DECODE_MAX_ROWS and kp.query in sizes:
+            pk = plan_decode.packing(kp)
+            top = plan_decode.pack_size(pk, sizes, params)
+            packs = [p for p in range(1, top + 1) if top % p == 0 and plan_decode.pack_refusal(kp, p, sizes, params)
+                     is None]
+            dstages = (1, 2) if hw.kind != "cuda" else (2, 3)
+            cands = [cls(decode_rows(m, 128, p)[1], bn, w, s, k, "decode", p) for k in splits for p in packs
+                     for bn in (16, 32, 64, 128) for w in (2, 4, 8) for s in dstages] + cands
+        default = resolve(kp, cls(), sizes, params, hw)[0] if kp.query in sizes else cls(PROGRAM="tile", PACK=1,
+                                                                                           KV_SPLITS=1)
         out, seen = [], set()
-        cands = [default] + [cls(bm, bn, w, s, k) for k in splits for bm in block_m for bn in (16, 32, 64, 128)
-                             for w in (2, 4, 8) for s in stages]
-        for c in cands:
+        for c in [default] + cands:
             if c in seen:
                 continue
             seen.add(c)
@@ -96,14 +124,30 @@ class TritonConfig:
         return out
 
 
+def _params(kp: KernelPlan, sizes: dict, params: dict | None) -> dict:
+    """The spec params at ``sizes`` (``params`` given, the rest from their expressions)."""
+    from ..base import complete_params
+    try:
+        return complete_params(kp.cascade, sizes, dict(params or {}))
+    except Exception:       # a size the params need is missing: nothing packs
+        return dict(params or {})
+
+
 def parse_config(config: dict | None, hw: HardwareTarget) -> TritonConfig:
     allowed = TritonConfig.__slots__
     for k, v in (config or {}).items():
         if k not in allowed:
             raise UnsupportedError(f"config key {k!r} is not understood by the Triton backend; it accepts: "
                                    f"{', '.join(allowed)}")
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise UnsupportedError(f"config {k}={v!r} for the Triton backend must be a positive integer")
+        if k == "PROGRAM":
+            if not isinstance(v, str) or v not in plan_decode.PROGRAMS:
+                raise UnsupportedError(f"config PROGRAM={v!r} for the Triton backend must be one of "
+                                       f"{', '.join(map(repr, plan_decode.PROGRAMS))}")
+            continue
+        low = 0 if k in ("KV_SPLITS", "PACK") else 1     # 0: chosen per call
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            what = "a non-negative integer (0: chosen per call)" if low == 0 else "a positive integer"
+            raise UnsupportedError(f"config {k}={v!r} for the Triton backend must be {what}")
     return TritonConfig(**(config or {}))
 
 

@@ -12,13 +12,19 @@ apply to every config, so errors shared by all configs cancel in the ranking.
   decoding query costs 64 rows). Masks are ignored: every key tile counts,
   which overstates causal and windowed specs alike for every config.
 - Bytes. Inputs without the key index (Q...) and outputs once; inputs with the
-  key but not the query index (K, V) once per query block (a split part reads
+  key but not the query index (K, V) once per query block and grid slice (under GQA
+  each query head reads its KV head) (a split part reads
   only its share, so the split does not change this); inputs with both
   (a bias [m, n]) once; for ``KV_SPLITS > 1`` the fp32 workspace written by the
   parts and read back by the combine kernel. There is no cache model: the
   re-reads of K and V by the query blocks all count at memory bandwidth (on a
   GPU many hit L2), so long-query workloads come out memory-bound more often
   than they are; the ranking still favours what cuts that traffic (larger BLOCK_M).
+- The decode program (``PROGRAM="decode"``): a program computes one row block of
+  ``PACK`` heads x ``BLOCK_Q`` query rows padded to ``BLOCK_M`` rows (the FLOPs count
+  the padded rows), and reads each K/V slice (the tensor's non-grid extent) once per
+  row block: ``query blocks x grid slices / PACK`` times, so packing the heads of a
+  GQA group divides the K/V traffic by ``PACK``.
 - Occupancy. Programs resident per SM from the threads, registers and shared
   memory of one program: the compiled kernel's (``resources`` from the
   ahead-of-time build) when given, else :func:`config.estimate` (registers
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import math
 
+from einattn.compiler import decode as plan_decode
 from einattn.compiler.kernel_plan import Kind, KernelPlan
 
 from .config import TritonConfig, dtype_bytes, estimate
@@ -79,6 +86,8 @@ def occupancy(cfg: TritonConfig, hw: HardwareTarget, shared_memory: int, registe
 
 def work(kp: KernelPlan, cfg: TritonConfig, workload) -> dict:
     """FLOPs, bytes and programs of one launch at ``workload`` (see the module docstring)."""
+    if cfg.PROGRAM == "decode":
+        return decode_work(kp, cfg, workload)
     sizes = workload.as_dict()
     m, n = sizes.get(kp.query, 1), sizes.get(kp.key, 1)
     slices = 1
@@ -95,13 +104,7 @@ def work(kp: KernelPlan, cfg: TritonConfig, workload) -> dict:
     flops *= slices
     nb = dtype_bytes(workload.dtype)
     q_blocks = -(-m // cfg.BLOCK_M)
-    nbytes = 0
-    for t in kp.cascade.inputs:
-        elems = 1
-        for i in t.indices:
-            elems *= sizes.get(i, 1)
-        reads = q_blocks if kp.key in t.indices and kp.query not in t.indices else 1
-        nbytes += elems * nb * reads
+    nbytes = input_bytes(kp, sizes, nb, q_blocks * slices)
     for _, dims in kp.outputs:
         elems = 1
         for i in dims:
@@ -113,7 +116,60 @@ def work(kp: KernelPlan, cfg: TritonConfig, workload) -> dict:
                     for op in kp.passes[-1].state)
         ws = 2 * 4 * cfg.KV_SPLITS * slices * m * width
     return {"flops": flops, "bytes": nbytes + ws, "workspace_bytes": ws,
-            "programs": q_blocks * slices * cfg.KV_SPLITS}
+            "programs": q_blocks * slices * max(1, cfg.KV_SPLITS)}     # KV_SPLITS 0: unsplit
+
+
+def input_bytes(kp: KernelPlan, sizes: dict, nb: int, blocks: int) -> int:
+    """Bytes of the inputs read by ``blocks`` programs: a tensor with the key but not the query index
+    its slice (the dims its reads do not subscript by a grid index: n x d of K[b, h // r, n, d])
+    once per program, every other input once."""
+    sliced = {}
+    for e in plan_decode.key_side_reads(kp):
+        decl = kp.cascade.input(e.arg[0])
+        sliced[e.arg[0]] = {decl.indices[j] for j, s in enumerate(e.arg[1]) if s.index in kp.grid}
+    out = 0
+    for t in kp.cascade.inputs:
+        whole = per_slice = 1
+        for i in t.indices:
+            whole *= sizes.get(i, 1)
+            if i not in kp.grid and i not in sliced.get(t.name, ()):
+                per_slice *= sizes.get(i, 1)
+        shared = kp.key in t.indices and kp.query not in t.indices
+        out += (per_slice * blocks if shared else whole) * nb
+    return out
+
+
+def decode_work(kp: KernelPlan, cfg: TritonConfig, workload) -> dict:
+    """``work`` of the decode program (a resolved config: PACK and KV_SPLITS >= 1)."""
+    from .decode import decode_rows, launch_grid
+    assert cfg.PACK >= 1 and cfg.KV_SPLITS >= 1, "a resolved config (decode.resolve)"
+    sizes = workload.as_dict()
+    m, n = sizes.get(kp.query, 1), sizes.get(kp.key, 1)
+    _, rows = decode_rows(m, cfg.BLOCK_M, cfg.PACK)
+    g0, g1 = launch_grid(kp, cfg, {**{g: 1 for g in kp.grid}, **sizes, kp.query: m})
+    blocks = g0 * g1
+    np_ = _pad(n, cfg.BLOCK_N)
+    flops = 0
+    for p in kp.passes:
+        for op in p.loop:
+            if op.kind is Kind.SCORE:
+                flops += 2 * rows * np_ * _pow2(sizes.get(op.contract, 16))
+            elif op.kind is Kind.VALUE:
+                flops += 2 * rows * np_ * _pow2(sizes.get(op.value_index, 16))
+    flops *= blocks
+    nb = dtype_bytes(workload.dtype)
+    nbytes = input_bytes(kp, sizes, nb, blocks)
+    for _, dims in kp.outputs:
+        elems = 1
+        for i in dims:
+            elems *= sizes.get(i, 1)
+        nbytes += elems * nb
+    ws = 0
+    if cfg.KV_SPLITS > 1:
+        width = sum(_pow2(sizes.get(op.value_index, 16)) if op.kind is Kind.VALUE else 1
+                    for op in kp.passes[-1].state)
+        ws = 2 * 4 * cfg.KV_SPLITS * blocks * rows * width
+    return {"flops": flops, "bytes": nbytes + ws, "workspace_bytes": ws, "programs": blocks * cfg.KV_SPLITS}
 
 
 def predict(kp: KernelPlan, cfg: TritonConfig, workload, hw: HardwareTarget, resources: dict | None = None) -> dict:

@@ -1,7 +1,8 @@
 """The Triton search space and performance model: pure functions, nothing runs on a GPU.
 
-Every candidate passes the config checks, the default comes first, short-query
-(decoding) workloads get KV_SPLITS and long-query ones do not, a config that
+Every candidate passes the config checks and names its program, the default (as it
+resolves at the workload) comes first, short-query (decoding) workloads get KV_SPLITS
+and decode-program candidates and long-query ones do not, a config that
 needs more shared memory than a smaller GPU has is pruned there, and the model
 ranks configs deterministically (a split above the unsplit kernel when a few
 heads of one decoding step would leave most SMs idle).
@@ -20,6 +21,7 @@ from einattn.ir import UnsupportedError
 pytest.importorskip("triton")
 
 from einattn.backends.triton.config import TritonConfig  # noqa: E402
+from einattn.backends.triton.decode import resolve  # noqa: E402
 from einattn.backends.triton.hardware import all_targets  # noqa: E402
 from einattn.backends.triton.model import predict  # noqa: E402
 
@@ -41,9 +43,12 @@ def _kp(name: str):
 def test_every_candidate_validates_default_first(spec, workload, gpu):
     kp, hw = _kp(spec), _hw(gpu)
     space = TritonConfig.space(kp, workload, hw)
-    assert space[0] == TritonConfig() and len(space) == len(set(space)) > 20
+    default = resolve(kp, TritonConfig(), workload.as_dict(), {}, hw)[0]
+    assert space[0] == default and len(space) == len(set(space)) > 20
+    assert default.PROGRAM == ("decode" if workload is DECODE else "tile")
     for c in space:
         c.validate(hw, kp, workload)
+        assert c.PROGRAM in ("tile", "decode") and c.PACK >= 1 and c.KV_SPLITS >= 1
     if hw.kind == "rocm":
         assert {c.num_stages for c in space} <= {1, 2}
     assert TritonConfig.space(kp, workload, hw) == space      # deterministic
@@ -55,12 +60,14 @@ def test_decode_gets_splits_prefill_does_not():
     assert {c.KV_SPLITS for c in decode} == {1, 2, 4, 8, 16}
     assert {c.BLOCK_M for c in decode} == {16, 64}        # 16 for one query row; 64 is the default
     assert {c.KV_SPLITS for c in TritonConfig.space(kp, PREFILL, hw)} == {1}
+    assert {c.PROGRAM for c in decode} == {"tile", "decode"}
+    assert {c.PROGRAM for c in TritonConfig.space(kp, PREFILL, hw)} == {"tile"}
     # a two-pass plan cannot be split, however few its programs
     assert {c.KV_SPLITS for c in TritonConfig.space(_kp("centered_relu"), DECODE, hw)} == {1}
 
 
 def test_shared_memory_prunes_on_a_smaller_gpu():
-    kp, big = _kp("softmax"), TritonConfig(64, 128, 4, 3)
+    kp, big = _kp("softmax"), TritonConfig(64, 128, 4, 3, 1, "tile", 1)
     # three fp16 stages of 128 keys x (128 + 128) dims: 192 KiB; the A100 has 163 KiB per block
     assert big in TritonConfig.space(kp, PREFILL, _hw("H100"))
     assert big not in TritonConfig.space(kp, PREFILL, _hw("A100"))
@@ -104,7 +111,10 @@ def test_backend_space_default_and_fingerprint():
     assert "KV_SPLITS" in b.config_keys
     space = b.space(plan, t, DECODE)
     default = b.default_config(plan, t, DECODE)
-    assert space[0] == default == {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "KV_SPLITS": 1}
+    # one head of 8 on 132 SMs: the decode program, the key loop in 8 parts (compiler.decode.split_count)
+    assert space[0] == default == {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "KV_SPLITS": 8,
+                                   "PROGRAM": "decode", "PACK": 1}
+    assert b.default_config(plan, t, PREFILL) == {**default, "KV_SPLITS": 1, "PROGRAM": "tile"}
     assert all(set(c) == set(b.config_keys) for c in space)
     fp = b.fingerprint(t)
     assert fp["arch"] == "sm_90" and fp["hardware"] == "H100" and fp["kind"] == "cuda"
@@ -119,3 +129,31 @@ def test_model_time_uses_the_compiled_kernel():
     assert out["resources"] == "compiled" and out["registers"] > 0 and out["seconds"] > 0
     with pytest.raises(UnsupportedError, match="KV_SPLITS"):
         b.model_time(plan, t, {"BLOCK_M": 16, "BLOCK_N": 64, "KV_SPLITS": 64}, w)
+
+
+GQA_DECODE = Workload.of({"b": 1, "h": 32, "g": 4, "m": 1, "n": 8192, "d": 128, "e": 128}, "float16")
+
+
+def test_decode_candidates_pack_the_group():
+    kp, hw = _kp("gqa"), _hw("H100")
+    space = TritonConfig.space(kp, GQA_DECODE, hw, {"r": 8})
+    # r = h // g = 8: every divisor of the group, each with the smallest row block that holds it
+    assert {c.PACK for c in space if c.PROGRAM == "decode"} == {1, 2, 4, 8}
+    assert {(c.PACK, c.BLOCK_M) for c in space if c.PROGRAM == "decode" and c != space[0]} == \
+        {(1, 16), (2, 16), (4, 16), (8, 16)}
+    assert space[0].PROGRAM == "decode" and space[0].PACK == 8
+
+
+def test_model_reads_kv_once_per_row_block():
+    kp, hw = _kp("gqa"), _hw("H100")
+    one = predict(kp, TritonConfig(16, 64, 4, 2, 1, "decode", 1), GQA_DECODE, hw)
+    packed = predict(kp, TritonConfig(16, 64, 4, 2, 1, "decode", 8), GQA_DECODE, hw)
+    kv = 2 * 4 * 8192 * 128 * 2                     # K and V of the 4 KV heads, fp16
+    assert kv <= packed["bytes"] < 1.1 * kv and one["bytes"] > 7.9 * kv    # each head re-reads its KV head
+    assert packed["programs"] == 4 and one["programs"] == 32 and packed["bound"] == "memory"
+    # with the SMs filled by splits (64 and 128 programs), reading K/V once per group is faster
+    fill = predict(kp, TritonConfig(16, 64, 4, 2, 16, "decode", 8), GQA_DECODE, hw)
+    assert fill["seconds"] < predict(kp, TritonConfig(16, 64, 4, 2, 4, "decode", 1), GQA_DECODE, hw)["seconds"] / 2
+    # the tile program computes (and reads K/V for) a 16-row tile per head: the decode program wins
+    tile = predict(kp, TritonConfig(16, 64, 4, 2, 16, "tile", 1), GQA_DECODE, hw)
+    assert fill["seconds"] < tile["seconds"]
