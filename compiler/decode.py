@@ -68,7 +68,7 @@ def packing(kp: KernelPlan) -> Packing:
 def pack_size(pk: Packing, sizes: dict, params: dict, limit: int = MAX_PACK) -> int:
     """How many heads one row block packs: the largest divisor of the group size (``r``, or
     the number of heads when K and V do not depend on them) that is at most ``limit``."""
-    if pk.index is None:
+    if pk.index is None or (pk.divisor is not None and pk.divisor not in params):
         return 1
     group = int(params[pk.divisor]) if pk.divisor is not None else int(sizes[pk.index])
     return max(d for d in range(1, max(1, min(group, limit)) + 1) if group % d == 0) if group >= 1 else 1
@@ -82,7 +82,12 @@ def pack_refusal(kp: KernelPlan, pack: int, sizes: dict, params: dict) -> str | 
     if pk.index is None:
         return (f"PACK={pack}: K and V of '{kp.cascade.name}' are read per grid index "
                 f"({', '.join(kp.grid)}), so rows of different heads do not share key tiles; use PACK=1")
+    if pk.divisor is not None and pk.divisor not in params:
+        return None                 # checked by the call that knows the param
     group = int(params[pk.divisor]) if pk.divisor is not None else int(sizes[pk.index])
+    heads = int(sizes.get(pk.index, group))
+    if heads % pack:
+        return f"PACK={pack} must divide the {heads} heads '{pk.index}'; use a divisor of it"
     what = f"{pk.divisor}={group}" if pk.divisor is not None else f"the {group} heads '{pk.index}'"
     if group % pack:
         return f"PACK={pack} must divide {what} (packed heads must read the same K and V rows); use a divisor of it"
@@ -100,18 +105,19 @@ class Choice:
     why: str
 
 
-def choose_program(kp: KernelPlan, sizes: dict, forced: str = "auto") -> Choice:
+def choose_program(kp: KernelPlan, sizes: dict, forced: str = "auto", max_rows: int = DECODE_MAX_ROWS) -> Choice:
     """The tile program for a call with these sizes: ``forced`` when it is not "auto", else
-    decode for query lengths up to ``DECODE_MAX_ROWS``."""
+    decode for query lengths up to ``max_rows`` (a backend's measured crossover; default
+    ``DECODE_MAX_ROWS``)."""
     if forced not in PROGRAMS:
         raise ValueError(f"PROGRAM={forced!r}: expected one of {', '.join(PROGRAMS)}")
     m = int(sizes[kp.query])
     if forced != "auto":
         return Choice(forced, f"PROGRAM={forced} set in the config")
-    if m <= DECODE_MAX_ROWS:
-        return Choice("decode", f"{kp.query}={m} <= {DECODE_MAX_ROWS} query rows: the decode program packs rows "
+    if m <= max_rows:
+        return Choice("decode", f"{kp.query}={m} <= {max_rows} query rows: the decode program packs rows "
                                 f"and vectorises the keys instead of computing a query tile of mostly padding")
-    return Choice("tile", f"{kp.query}={m} > {DECODE_MAX_ROWS} query rows: the query tile program")
+    return Choice("tile", f"{kp.query}={m} > {max_rows} query rows: the query tile program")
 
 
 def split_count(kp: KernelPlan, tasks: int, workers: int, key_tiles: int, limit: int = 8) -> int:
@@ -126,9 +132,9 @@ def split_count(kp: KernelPlan, tasks: int, workers: int, key_tiles: int, limit:
     return s
 
 
-def describe(kp: KernelPlan, sizes: dict, params: dict, forced: str = "auto") -> str:
+def describe(kp: KernelPlan, sizes: dict, params: dict, forced: str = "auto", max_rows: int = DECODE_MAX_ROWS) -> str:
     """What ``explain`` prints for a shape: the program chosen and why, and for decode the packing."""
-    ch = choose_program(kp, sizes, forced)
+    ch = choose_program(kp, sizes, forced, max_rows)
     lines = [f"program: {ch.program} ({ch.why})"]
     if ch.program == "decode":
         pk = packing(kp)

@@ -29,7 +29,7 @@ from einattn.ir import UnsupportedError, settings
 
 from ..base import INDEX_LIMIT, Target, check_config, complete_params, hidden_nonfinite, span, with_statistics
 from .build import get_kernel
-from .config import CpuConfig
+from .config import CpuConfig, resolve
 from .host import read_cache_sizes
 from .render import workspace_numel
 
@@ -39,7 +39,10 @@ from .runtime import _check_tvm_installed, host, run_kernel
 
 @dataclass
 class CpuArtifact:
-    """What ``prepare`` returns: the kernel plan and config; builds happen per shape bucket."""
+    """What ``prepare`` returns: the kernel plan and config; builds happen per shape bucket.
+
+    ``config`` may leave choices to each call (``PROGRAM="auto"``, ``PACK=0``: ``config.resolve``);
+    ``given`` names the keys the caller set; :meth:`concrete` is the artifact of one resolved config."""
     kp: KernelPlan
     config: CpuConfig
     static: tuple[str, ...]
@@ -47,6 +50,19 @@ class CpuArtifact:
     builds: dict = field(default_factory=dict)      # shape bucket -> kernel
     skip: bool = True                               # hidden key tiles are skipped
     visit_all: "CpuArtifact | None" = None          # the variant that visits them, made on demand
+    given: frozenset = frozenset()
+    resolved: dict = field(default_factory=dict)    # resolved config -> its artifact
+
+    def concrete(self, sizes: dict, params: dict) -> "CpuArtifact":
+        """The artifact of the config this call runs (``config.resolve``), made once per config."""
+        cfg = resolve(self.config, self.given, self.kp, sizes, params, read_cache_sizes().cores)
+        if cfg == self.config:
+            return self
+        art = self.resolved.get(cfg)
+        if art is None:
+            cfg.check(host().fp32_lanes)
+            art = self.resolved[cfg] = dataclasses.replace(self, config=cfg, builds={}, visit_all=None, resolved={})
+        return art
 
     def for_inputs(self, inputs: dict) -> "CpuArtifact":
         """This artifact, or its variant that visits every key tile (see ``hidden_nonfinite``)."""
@@ -72,13 +88,13 @@ class CpuBackend:
     def prepare(self, plan, target: Target, config: dict, **options) -> CpuArtifact:
         if options:
             raise UnsupportedError(f"the cpu backend takes no options, got {sorted(options)}")
-        cfg = CpuConfig(**check_config(self.name, config, CpuConfig.keys()))
+        cfg = CpuConfig(**check_config(self.name, config, CpuConfig.keys(), CpuConfig.AUTO_KEYS))
         _check_tvm_installed()                    # fail early and clearly; importing TVM waits for a build
         cfg.check(host().fp32_lanes)
         kp = make_kernel_plan(plan)
         check_capabilities(kp, self.capabilities, self.name)
         cfg.check_plan(kp)
-        return CpuArtifact(kp, cfg, kp.static, plan.cascade.structural_hash())
+        return CpuArtifact(kp, cfg, kp.static, plan.cascade.structural_hash(), given=frozenset(config or {}))
 
     # -- the search space, for the autotuner ---------------------------------------------
     def space(self, plan, target: Target, workload) -> list[dict]:
@@ -89,9 +105,14 @@ class CpuBackend:
         return [c.as_dict() for c in CpuConfig.space(kp, workload, host(), read_cache_sizes())]
 
     def default_config(self, plan, target: Target, workload) -> dict:
-        """Every key's default for this host (``CpuConfig.default``): on AVX-512 hosts the config
-        ``prepare`` uses when given none, KV_SPLITS=1."""
-        return CpuConfig.default(host()).as_dict()
+        """What a call at ``workload`` runs when given no config: the host's defaults
+        (``CpuConfig.default``) resolved for the workload (``config.resolve``: the program and
+        the keys it chooses per call)."""
+        from .config import workload_params
+        kp = make_kernel_plan(plan)
+        sizes = workload.as_dict()
+        return resolve(CpuConfig.default(host()), frozenset(), kp, sizes, workload_params(kp, sizes),
+                       read_cache_sizes().cores).as_dict()
 
     def kernel_source(self, plan, target: Target, config: dict, workload) -> str:
         """The TVMScript source of ``config`` at the workload's compiled-in sizes (what a tuning
@@ -99,6 +120,7 @@ class CpuBackend:
         from .build import build_source
         art = self.prepare(plan, target, config)
         sizes = workload.as_dict()
+        art = art.concrete(sizes, complete_params(art.kp.cascade, sizes, {}))
         return build_source(art, {i: int(sizes[i]) for i in art.static})
 
     def fingerprint(self, target: Target) -> dict:
@@ -128,7 +150,7 @@ class CpuBackend:
             raise UnsupportedError(f"{c.name}: sizes {', '.join(zero) or 'that empty an output but not all'} "
                                    f"on the cpu target: the kernel compiles these sizes in and needs them >= 1; "
                                    f"target='reference' gives the empty/zero result")
-        artifact = artifact.for_inputs(dict(zip([t.name for t in c.inputs], args)))
+        artifact = artifact.concrete(sizes, params).for_inputs(dict(zip([t.name for t in c.inputs], args)))
         fn = artifact.builds.get(bucket)
         if fn is None:
             fn = artifact.builds[bucket] = get_kernel(artifact, dict(bucket))

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from einattn.compiler import Kind, KernelPlan
+from einattn.compiler.decode import MAX_PACK, PROGRAMS
 from einattn.compiler.splits import split_refusal
 from einattn.ir import UnsupportedError
 
@@ -19,6 +20,7 @@ from .host import CacheSizes, HostCpu, read_cache_sizes
 
 RESERVED_REGISTERS = 4        # a register tile leaves these for its operands (broadcast, loads)
 MAX_KV_SPLITS = 64
+MAX_DECODE_ROWS = 64          # PACK x BLOCK_M of a decode row block
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,11 @@ class CpuConfig:
     ``PV_RM`` x ``PV_E`` the query rows x value columns of one P.V register tile,
     ``KV_SPLITS`` the parts the key loop of one row block is split into, run in
     parallel and merged (``compiler/splits.py``; 1: no split).
+    ``PROGRAM`` the tile program (``compiler/decode.py``): ``tile`` (query tiles of
+    BLOCK_M rows, vectorised along the rows), ``decode`` (row blocks of PACK heads x
+    BLOCK_M query rows, vectorised along the keys), ``auto`` (chosen per call by the
+    query length; in a decode call the keys not given are chosen per call too).
+    ``PACK`` heads per decode row block (0: chosen per call, ``compiler.decode.pack_size``).
     The defaults keep 16 AVX-512 accumulators per register tile.
     """
     BLOCK_M: int = 64
@@ -39,24 +46,51 @@ class CpuConfig:
     PV_RM: int = 4
     PV_E: int = 64
     KV_SPLITS: int = 1
+    PROGRAM: str = "auto"
+    PACK: int = 0
+
+    AUTO_KEYS = ("PACK",)      # ints where 0 means "chosen per call"
 
     @staticmethod
     def keys() -> dict[str, type]:
-        return {f.name: int for f in dataclasses.fields(CpuConfig)}
+        return {f.name: (str if f.name == "PROGRAM" else int) for f in dataclasses.fields(CpuConfig)}
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
+    @property
+    def decode(self) -> bool:
+        return self.PROGRAM == "decode"
+
+    def rows(self) -> int:
+        """Rows of one task: BLOCK_M query rows, or PACK heads x BLOCK_M in the decode program."""
+        return max(self.PACK, 1) * self.BLOCK_M if self.decode else self.BLOCK_M
+
     def check(self, vec: int) -> None:
-        """The rules the template needs to render a correct kernel, with what to change."""
+        """The rules the template needs to render a correct kernel, with what to change. A
+        decode config is checked once its PACK is known (0 passes: it is chosen per call)."""
         rules = [
-            (self.SCORE_RI % vec == 0, f"SCORE_RI={self.SCORE_RI} must be a multiple of the vector width {vec}"),
-            (self.BLOCK_M % self.SCORE_RI == 0, f"BLOCK_M={self.BLOCK_M} must be a multiple of SCORE_RI={self.SCORE_RI}"),
-            (self.BLOCK_N % self.SCORE_RJ == 0, f"BLOCK_N={self.BLOCK_N} must be a multiple of SCORE_RJ={self.SCORE_RJ}"),
-            (self.BLOCK_M % self.PV_RM == 0, f"BLOCK_M={self.BLOCK_M} must be a multiple of PV_RM={self.PV_RM}"),
             (self.BLOCK_M <= 1024 and self.BLOCK_N <= 1024, "BLOCK_M and BLOCK_N must be <= 1024"),
             (1 <= self.KV_SPLITS <= MAX_KV_SPLITS, f"KV_SPLITS={self.KV_SPLITS} must be in 1..{MAX_KV_SPLITS}"),
+            (self.PROGRAM in PROGRAMS, f"PROGRAM={self.PROGRAM!r} must be one of {', '.join(PROGRAMS)}"),
+            (0 <= self.PACK <= MAX_PACK, f"PACK={self.PACK} must be in 0..{MAX_PACK} (0: chosen per call)"),
         ]
+        if self.decode:
+            rules += [
+                (self.BLOCK_N % vec == 0, f"BLOCK_N={self.BLOCK_N} must be a multiple of the vector width {vec} "
+                                          f"in the decode program"),
+                (self.rows() <= MAX_DECODE_ROWS, f"PACK x BLOCK_M = {self.rows()} rows per decode row block: at "
+                                                 f"most {MAX_DECODE_ROWS}; lower PACK or BLOCK_M"),
+                (self.rows() % self.PV_RM == 0, f"PV_RM={self.PV_RM} must divide the {self.rows()} rows of a decode "
+                                                f"row block (PACK x BLOCK_M)"),
+            ]
+        else:
+            rules += [
+                (self.SCORE_RI % vec == 0, f"SCORE_RI={self.SCORE_RI} must be a multiple of the vector width {vec}"),
+                (self.BLOCK_M % self.SCORE_RI == 0, f"BLOCK_M={self.BLOCK_M} must be a multiple of SCORE_RI={self.SCORE_RI}"),
+                (self.BLOCK_N % self.SCORE_RJ == 0, f"BLOCK_N={self.BLOCK_N} must be a multiple of SCORE_RJ={self.SCORE_RJ}"),
+                (self.BLOCK_M % self.PV_RM == 0, f"BLOCK_M={self.BLOCK_M} must be a multiple of PV_RM={self.PV_RM}"),
+            ]
         for ok, why in rules:
             if not ok:
                 raise UnsupportedError(f"CPU config {dataclasses.asdict(self)}: {why}")
@@ -81,8 +115,10 @@ class CpuConfig:
         """
         self.check(host.fp32_lanes)
         vec, budget = host.fp32_lanes, host.vector_registers - RESERVED_REGISTERS
-        for tile, acc, fix in (("score", self.SCORE_RJ * self.SCORE_RI // vec, "SCORE_RJ or SCORE_RI"),
-                               ("P.V", self.PV_RM * -(-self.PV_E // vec), "PV_RM or PV_E")):
+        tiles = [("P.V", self.PV_RM * -(-self.PV_E // vec), "PV_RM or PV_E")]
+        if not self.decode:
+            tiles.insert(0, ("score", self.SCORE_RJ * self.SCORE_RI // vec, "SCORE_RJ or SCORE_RI"))
+        for tile, acc, fix in tiles:
             if acc > budget:
                 raise UnsupportedError(f"CPU config {self.as_dict()}: rule 'registers': the {tile} register tile "
                                        f"needs {acc} vector accumulators, over the {budget} of this host "
@@ -128,6 +164,8 @@ class CpuConfig:
         and E at most the widest value;
         ``KV_SPLITS`` in 1, 2, 4, 8 only for a splittable plan whose tasks (grid sizes x query
         tiles) are fewer than 4 x the cores and whose key tiles give every part one.
+        For query lengths up to ``DECODE_MAX_ROWS`` also the decode program (:func:`decode_space`).
+        Every candidate names its PROGRAM; the default is what an untuned call runs (:func:`resolve`).
         Size: at most 4 x 4 x 3 x 3 = 144 unsplit candidates (long queries, wide values), about
         4 x 9 = 36 per split count for decoding shapes (m <= 16); fewer for narrow values.
         """
@@ -155,8 +193,12 @@ class CpuConfig:
                 tasks = grid * -(-m // bm)
                 if not splittable or tasks >= 4 * caches.cores or -(-n // bn) < s:
                     continue
-            out.append(CpuConfig(bm, bn, rj, ri, rm, pe, s))
-        default = CpuConfig.default(host)
+            out.append(CpuConfig(bm, bn, rj, ri, rm, pe, s, PROGRAM="tile"))
+        sizes = workload.as_dict()
+        params = workload_params(kp, sizes)
+        if m <= DECODE_MAX_ROWS:
+            out += decode_space(kp, sizes, params, e_max, caches.cores)
+        default = resolve(CpuConfig.default(host), frozenset(), kp, sizes, params, caches.cores)
         ok: list[tuple[bool, CpuConfig]] = []
         seen = set()
         for cfg in [default] + out:
@@ -173,23 +215,122 @@ class CpuConfig:
         return [c for _, c in sorted(ok, key=lambda t: t[0])]
 
 
+DECODE_BLOCK_N = 128         # keys per tile of a decode call whose config does not set BLOCK_N
+DECODE_MAX_QUERY_BLOCK = 16  # query rows per decode row block when BLOCK_M is not set
+# "auto" takes the decode program up to this query length: measured on Zen 5 (one thread, softmax
+# d=64, n=8192), decode against the tile program with BLOCK_M=16: 88 vs 695 cycles per key and row
+# at m=1, 23 vs 73 at m=8, 33 vs 41 at m=16, 30 vs 34 at m=32 (benchmarks/RESULTS.md)
+DECODE_MAX_ROWS = 16
+
+
+def resolve(cfg: CpuConfig, given: frozenset, kp: KernelPlan, sizes: dict, params: dict, cores: int) -> CpuConfig:
+    """The concrete config of one call. ``PROGRAM="auto"`` becomes the program
+    ``compiler.decode.choose_program`` picks for the call's query length (decode up to
+    ``DECODE_MAX_ROWS``); the keys the user did not set (``given``) are then chosen for the call.
+    Decode: BLOCK_M the query length rounded up to a power of two (at most 16), PACK the heads
+    of a KV group (``pack_size``), BLOCK_N 128, PV_RM the largest divisor of the rows up to 4.
+    Tile: BLOCK_M the query length rounded up to a power of two within 16..64 (with SCORE_RI
+    at most BLOCK_M, keeping SCORE_RJ x SCORE_RI accumulators). Both: KV_SPLITS enough parts
+    for 2 tasks per core (``split_count``). Raises the rule a given key breaks."""
+    from einattn.compiler.decode import choose_program, pack_refusal, pack_size, packing, query_block, split_count
+    program = choose_program(kp, sizes, cfg.PROGRAM, DECODE_MAX_ROWS).program
+    m, n = int(sizes[kp.query]), int(sizes[kp.key])
+    if program == "tile":
+        out = {"PROGRAM": "tile"}
+        if not given & {"BLOCK_M", "SCORE_RI", "SCORE_RJ"}:
+            bm = min(max(query_block(m), 16), cfg.BLOCK_M)
+            if bm < cfg.BLOCK_M:
+                ri = min(cfg.SCORE_RI, bm)
+                out.update(BLOCK_M=bm, SCORE_RI=ri, SCORE_RJ=cfg.SCORE_RJ * cfg.SCORE_RI // ri)
+        if "KV_SPLITS" not in given:
+            bm = out.get("BLOCK_M", cfg.BLOCK_M)
+            tasks = math.prod(int(sizes[g]) for g in kp.grid) * -(-m // bm)
+            out["KV_SPLITS"] = split_count(kp, tasks, cores, -(-n // cfg.BLOCK_N))
+        return dataclasses.replace(cfg, **out)
+    out = {"PROGRAM": "decode"}
+    if "BLOCK_M" not in given:
+        out["BLOCK_M"] = min(query_block(m), DECODE_MAX_QUERY_BLOCK)
+    mq = out.get("BLOCK_M", cfg.BLOCK_M)
+    if not cfg.PACK:
+        out["PACK"] = pack_size(packing(kp), sizes, params, limit=max(1, min(MAX_PACK, MAX_DECODE_ROWS // mq)))
+    pack = out.get("PACK", cfg.PACK)
+    if (why := pack_refusal(kp, pack, sizes, params)) is not None:
+        raise UnsupportedError(f"CPU config: {why}")
+    if "BLOCK_N" not in given:
+        out["BLOCK_N"] = DECODE_BLOCK_N
+    rows = pack * mq
+    if "PV_RM" not in given:
+        out["PV_RM"] = max(d for d in range(1, 5) if rows % d == 0)
+    if "KV_SPLITS" not in given:
+        tasks = decode_tasks(kp, sizes, mq, pack)
+        ktiles = -(-n // out.get("BLOCK_N", cfg.BLOCK_N))
+        out["KV_SPLITS"] = split_count(kp, tasks, cores, ktiles)
+    return dataclasses.replace(cfg, **out)
+
+
+def decode_space(kp: KernelPlan, sizes: dict, params: dict, e_max: int, cores: int) -> list[CpuConfig]:
+    """Decode candidates: BLOCK_M the query length rounded up to a power of two, PACK every
+    divisor of the KV group (rows at most ``MAX_DECODE_ROWS``), BLOCK_N in 64, 128, 256, SCORE_RJ
+    (keys per dot-product block) in 2, 4, 8, PV_RM the largest divisor of the rows up to 4, PV_E
+    64 (or the value width), KV_SPLITS in 1, 2, 4, 8 (a splittable plan, fewer than 4 tasks per
+    core, a key tile per part)."""
+    from einattn.compiler.decode import pack_refusal, packing, query_block
+    mq = query_block(int(sizes[kp.query]))
+    pk = packing(kp)
+    group = 1
+    if pk.index is not None and (pk.divisor is None or pk.divisor in params):
+        group = int(params[pk.divisor]) if pk.divisor is not None else int(sizes[pk.index])
+    packs = [p for p in range(1, min(group, MAX_PACK) + 1)
+             if group % p == 0 and p * mq <= MAX_DECODE_ROWS and pack_refusal(kp, p, sizes, params) is None]
+    splittable = split_refusal(kp) is None
+    out = []
+    for pack, bn, rj, s in itertools.product(packs or [1], (64, 128, 256), (2, 4, 8), (1, 2, 4, 8)):
+        rows = pack * mq
+        if s > 1 and (not splittable or decode_tasks(kp, sizes, mq, pack) >= 4 * cores
+                      or -(-int(sizes[kp.key]) // bn) < s):
+            continue
+        rm = max(d for d in range(1, 5) if rows % d == 0)
+        out.append(CpuConfig(BLOCK_M=mq, BLOCK_N=bn, SCORE_RJ=rj, PV_RM=rm, PV_E=min(64, e_max), KV_SPLITS=s,
+                             PROGRAM="decode", PACK=pack))
+    return out
+
+
+def workload_params(kp: KernelPlan, sizes: dict) -> dict:
+    """The params the spec derives from the sizes (a GQA group ``r = h // g``); {} when one
+    needs a value the caller gives."""
+    from einattn.backends.base import complete_params
+    try:
+        return complete_params(kp.cascade, sizes, {})
+    except Exception:          # noqa: BLE001 - a param without a default: the call knows it
+        return {}
+
+
+def decode_tasks(kp: KernelPlan, sizes: dict, query_block: int, pack: int) -> int:
+    """Row blocks of a decode call: the grid with the packed index in groups of ``pack``, times
+    the query blocks."""
+    from einattn.compiler.decode import packing
+    packed = packing(kp).index if pack > 1 else None
+    grid = math.prod(int(sizes[g]) // (pack if g == packed else 1) for g in kp.grid)
+    return grid * -(-int(sizes[kp.query]) // query_block)
+
+
 def working_set(kp: KernelPlan, cfg: CpuConfig, workload) -> int:
     """Bytes one task touches per key tile: its [BLOCK_N, BLOCK_M] score and map tiles
     (every distinct one, an upper bound: copies are aliased), the K and V rows of the key
     tile, the accumulators and other per-row state, and the query-side score operands."""
-    f32 = 4
+    f32, bm = 4, cfg.rows()
     tiles, feat_k, acc, rows, a_ops = set(), 0, 0, 0, 0
     for p in kp.passes:
         for op in p.loop:
             if op.kind in (Kind.SCORE, Kind.MAP):
                 tiles.add(op.name)
             elif op.kind is Kind.VALUE:
-                acc += cfg.BLOCK_M * workload.size(op.value_index, 1)
+                acc += bm * workload.size(op.value_index, 1)
                 feat_k += workload.size(op.value_index, 1)
             else:
-                rows += cfg.BLOCK_M
+                rows += bm
     for op in kp.scores:
         width = workload.size(op.contract, 1)
         feat_k += width
-        a_ops += width * cfg.BLOCK_M
-    return f32 * (len(tiles) * cfg.BLOCK_M * cfg.BLOCK_N + cfg.BLOCK_N * feat_k + acc + rows + a_ops)
+        a_ops += width * bm
+    return f32 * (len(tiles) * bm * cfg.BLOCK_N + cfg.BLOCK_N * feat_k + acc + rows + a_ops)

@@ -53,7 +53,8 @@ class Ctx:
         lane: the vectorised loop variable (scratch buffers are indexed by it).
         lanes: the extent of that loop (the scratch buffers' length).
         fast: polynomial math (loop contexts) instead of TVM's intrinsics.
-        tiles: names of [key, query] tile values (buffer ``t_<name>[lj, li]``).
+        tiles: names of [key, query] tile values (buffer ``t_<name>[lj, li]``; ``[li, lj]``
+            with ``rows_first``, the decode program's layout).
         alias: tile values that are another tile in this context (a mask that is
             true on the whole tile turns ``where(p, S, -inf)`` into ``S``).
         staged: input reads copied to a local [query, key] tile first (``x_k[li, lj]``):
@@ -76,6 +77,7 @@ class Ctx:
     flags: Mapping[str, Flags] = field(default_factory=dict)
     mask: tuple[Expr, bool] | None = None
     tag: str = "s"
+    rows_first: bool = False       # tiles are t_X[row, key] (the decode program) instead of [key, row]
 
 
 @dataclass
@@ -149,7 +151,8 @@ class _Printer(ExprPrinter):
         name, subs = e.arg
         if name in c.tiles:
             name = c.alias.get(name, name)
-            return f"t_{name}[{c.local['__key']}, {c.local['__query']}]"
+            ij = (c.local['__query'], c.local['__key']) if c.rows_first else (c.local['__key'], c.local['__query'])
+            return f"t_{name}[{ij[0]}, {ij[1]}]"
         if name in c.rows:
             dims = c.rows[name]
             idx = [c.local[d] for d in dims] or ["0"]

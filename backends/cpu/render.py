@@ -134,21 +134,24 @@ class KernelView:
         self.outputs = [{"name": o, "shape": _tup([self.size(i) for i in c.stmt(o).indices]),
                          "dims": c.stmt(o).indices} for o in c.outputs]
         self.params = [p.name for p in c.params]
+        self.operand_at, self.row_valid = self.operand_layout()
         self.splits = cfg.KV_SPLITS
         self.args = ([f"h_{t.name}: T.handle" for t in c.inputs] + [f"h_out_{o}: T.handle" for o in c.outputs]
                      + (["h_ws: T.handle"] if self.splits > 1 else []) + [f"p_{p}: T.float32" for p in self.params])
         # grid decomposition: task = ((g0 * G1 + g1) ...) * qtiles + qt
-        self.qtiles = f"T.floordiv({self.size(q)} + {cfg.BLOCK_M - 1}, {cfg.BLOCK_M})"
+        self.block_q = self.query_block()
+        self.qtiles = f"T.floordiv({self.size(q)} + {self.block_q - 1}, {self.block_q})"
         self.ktiles = f"T.floordiv({self.size(n)} + {cfg.BLOCK_N - 1}, {cfg.BLOCK_N})"
         self.sz_query, self.sz_key = self.size(q), self.size(n)
         ntask = self.qtiles
         self.grid = []
         rest = f"T.floordiv(task, {self.qtiles})"
         for k, g in enumerate(reversed(kp.grid)):
-            ntask = f"{ntask} * {self.size(g)}"
+            gs = self.grid_size(g)
+            ntask = f"{ntask} * {gs}"
             last = k == len(kp.grid) - 1
-            self.grid.insert(0, {"var": f"g_{g}", "expr": rest if last else f"T.floormod({rest}, {self.size(g)})"})
-            rest = f"T.floordiv({rest}, {self.size(g)})"
+            self.grid.insert(0, {"var": f"g_{g}", "expr": rest if last else f"T.floormod({rest}, {gs})"})
+            rest = f"T.floordiv({rest}, {gs})"
         self.num_tasks = ntask
 
         # buffers: rows (state, epilogue values, prev/corr), tiles, score operands
@@ -176,7 +179,7 @@ class KernelView:
         self.scores = []
         for op in kp.scores:
             F = self.static[op.contract]
-            self.buffers.append({"name": f"a_{op.name}", "shape": _tup([str(F), str(cfg.BLOCK_M)])})
+            self.buffers.append({"name": f"a_{op.name}", "shape": _tup(self.operand_shape(F))})
             ctx = Ctx(coords=self.coords(m=f"T.min(m0 + li, {self.size(q)} - 1)", f="lf", fname=op.contract),
                       local={}, lane="lf", lanes=1, fast=False, tag=f"sa_{op.name}_")
             self.scores.append({"name": op.name, "F": F, "a": op.query_read, "scalars": op.scalars, "ctx": ctx,
@@ -192,6 +195,30 @@ class KernelView:
             self.stores.append({"name": o["name"], "feat": [(f"l_{d}", self.static[d]) for d in feat],
                                 "dst": ", ".join(self.coord_out(d) for d in dims),
                                 "src": self.row_ref(o["name"])})
+
+    # -- what the decode program (decode.py) changes ------------------------------
+    decode = False
+    rows_first = False          # tiles are t_X[key, row]: vectorised along the rows
+
+    def query_block(self) -> int:
+        return self.cfg.BLOCK_M
+
+    def grid_size(self, g: str) -> str:
+        return self.size(g)
+
+    def operand_shape(self, F: int) -> list[str]:
+        return [str(F), str(self.cfg.BLOCK_M)]
+
+    def operand_layout(self) -> tuple[str, str]:
+        """(index of the query-side score operand at row li, feature lf; whether row li is valid)."""
+        return "[lf, li]", "li < mv"
+
+    def tile_shape(self) -> list[str]:
+        return [str(self.cfg.BLOCK_N), str(self.cfg.BLOCK_M)]
+
+    def row_count(self, has_query: bool) -> str:
+        """Rows a per-row statement outside the key loop is computed for."""
+        return "mv" if has_query else "1"
 
     # -- helpers ------------------------------------------------------------------
     def size(self, i: str) -> str:
@@ -211,7 +238,7 @@ class KernelView:
         if name in self.tiles:
             return
         self.tiles.add(name)
-        self.buffers.append({"name": f"t_{name}", "shape": _tup([str(self.cfg.BLOCK_N), str(self.cfg.BLOCK_M)])})
+        self.buffers.append({"name": f"t_{name}", "shape": _tup(self.tile_shape())})
 
     def row_ref(self, name: str) -> str:
         loc = {self.kp.query: "li"} | {d: f"l_{d}" for d in self.static}
@@ -241,7 +268,8 @@ class KernelView:
         local = {self.kp.query: "li", "__query": "li", "__key": "lj"} | {d: f"l_{d}" for d in self.static}
         local.update(local_extra or {})
         return Ctx(coords=coords, local=local, lane=lane, lanes=lanes, fast=fast, tiles=frozenset(self.tiles),
-                   rows=dict(self.rows), flags=self.input_flags | dict(flags), mask=mask, tag=tag, alias=dict(alias or {}))
+                   rows=dict(self.rows), flags=self.input_flags | dict(flags), mask=mask, tag=tag, alias=dict(alias or {}),
+                   rows_first=self.rows_first)
 
     def row_op(self, op, where: str, flags: dict | None = None) -> OpView:
         """A per-row statement, computed for the valid rows (epilogue, prologue): elementwise, or
@@ -254,6 +282,7 @@ class KernelView:
         v = OpView("ROW", op.name, op.expr, cx)
         v.feat = [(f"l_{d}", self.static[d]) for d in feat]
         v.has_query = self.kp.query in self.rows[op.name]
+        v.nrows = self.row_count(v.has_query)
         v.dst = self.row_ref(op.name)
         v.red, v.identity, v.acc = None, "", ""
         if op.reduced:              # a serial loop over the index, accumulating into the row value
@@ -280,7 +309,7 @@ class KernelView:
                  "has_query": kp.query in dims} for b, v, dims in init]
         full, empty = (None, None) if p.mask is None else classify_tile(p.mask, kp.query, kp.key)
         visit = "True" if (p.mask is None or not p.skip_empty ) else f"T.Not({empty})"
-        fast_cond = f"T.And(mv == {cfg.BLOCK_M}, nv == {cfg.BLOCK_N})"
+        fast_cond = f"T.And(mv == {self.block_q}, nv == {cfg.BLOCK_N})"
         if full is not None:
             fast_cond = f"T.And({fast_cond}, {full})"
         fast = self.body(p, "fast")
@@ -295,9 +324,9 @@ class KernelView:
         mask = (p.mask, True) if (fast and p.mask is not None) else None
         q = kp.query
         if fast:
-            m_c, n_c = "m0 + li", "n0 + lj"
+            m_c, n_c = "m0 + li", self.key_coord(fast)
         else:
-            m_c, n_c = f"T.min(m0 + li, {self.size(q)} - 1)", "n0 + lj"
+            m_c, n_c = f"T.min(m0 + li, {self.size(q)} - 1)", self.key_coord(fast)
         flags: dict = dict(self.input_flags)
         # rows finished before this pass may hold -inf (empty reductions)
         for name in self.rows:
@@ -316,7 +345,7 @@ class KernelView:
             return substitute(e, *mask)
 
         copies = alias_copies(kp, p, fast)
-        fused = fuse_row_reductions(kp, p, fast)
+        fused = self.fused_reductions(p, fast)
         views: dict[str, OpView] = {}
         alias: dict[str, str] = {}
         if p.index not in self._staged:
@@ -329,16 +358,11 @@ class KernelView:
             out_stage.append((buf, e, sctx))
         for op in p.loop:
             tag = f"s_{variant}_{op.name}_"
-            tctx = self.ctx(tag=tag, lane="li", lanes=cfg.BLOCK_M, fast=True, flags=flags, mask=mask,
-                            coords=self.coords(m=m_c, n=n_c), alias=alias)
+            tctx = self.tile_ctx(tag, fast, flags, mask, alias, m_c, n_c)
             tctx = dataclasses.replace(tctx, staged=staged)
             if op.kind is Kind.SCORE:
-                n_k = "n0 + jt * {RJ} + jj".format(RJ=cfg.SCORE_RJ)
-                if not fast:
-                    n_k = f"T.min({n_k}, {self.size(kp.key)} - 1)"
-                bctx = self.ctx(tag=tag + "k", lane="ii", lanes=cfg.SCORE_RI, fast=True, flags={},
-                                coords=self.coords(m=m_c, n=n_k, f="lf", fname=op.contract))
-                v = OpView("SCORE", op.name, b=op.key_read, bctx=bctx, F=self.static[op.contract])
+                v = OpView("SCORE", op.name, b=op.key_read, bctx=self.score_key_ctx(op, tag, fast, m_c),
+                           F=self.static[op.contract])
                 flags[op.name] = (True, True)            # inputs may be infinite
             elif op.kind is Kind.MAP:
                 e = sub(op.expr)
@@ -348,13 +372,16 @@ class KernelView:
                     continue
                 v = OpView("MAP", op.name, op.expr, tctx, nkeys=nkeys)
             elif op.kind is Kind.ROW_REDUCE:
-                v = OpView("ROW_REDUCE", op.name, op.expr, tctx, reduce=op.reduce.name.lower(), nkeys=nkeys)
+                v = OpView("ROW_REDUCE", op.name, op.expr, self.reduce_ctx(tctx, fast), reduce=op.reduce.name.lower(),
+                           nkeys=nkeys)
+                v.identity = fconst(op.reduce.identity)
                 flags[op.name] = inf_flags(sub(op.expr), flags)
                 if op.name in fused:
                     v.fused = True               # reduced in the MAP's loop: one pass over the tile
                     views[fused[op.name]].reduces.append(v)
             elif op.kind is Kind.RUNNING:
-                rctx = dataclasses.replace(tctx, tag=tag)
+                rctx = self.ctx(tag=tag, lane="li", lanes=cfg.BLOCK_M, fast=True, flags=flags, mask=mask,
+                                coords=self.coords(m=m_c, n=n_c), alias=alias)
                 v = OpView("RUNNING", op.name, op.expr, rctx)
                 flags[op.name] = inf_flags(sub(op.expr), flags)
             else:  # VALUE
@@ -364,8 +391,10 @@ class KernelView:
                 e_name = op.value_index
                 v.a = op.value_read
                 v.chunks = [(e0, ew, self.ctx(tag=f"{tag}v{e0}_", lane="ee", lanes=ew, fast=True, flags={},
-                                              coords=self.coords(m=m_c, n="n0 + lj", extra={e_name: f"{e0} + ee"})))
+                                              coords=self.coords(m=m_c, n="n0 + lj",
+                                                                 extra={e_name: f"{e0} + ee"} | self.key_side())))
                             for e0, ew in self.e_chunks(op.value_index)]
+                v.w_at = self.weight_at()
             if op.kind in (Kind.ROW_REDUCE, Kind.VALUE):
                 for m, base in op.rescale:
                     if m not in corr_done:
@@ -387,6 +416,40 @@ class KernelView:
             k = next((j for j, v in enumerate(out) if v.kind != "SCORE"), len(out))
             out.insert(k, first)
         return out
+
+    # -- the contexts of a key-tile body (decode.py gives its own) ---------------------
+    def tile_ctx(self, tag: str, fast: bool, flags: dict, mask, alias: dict, m_c: str, n_c: str) -> Ctx:
+        """An [m, n] tile expression: vectorised along the rows."""
+        return self.ctx(tag=tag, lane="li", lanes=self.cfg.BLOCK_M, fast=True, flags=flags, mask=mask,
+                        coords=self.coords(m=m_c, n=n_c), alias=alias)
+
+    def reduce_ctx(self, tctx: Ctx, fast: bool) -> Ctx:
+        """A row reduction's expression: the tile's context here (one row per lane)."""
+        return tctx
+
+    def score_key_ctx(self, op, tag: str, fast: bool, m_c: str) -> Ctx:
+        """The key-side operand of a score: one key's row per ``jj`` of the register tile."""
+        cfg = self.cfg
+        n_k = "n0 + jt * {RJ} + jj".format(RJ=cfg.SCORE_RJ)
+        if not fast:
+            n_k = f"T.min({n_k}, {self.size(self.kp.key)} - 1)"
+        return self.ctx(tag=tag + "k", lane="ii", lanes=cfg.SCORE_RI, fast=True, flags={},
+                        coords=self.coords(m=m_c, n=n_k, f="lf", fname=op.contract))
+
+    def key_coord(self, fast: bool) -> str:
+        """The key of lane ``lj`` in a tile expression (the loops stop at the last valid key)."""
+        return "n0 + lj"
+
+    def key_side(self) -> dict:
+        """Coordinates that the reads shared by every row of a task (K, V) take instead."""
+        return {}
+
+    def weight_at(self) -> str:
+        """The P.V loop's read of the weights tile, row ``it * PV_RM + ii`` at key ``lj``."""
+        return f"[lj, it * {self.cfg.PV_RM} + ii]"
+
+    def fused_reductions(self, p, fast: bool) -> dict:
+        return fuse_row_reductions(self.kp, p, fast)
 
     def staged_reads(self, p) -> dict:
         """Buffers ``x_<pass>_<k>`` for the dense [.., m, n] input reads of the pass (the
@@ -512,7 +575,12 @@ def split_layout(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int]) -> tupl
 
 def workspace_numel(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], sizes: dict) -> int:
     """Floats of the workspace a kernel with ``KV_SPLITS > 1`` takes: a slot per (task, part)."""
-    tasks = math.prod(int(sizes[g]) for g in kp.grid) * -(-int(sizes[kp.query]) // cfg.BLOCK_M)
+    if cfg.decode:           # row blocks of PACK heads x BLOCK_M query rows
+        from .config import decode_tasks
+        tasks = decode_tasks(kp, sizes, cfg.BLOCK_M, cfg.PACK)
+        cfg = dataclasses.replace(cfg, BLOCK_M=cfg.rows())
+    else:
+        tasks = math.prod(int(sizes[g]) for g in kp.grid) * -(-int(sizes[kp.query]) // cfg.BLOCK_M)
     return tasks * cfg.KV_SPLITS * split_layout(kp, cfg, static)[1]
 
 
@@ -522,6 +590,10 @@ def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int) -> 
     """TVMScript source of the fused forward kernel (one ``main`` prim_func)."""
     cfg.check(vec)
     cfg.check_plan(kp)
-    view = KernelView(kp, cfg, static, vec)
-    return _template().render(k=view, cfg=cfg, lower=lower, VEC=vec)
+    if cfg.decode:
+        from .decode import DecodeView
+        view = DecodeView(kp, cfg, static, vec)
+    else:
+        view = KernelView(kp, cfg, static, vec)
+    return _template().render(k=view, cfg=view.cfg, lower=lower, VEC=vec)
 

@@ -11,7 +11,7 @@ import pytest
 
 import einattn
 from einattn.backends.base import Workload
-from einattn.backends.cpu.config import CpuConfig, working_set
+from einattn.backends.cpu.config import CpuConfig, resolve, working_set, workload_params
 from einattn.backends.cpu.host import CacheSizes, HostCpu, read_cache_sizes
 from einattn.compiler import make_kernel_plan, make_plan
 from einattn.specs import load_spec
@@ -36,7 +36,10 @@ def kplan(name: str):
 def test_every_candidate_validates_default_first_no_duplicates(name, workload, host):
     kp, w = kplan(name), WORKLOADS[workload]
     space = CpuConfig.space(kp, w, host, CACHES)
-    assert space[0] == CpuConfig.default(host)
+    sizes = w.as_dict()
+    # first: what an untuned call runs (the host's defaults resolved for the workload)
+    assert space[0] == resolve(CpuConfig.default(host), frozenset(), kp, sizes, workload_params(kp, sizes), CACHES.cores)
+    assert all(c.PROGRAM in ("tile", "decode") for c in space)
     assert len(set(space)) == len(space)
     assert 10 <= len(space) <= 200, len(space)
     for cfg in space:
@@ -67,8 +70,18 @@ def test_every_part_gets_a_key_tile():
 
 
 def test_short_queries_get_small_query_blocks():
-    blocks = {c.BLOCK_M for c in CpuConfig.space(kplan("softmax"), DECODE, AVX512, CACHES)[1:]}
-    assert blocks == {16}
+    space = CpuConfig.space(kplan("softmax"), DECODE, AVX512, CACHES)
+    assert {c.BLOCK_M for c in space if c.PROGRAM == "tile"} == {16}
+    assert {c.BLOCK_M for c in space if c.PROGRAM == "decode"} == {1}
+    assert {c.PROGRAM for c in CpuConfig.space(kplan("softmax"), PREFILL, AVX512, CACHES)} == {"tile"}
+
+
+def test_decode_space_packs_the_kv_group():
+    gqa = Workload.of({"b": 1, "h": 32, "g": 8, "m": 1, "n": 8192, "d": 128, "e": 128})
+    space = CpuConfig.space(kplan("gqa"), gqa, AVX512, CACHES)
+    assert {c.PACK for c in space if c.PROGRAM == "decode"} == {1, 2, 4}        # divisors of r = 4
+    assert space[0].PROGRAM == "decode" and space[0].PACK == 4
+    assert {c.PACK for c in CpuConfig.space(kplan("softmax"), DECODE, AVX512, CACHES) if c.decode} == {1}
 
 
 @pytest.mark.parametrize("workload", list(WORKLOADS), ids=list(WORKLOADS))
@@ -81,7 +94,7 @@ def test_multi_pass_plan_never_split(workload):
 def test_l2_pruning():
     kp = kplan("softmax")
     wide = Workload.of({"b": 1, "h": 8, "m": 4096, "n": 4096, "d": 256, "e": 256})
-    big = CpuConfig(BLOCK_M=128, BLOCK_N=256)
+    big = CpuConfig(BLOCK_M=128, BLOCK_N=256, PROGRAM="tile")
     assert working_set(kp, big, wide) > CACHES.l2
     with pytest.raises(einattn.UnsupportedError, match=r"rule 'L2'.*lower BLOCK_M or BLOCK_N"):
         big.validate(AVX512, wide, kp, CACHES)
