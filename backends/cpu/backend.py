@@ -90,11 +90,14 @@ class CpuBackend:
             raise UnsupportedError(f"the cpu backend takes no options, got {sorted(options)}")
         cfg = CpuConfig(**check_config(self.name, config, CpuConfig.keys(), CpuConfig.AUTO_KEYS))
         _check_tvm_installed()                    # fail early and clearly; importing TVM waits for a build
-        cfg.check(host().fp32_lanes)
+        given = frozenset(config or {})
+        # a decode config's open keys are chosen per call (and checked then): check what was given
+        open_ = {k: 1 for k in ("BLOCK_M", "PV_RM") if cfg.decode and k not in given}
+        dataclasses.replace(cfg, **open_).check(host().fp32_lanes)
         kp = make_kernel_plan(plan)
         check_capabilities(kp, self.capabilities, self.name)
         cfg.check_plan(kp)
-        return CpuArtifact(kp, cfg, kp.static, plan.cascade.structural_hash(), given=frozenset(config or {}))
+        return CpuArtifact(kp, cfg, kp.static, plan.cascade.structural_hash(), given=given)
 
     # -- the search space, for the autotuner ---------------------------------------------
     def space(self, plan, target: Target, workload) -> list[dict]:
