@@ -115,8 +115,8 @@ def choose_program(kp: KernelPlan, sizes: dict, forced: str = "auto", max_rows: 
     if forced != "auto":
         return Choice(forced, f"PROGRAM={forced} set in the config")
     if m <= max_rows:
-        return Choice("decode", f"{kp.query}={m} <= {max_rows} query rows: the decode program packs rows "
-                                f"and vectorises the keys instead of computing a query tile of mostly padding")
+        return Choice("decode", f"{kp.query}={m} <= {max_rows} query rows: the decode program packs heads and "
+                                f"query rows into one row block instead of a query tile of mostly padding")
     return Choice("tile", f"{kp.query}={m} > {max_rows} query rows: the query tile program")
 
 

@@ -189,10 +189,12 @@ def explain(spec) -> Plan:
 KERNEL_TARGETS = ("cpu", "cuda", "rocm")
 
 
-def explain_kernel(spec) -> str:
+def explain_kernel(spec, shape: dict | None = None, params: dict | None = None) -> str:
     """The kernel plan of a spec as text: index roles, per pass its typed ops, the lowering
     rules that apply and what they did, and whether each kernel target (cpu, cuda, rocm)
-    can compile it, with the reason when it cannot (``check_capabilities``).
+    can compile it, with the reason when it cannot (``check_capabilities``). With ``shape``
+    (a size per index), also the tile program each target runs a call of that shape with
+    (``compiler/decode.py``: decode for short queries), why, and its config.
 
     >>> print(explain_kernel("softmax").splitlines()[-3])
       cpu: yes
@@ -212,13 +214,23 @@ def explain_kernel(spec) -> str:
     lines.append("lowering rules:")
     lines += [f"  {x}" for x in describe_rules(kp)] or ["  (none applies)"]
     lines.append("targets:")
+    ok = []
     for t in KERNEL_TARGETS:
         target = parse_target(t)
         try:
             check_capabilities(kp, get_backend(target).capabilities, target.kind)
             lines.append(f"  {t}: yes")
+            ok.append(target)
         except UnsupportedError as e:
             lines.append(f"  {t}: no: {e}")
+    if shape is not None:
+        from einattn.ir import eval_params
+        params = eval_params(plan.cascade, shape, dict(params or {}))
+        lines.append(f"at {', '.join(f'{k}={v}' for k, v in shape.items())}:")
+        for target in ok:
+            backend = get_backend(target)
+            text = backend.describe(backend.prepare(plan, target, {}), shape, params)
+            lines.append(f"  {target}: " + text.replace("\n", "\n    "))
     return "\n".join(lines)
 
 

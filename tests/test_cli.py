@@ -247,3 +247,14 @@ def test_peak_cites_files_inside_the_repository():
     for path in (ROOT / "einattn").rglob("*.py"):
         assert not re.search(r"shared/\w|STACK\.md", path.read_text()), path
     assert "--peak" in source          # and how to give this machine's own
+
+
+def test_explain_kernel_at_a_shape_names_each_targets_program(capsys):
+    from einattn.cli import main
+    assert main(["explain", "gqa", "--kernel", "--shape", "b=1,h=32,g=8,m=1,n=8192,d=128,e=128"]) == 0
+    out = capsys.readouterr().out
+    assert "  cpu: program: decode" in out and "4 head(s) x 1 query row(s)" in out
+    assert "  cuda: program: decode" in out and "'PROGRAM': 'decode', 'PACK': 4" in out
+    assert main(["explain", "softmax", "--kernel", "--shape", "b=1,h=8,m=2048,n=2048,d=64,e=64"]) == 0
+    assert "  cpu: program: tile" in capsys.readouterr().out
+    assert main(["explain", "softmax", "--shape", "m=1"]) == 2

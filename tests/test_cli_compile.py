@@ -28,7 +28,9 @@ def test_compile_writes_files_and_report(tmp_path, capsys, target, suffixes, mar
     assert marker in (out / f"{name}.{suffixes[0]}").read_text()
     assert (out / f"{name}.{suffixes[1]}").read_bytes()[:4] == b"\x7fELF"
     assert "tl.dot" in (out / "kernel.py").read_text()
-    assert rep["config"] == {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "KV_SPLITS": 1}
+    # the config the call at this shape runs: m = 128 takes the tile program, no split (causal)
+    assert rep["config"] == {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "KV_SPLITS": 1,
+                             "PROGRAM": "tile", "PACK": 1}
     assert rep["target"]["target"] == target and rep["dtype"] == "float16"
     assert rep["plan"]["passes"] == 1 and rep["plan"]["schedule"][0]["mask"] == "n <= m"
     assert rep["resources"]["shared_memory"] > 0 and rep["resources"]["registers"] > 0
@@ -63,3 +65,15 @@ def test_targets_lists_hardware_and_host(capsys):
     assert main(["targets", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["host"]["cpu"] and all("sources" in t for t in data["targets"])
+
+
+def test_compile_a_decoding_shape_writes_the_decode_program(tmp_path):
+    """m = 1 against 4096 keys: PROGRAM auto takes the decode program, packs the GQA group and
+    splits the key loop; kernel.py is the source that was compiled."""
+    out = tmp_path / "k"
+    assert main(["compile", "gqa", "--target", "cuda:sm_90", "--shape", "b=1,h=32,g=8,m=1,n=4096,d=128,e=128",
+                 "--out", str(out)]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["config"]["PROGRAM"] == "decode" and rep["config"]["PACK"] == 4
+    assert rep["config"]["KV_SPLITS"] > 1
+    assert "combine" in (out / "kernel.py").read_text()

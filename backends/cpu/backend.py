@@ -99,6 +99,15 @@ class CpuBackend:
         cfg.check_plan(kp)
         return CpuArtifact(kp, cfg, kp.static, plan.cascade.structural_hash(), given=given)
 
+    def describe(self, artifact: CpuArtifact, sizes: dict, params: dict | None = None) -> str:
+        """Which program a call at ``sizes`` gets, why, and the config it runs (``einattn explain``)."""
+        from einattn.compiler.decode import describe
+        from .config import DECODE_MAX_ROWS
+        params = complete_params(artifact.kp.cascade, sizes, dict(params or {}))
+        text = describe(artifact.kp, sizes, params, artifact.config.PROGRAM, DECODE_MAX_ROWS)
+        cfg = resolve(artifact.config, artifact.given, artifact.kp, sizes, params, read_cache_sizes().cores)
+        return f"{text}\n  config {cfg.as_dict()}"
+
     # -- the search space, for the autotuner ---------------------------------------------
     def space(self, plan, target: Target, workload) -> list[dict]:
         """Config dicts worth timing for ``plan`` at ``workload`` on this host, the default

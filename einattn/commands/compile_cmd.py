@@ -111,7 +111,8 @@ def run(args) -> int:
     dtype_name = args.dtype or DEFAULT_DTYPE
     dtype = DTYPES[dtype_name]
     backend = get_backend(target)
-    art = backend.prepare(make_plan(spec), target, parse_assignments(args.config, "config", False))
+    # the program and config a call at this shape runs (PROGRAM="auto": decode for short queries)
+    art = backend.prepare(make_plan(spec), target, parse_assignments(args.config, "config", False)).at(sizes, params)
     ck = backend.build(art, sizes, dtype)
     out = make_out(args.out)
     _write(out / "kernel.py", art.source)

@@ -1,6 +1,8 @@
 """einattn explain SPEC: passes as written, the rewrites, the pass plan; --kernel: the kernel plan."""
 from __future__ import annotations
 
+from einattn.ir import UnsupportedError
+
 
 def add(sub):
     p = sub.add_parser("explain", help="show the pass analysis and rewrites of a spec")
@@ -9,14 +11,25 @@ def add(sub):
     p.add_argument("--kernel", action="store_true",
                    help="print the kernel plan instead: index roles, typed ops per pass, the lowering rules "
                         "that apply, and which targets (cpu, cuda, rocm) can compile it and why not")
+    p.add_argument("--shape", default=None,
+                   help="with --kernel: sizes of a call, e.g. b=1,h=32,g=8,m=1,n=8192,d=128,e=128; prints the "
+                        "tile program (decode or tile) each target runs it with, why, and the config")
+    p.add_argument("--param", action="append", default=None, help="a spec param for --shape, e.g. W=128")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     import einattn
+    if args.shape and not args.kernel:
+        raise UnsupportedError("--shape shows the tile program a call gets: use it with --kernel")
     if args.kernel:
+        from einattn.inputs import parse_assignments, parse_shape
         from einattn.kernel import explain_kernel
-        print(explain_kernel(args.spec))
+        shape = parse_shape(args.shape, einattn.load_spec(args.spec)) if args.shape else None
+        params = {}
+        for item in args.param or ():
+            params.update(parse_assignments(item, "param"))
+        print(explain_kernel(args.spec, shape, params))
         return 0
     plan = einattn.explain(args.spec)
     print(plan.cascade.canonical() if args.json else plan)
