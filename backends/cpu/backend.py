@@ -31,7 +31,7 @@ from ..base import INDEX_LIMIT, Target, check_config, complete_params, hidden_no
 from .build import get_kernel
 from .config import CpuConfig, resolve
 from .host import read_cache_sizes
-from .render import workspace_numel
+from .view import workspace_numel
 
 MAX_VALUE_WIDTHS = 4      # value tensors of different widths (O1 from V[.., e], O2 from W[.., f]); tested with 2
 from .runtime import _check_tvm_installed, host, run_kernel

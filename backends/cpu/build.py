@@ -42,7 +42,7 @@ def code_hash() -> str:
     if _CODE_HASH is None:
         here = Path(__file__).resolve().parent
         h = hashlib.sha256(template_hash().encode())
-        for f in ("render.py", "decode.py", "expr.py", "config.py", "../printer.py"):
+        for f in ("render.py", "view.py", "decode.py", "expr.py", "config.py", "../printer.py"):
             h.update((here / f).read_bytes())
         _CODE_HASH = h.hexdigest()[:16]
     return _CODE_HASH

@@ -1,4 +1,4 @@
-"""The CPU decode program: what :class:`~einattn.backends.cpu.render.KernelView` changes for it.
+"""The CPU decode program: what :class:`~einattn.backends.cpu.view.KernelView` changes for it.
 
 One task is a row block of ``PACK`` heads x ``BLOCK_M`` query rows (``compiler/decode.py``:
 heads whose K and V rows are the same, a GQA group); row ``li`` is head ``li // BLOCK_M`` of
@@ -19,7 +19,7 @@ from einattn.compiler.decode import packing
 
 from .config import CpuConfig
 from .expr import Ctx
-from .render import KernelView
+from .view import KernelView
 
 
 class DecodeView(KernelView):

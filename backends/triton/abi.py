@@ -23,7 +23,7 @@ def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precisi
         out[f"BLOCK_{i}"] = next_pow2(int(sizes[i]))
     out["BLOCK_M"], out["BLOCK_N"] = config.BLOCK_M, config.BLOCK_N
     if "BLOCK_Q" in r.constexprs:         # the decode program: a resolved config (PACK >= 1)
-        from .decode import decode_rows
+        from .config import decode_rows
         out["BLOCK_Q"], out["BLOCK_M"] = decode_rows(int(sizes[r.query]), config.BLOCK_M, config.PACK)
         out["PACK"] = config.PACK
     out["DOT_PRECISION"] = dot_precision

@@ -22,7 +22,7 @@ Two programs (``PROGRAM``): the tile program (query tiles of BLOCK_M rows) and t
 decode program (``backends/triton/decode.py``: the rows of PACK heads that read the
 same K/V rows packed into one row block). With "auto" (the default) each call takes
 the one ``compiler.decode.choose_program`` names for its query length; ``PACK`` and
-``KV_SPLITS`` left at 0 are chosen per call (:func:`decode.resolve`). Each program is
+``KV_SPLITS`` left at 0 are chosen per call (:func:`config.resolve`). Each program is
 rendered once per artifact, when a call first needs it. ``space``,
 ``default_config`` and ``model_time`` serve the tuner: the configs worth trying
 (nothing compiled) and a predicted time from the compiled kernel's resources
@@ -52,7 +52,8 @@ from ..base import INDEX_LIMIT, Target, Workload, complete_params, hidden_nonfin
 from .abi import constexpr_values, dot_precision, output_dtype, workspace_shapes
 from .aot import check_slice_offsets, compile_kernel
 from .config import TritonConfig, _params, check_compiled, check_config, parse_config
-from .decode import describe_program, launch_grid, render_program, resolve
+from .config import resolve
+from .decode import describe_program, launch_grid, render_program
 from .decode import workspace_shapes as decode_workspace_shapes
 from .hardware import HardwareTarget, load_target
 from .loader import interpreting, load_kernel, write_source
@@ -89,7 +90,7 @@ class TritonArtifact:
 
     def at(self, sizes: dict, params: dict | None = None) -> "TritonArtifact":
         """The artifact a call at ``sizes`` runs: the program and the concrete config
-        (:func:`decode.resolve`: PROGRAM, PACK and KV_SPLITS fixed), rendered once per program."""
+        (:func:`config.resolve`: PROGRAM, PACK and KV_SPLITS fixed), rendered once per program."""
         cfg, _ = resolve(self.plan, self.config, sizes, _params(self.plan, sizes, params), self.hardware)
         if cfg == self.config:
             return self
@@ -264,7 +265,7 @@ class TritonBackend:
 
     def default_config(self, plan, target: Target, workload: Workload) -> dict:
         """The config used when none is given, as it resolves at ``workload`` (every key explicit:
-        the program ``choose_program`` names, PACK and KV_SPLITS as ``decode.resolve`` chooses them)."""
+        the program ``choose_program`` names, PACK and KV_SPLITS as ``config.resolve`` chooses them)."""
         kp = make_kernel_plan(plan)
         sizes = workload.as_dict()
         if kp.query not in sizes:

@@ -12,6 +12,7 @@ pure function, pruned by these checks before anything compiles.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -87,7 +88,6 @@ class TritonConfig:
         KV_SPLITS as above. Shared-memory, register and dtype estimates prune the rest. At head dim
         128 in fp16 a decode workload of one softmax head group keeps about 320 configs on an H100.
         """
-        from .decode import decode_rows, resolve
         sizes = workload.as_dict()
         m = sizes.get(kp.query, 1)
         progs = 1
@@ -241,3 +241,58 @@ def check_compiled(res: dict, hw: HardwareTarget, cfg: TritonConfig) -> None:
     if regs is not None and regs > hw.max_registers_per_thread:
         raise UnsupportedError(f"the compiled kernel uses {regs} registers per thread on {where}, over the "
                                f"limit of {hw.max_registers_per_thread}")
+
+
+# -- the config of one call (the decode program's choices: compiler/decode.py) ----------
+
+def decode_rows(m: int, cap: int, pack: int) -> tuple[int, int]:
+    """(BLOCK_Q, BLOCK_M) of the decode program: query rows per head (``query_block(m)``, at most
+    ``cap // pack``) and rows of the row block (``pack * BLOCK_Q`` rounded up to a power of two >= 16:
+    ``tl.dot``'s minimum and ``tl.arange``'s rule)."""
+    q = max(1, min(plan_decode.query_block(m), cap // max(pack, 1)))
+    return q, max(16, plan_decode.query_block(pack * q))
+
+
+def grid_size(kp: KernelPlan, sizes: dict) -> int:
+    out = 1
+    for g in kp.grid:
+        out *= int(sizes[g])
+    return out
+
+
+def resolve(kp: KernelPlan, cfg: TritonConfig, sizes: dict, params: dict,
+            hw: HardwareTarget) -> tuple[TritonConfig, str]:
+    """The concrete config a call at ``sizes`` runs (``PROGRAM`` "tile" or "decode", ``PACK`` and
+    ``KV_SPLITS`` >= 1) and why that program. Keys the config sets are kept; a ``PACK`` that the
+    plan cannot honour raises :class:`UnsupportedError`. Without the query length (sizes of head
+    dims only) "auto" means the tile program."""
+    if kp.query not in sizes:
+        if cfg.PROGRAM == "decode":
+            raise UnsupportedError(f"PROGRAM='decode' needs the query length '{kp.query}' in the sizes "
+                                   f"(its row block depends on it); sizes given: {sorted(sizes)}")
+        sizes = {**sizes, kp.query: plan_decode.DECODE_MAX_ROWS + 1}
+    choice = plan_decode.choose_program(kp, sizes, cfg.PROGRAM)
+    if choice.program == "tile":
+        if cfg.PACK > 1:
+            raise UnsupportedError(f"PACK={cfg.PACK} with PROGRAM={cfg.PROGRAM} at {kp.query}={sizes[kp.query]}: "
+                                   f"only the decode program packs heads ({choice.why}); use PROGRAM='decode' "
+                                   f"or leave PACK unset")
+        return dataclasses.replace(cfg, PROGRAM="tile", PACK=1, KV_SPLITS=max(1, cfg.KV_SPLITS)), choice.why
+    m = int(sizes[kp.query])
+    pack = cfg.PACK
+    if pack == 0:
+        limit = min(plan_decode.MAX_PACK, max(1, cfg.BLOCK_M // plan_decode.query_block(m)))
+        pack = plan_decode.pack_size(plan_decode.packing(kp), sizes, params, limit)
+    elif (why := plan_decode.pack_refusal(kp, pack, sizes, params)) is not None:
+        raise UnsupportedError(f"config {why}")
+    if pack > cfg.BLOCK_M:
+        raise UnsupportedError(f"PACK={pack} heads need a row block of at least {pack} rows; BLOCK_M={cfg.BLOCK_M} "
+                               f"bounds it: raise BLOCK_M to {1 << (pack - 1).bit_length()} or lower PACK")
+    splits = cfg.KV_SPLITS
+    if splits == 0:
+        q, _ = decode_rows(m, cfg.BLOCK_M, pack)
+        tasks = -(-m // q) * -(-grid_size(kp, sizes) // pack)
+        splits = plan_decode.split_count(kp, tasks, hw.sms, -(-int(sizes[kp.key]) // cfg.BLOCK_N))
+    elif splits > 1 and (why := split_refusal(kp)) is not None:
+        raise UnsupportedError(f"config KV_SPLITS={splits}: {why}; use KV_SPLITS=1")
+    return dataclasses.replace(cfg, PROGRAM="decode", PACK=pack, KV_SPLITS=splits), choice.why

@@ -141,7 +141,8 @@ def input_bytes(kp: KernelPlan, sizes: dict, nb: int, blocks: int) -> int:
 
 def decode_work(kp: KernelPlan, cfg: TritonConfig, workload) -> dict:
     """``work`` of the decode program (a resolved config: PACK and KV_SPLITS >= 1)."""
-    from .decode import decode_rows, launch_grid
+    from .config import decode_rows
+    from .decode import launch_grid
     assert cfg.PACK >= 1 and cfg.KV_SPLITS >= 1, "a resolved config (decode.resolve)"
     sizes = workload.as_dict()
     m, n = sizes.get(kp.query, 1), sizes.get(kp.key, 1)

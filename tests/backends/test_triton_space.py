@@ -21,7 +21,7 @@ from einattn.ir import UnsupportedError
 pytest.importorskip("triton")
 
 from einattn.backends.triton.config import TritonConfig  # noqa: E402
-from einattn.backends.triton.decode import resolve  # noqa: E402
+from einattn.backends.triton.config import resolve  # noqa: E402
 from einattn.backends.triton.hardware import all_targets  # noqa: E402
 from einattn.backends.triton.model import predict  # noqa: E402
 
