@@ -215,7 +215,11 @@ class CpuConfig:
         return [c for _, c in sorted(ok, key=lambda t: t[0])]
 
 
-DECODE_BLOCK_N = 128         # keys per tile of a decode call whose config does not set BLOCK_N
+# a decode call whose config does not set them: BLOCK_N x the contraction width about 16K floats
+# (BLOCK_N 256 at d=64, 128 at d=128) and SCORE_RJ x width 256 (4 keys at d=64, 2 at d=128; 4
+# would spill at d=128): measured at h=8, n=8192, m=1 (d=64: 1.32 vs 1.50 ms with BLOCK_N 128)
+# and GQA h=32, g=8, d=128 (3.57 ms with SCORE_RJ 2, 4.93 ms with 4)
+DECODE_TILE_FLOATS = 16384
 DECODE_MAX_QUERY_BLOCK = 16  # query rows per decode row block when BLOCK_M is not set
 # "auto" takes the decode program up to this query length: measured on Zen 5 (one thread, softmax
 # d=64, n=8192), decode against the tile program with BLOCK_M=16: 88 vs 695 cycles per key and row
@@ -228,7 +232,8 @@ def resolve(cfg: CpuConfig, given: frozenset, kp: KernelPlan, sizes: dict, param
     ``compiler.decode.choose_program`` picks for the call's query length (decode up to
     ``DECODE_MAX_ROWS``); the keys the user did not set (``given``) are then chosen for the call.
     Decode: BLOCK_M the query length rounded up to a power of two (at most 16), PACK the heads
-    of a KV group (``pack_size``), BLOCK_N 128, PV_RM the largest divisor of the rows up to 4.
+    of a KV group (``pack_size``), BLOCK_N and SCORE_RJ by the contraction width
+    (``DECODE_TILE_FLOATS``), PV_RM the largest divisor of the rows up to 4.
     Tile: BLOCK_M the query length rounded up to a power of two within 16..64 (with SCORE_RI
     at most BLOCK_M, keeping SCORE_RJ x SCORE_RI accumulators). Both: KV_SPLITS enough parts
     for 2 tasks per core (``split_count``). Raises the rule a given key breaks."""
@@ -256,8 +261,11 @@ def resolve(cfg: CpuConfig, given: frozenset, kp: KernelPlan, sizes: dict, param
     pack = out.get("PACK", cfg.PACK)
     if (why := pack_refusal(kp, pack, sizes, params)) is not None:
         raise UnsupportedError(f"CPU config: {why}")
-    if "BLOCK_N" not in given:
-        out["BLOCK_N"] = DECODE_BLOCK_N
+    width = max([int(sizes[f]) for f in kp.contract if f in sizes] or [64])
+    if "BLOCK_N" not in given:          # a key tile of K rows of about 64 KiB
+        out["BLOCK_N"] = min(512, max(64, DECODE_TILE_FLOATS // width // 16 * 16))
+    if "SCORE_RJ" not in given:         # the RJ keys' K vectors stay in registers
+        out["SCORE_RJ"] = min(8, max(1, 256 // width))
     rows = pack * mq
     if "PV_RM" not in given:
         out["PV_RM"] = max(d for d in range(1, 5) if rows % d == 0)
