@@ -123,14 +123,29 @@ def _all_finite_many(ts: list) -> bool:
     return all(all_finite(t) for t in ts if t.device.type == "cpu")
 
 
-def hidden_nonfinite(kp, inputs: dict) -> bool:
+def hidden_nonfinite(kp, inputs: dict, sizes: dict | None = None, params: dict | None = None) -> bool:
     """Whether an input read at key tiles that the plan skips holds a NaN or an inf.
 
     Skipping a key tile hidden by the mask is exact only for finite inputs: in the
     reference a NaN or inf at a hidden key still reaches the row through ``0 * NaN``
     (the weight is 0, the product is not). Kernels then visit every tile
-    (``KernelPlan.visiting_all``), so every target gives the reference's NaN."""
+    (``KernelPlan.visiting_all``), so every target gives the reference's NaN.
+    With the call's ``sizes`` and ``params``: False without reading the inputs when every
+    skipping pass's mask is true on the whole call (a decoding step under a bottom-right
+    causal mask sees every key), since then no tile is skipped."""
+    if sizes is not None and not _may_skip(kp, sizes, params or {}):
+        return False
     return not _all_finite_many([inputs[n] for n in kp.skipped_inputs()])
+
+
+def _may_skip(kp, sizes: dict, params: dict) -> bool:
+    from einattn.compiler.masks import domain_decision
+    m, n = int(sizes[kp.query]), int(sizes[kp.key])
+    try:
+        return any(not domain_decision(p.mask, kp.query, kp.key, m, n, params)[0]
+                   for p in kp.passes if p.skip_empty and p.mask is not None)
+    except (KeyError, TypeError):          # a param the call does not give: check the inputs
+        return True
 
 
 def complete_params(c, sizes: dict, params: dict) -> dict:

@@ -41,11 +41,11 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def grid_shapes(text: str) -> list[tuple[str, str]]:
+def grid_shapes(text: str, variants: list[str]) -> list[tuple[str, str]]:
     if text == "none":
         return []
     out = []
-    for name in GRID_VARIANTS:
+    for name in variants:
         for n in (2048, 8192, 32768):
             for m in (1, 4, 16, 64):
                 heads = "h=32,g=8" if name == "gqa" else "h=8"
@@ -60,6 +60,8 @@ def main() -> int:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **ENV})
     ap = argparse.ArgumentParser()
     ap.add_argument("--grid", default="all", choices=("all", "none"))
+    ap.add_argument("--variants", default=",".join(GRID_VARIANTS), help="the grid's variants")
+    ap.add_argument("--no-six", action="store_true", help="only the grid")
     ap.add_argument("--flex", action="store_true", help="also FlexAttention (compiles per shape: slow)")
     ap.add_argument("--rounds", type=int, default=9)
     args = ap.parse_args()
@@ -82,7 +84,7 @@ def main() -> int:
           " | ".join(f"{p} ms | {p} / einattn" for p in peers) + " |")
     print("|---" * (6 + 2 * len(peers)) + "|")
     kernels: dict = {}
-    for name, shape_text in SIX + grid_shapes(args.grid):
+    for name, shape_text in ([] if args.no_six else SIX) + grid_shapes(args.grid, args.variants.split(",")):
         spec = einattn.load_spec(name)
         shape = {k: int(v) for k, v in (p.split("=") for p in shape_text.split(","))}
         x = bench_inputs(spec, shape, torch.float32)

@@ -79,6 +79,33 @@ def tile_decision(pred: Expr, leaf, and_, or_):
     return leaf(pred)
 
 
+def domain_decision(pred: Expr, query: str, key: str, m: int, n: int, params: dict) -> tuple[bool, bool]:
+    """(true everywhere, false everywhere) of an affine predicate over the whole call,
+    queries ``[0, m)`` x keys ``[0, n)``, with the params' values: the extremes of each atom
+    are at the domain's corners. A launcher that finds it true everywhere knows no key tile
+    is hidden by it."""
+    def value(e: Expr) -> float:
+        if e.op is Op.CONST:
+            return e.arg
+        if e.op is Op.PARAM:
+            return float(params[e.arg])
+        if e.op is Op.NEG:
+            return -value(e.src[0])
+        a, b = value(e.src[0]), value(e.src[1])
+        return a + b if e.op is Op.ADD else a - b if e.op is Op.SUB else a * b
+
+    def leaf(e: Expr) -> tuple[bool, bool]:
+        a = atom(e, query, key)
+        c = value(a.const)
+        ends = [(c + a.cm * i + a.cn * j) for i in (0, max(m - 1, 0)) for j in (0, max(n - 1, 0))]
+        lo, hi = min(ends), max(ends)
+        return {Op.LT: (hi < 0, lo >= 0), Op.LE: (hi <= 0, lo > 0), Op.GT: (lo > 0, hi <= 0),
+                Op.GE: (lo >= 0, hi < 0), Op.EQ: (lo == hi == 0, hi < 0 or lo > 0),
+                Op.NE: (hi < 0 or lo > 0, lo == hi == 0)}[e.op]
+
+    return tile_decision(pred, leaf, lambda a, b: a and b, lambda a, b: a or b)
+
+
 def is_affine_predicate(e: Expr, query: str, key: str) -> bool:
     """True if ``e`` is built from affine comparisons in (query, key) with & | ~."""
     if e.op in (Op.AND, Op.OR):

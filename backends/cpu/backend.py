@@ -64,9 +64,9 @@ class CpuArtifact:
             art = self.resolved[cfg] = dataclasses.replace(self, config=cfg, builds={}, visit_all=None, resolved={})
         return art
 
-    def for_inputs(self, inputs: dict) -> "CpuArtifact":
+    def for_inputs(self, inputs: dict, sizes: dict | None = None, params: dict | None = None) -> "CpuArtifact":
         """This artifact, or its variant that visits every key tile (see ``hidden_nonfinite``)."""
-        if not hidden_nonfinite(self.kp, inputs):
+        if not hidden_nonfinite(self.kp, inputs, sizes, params):
             return self
         if self.visit_all is None:
             self.visit_all = dataclasses.replace(self, kp=self.kp.visiting_all(), builds={}, skip=False)
@@ -162,7 +162,8 @@ class CpuBackend:
             raise UnsupportedError(f"{c.name}: sizes {', '.join(zero) or 'that empty an output but not all'} "
                                    f"on the cpu target: the kernel compiles these sizes in and needs them >= 1; "
                                    f"target='reference' gives the empty/zero result")
-        artifact = artifact.concrete(sizes, params).for_inputs(dict(zip([t.name for t in c.inputs], args)))
+        artifact = artifact.concrete(sizes, params).for_inputs(dict(zip([t.name for t in c.inputs], args)),
+                                                               sizes, params)
         fn = artifact.builds.get(bucket)
         if fn is None:
             fn = artifact.builds[bucket] = get_kernel(artifact, dict(bucket))

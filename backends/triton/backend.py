@@ -77,9 +77,9 @@ class TritonArtifact:
     program: str = "tile"                             # what ``rendered`` is: "tile" | "decode"
     variants: dict = field(default_factory=dict)      # concrete config -> the artifact a call runs
 
-    def for_inputs(self, inputs: dict) -> "TritonArtifact":
+    def for_inputs(self, inputs: dict, sizes: dict | None = None, params: dict | None = None) -> "TritonArtifact":
         """This artifact, or its variant that visits every key tile (see ``hidden_nonfinite``)."""
-        if not hidden_nonfinite(self.plan, inputs):
+        if not hidden_nonfinite(self.plan, inputs, sizes, params):
             return self
         if self.visit_all is None:
             kp = self.plan.visiting_all()
@@ -199,7 +199,7 @@ class TritonBackend:
         x = with_statistics(artifact.plan, check_inputs(artifact, inputs, device), sizes, params)
         compute = dot_dtype(artifact.plan, x)
         dts = [t.dtype for t in x.values()]
-        artifact = artifact.for_inputs(x)
+        artifact = artifact.for_inputs(x, sizes, params)
         r = artifact.rendered
         fn = load_kernel(artifact.path, r.kernel_name, interpret=artifact.interpret)
         if artifact.interpret and compute == torch.bfloat16:
