@@ -132,7 +132,8 @@ class CpuBackend:
         from .build import build_source
         art = self.prepare(plan, target, config)
         sizes = workload.as_dict()
-        art = art.concrete(sizes, complete_params(art.kp.cascade, sizes, {}))
+        from .config import workload_params
+        art = art.concrete(sizes, workload_params(art.kp, sizes))
         return build_source(art, {i: int(sizes[i]) for i in art.static})
 
     def fingerprint(self, target: Target) -> dict:

@@ -89,22 +89,31 @@ def work(kp: KernelPlan, cfg: TritonConfig, workload) -> dict:
     if cfg.PROGRAM == "decode":
         return decode_work(kp, cfg, workload)
     sizes = workload.as_dict()
-    m, n = sizes.get(kp.query, 1), sizes.get(kp.key, 1)
+    m = sizes.get(kp.query, 1)
     slices = 1
     for g in kp.grid:
         slices *= sizes.get(g, 1)
-    mp, np_ = _pad(m, cfg.BLOCK_M), _pad(n, cfg.BLOCK_N)
+    q_blocks = -(-m // cfg.BLOCK_M)
+    # rows: the padded query rows of one slice; a split's workspace holds the m real rows
+    return _launch(kp, cfg, sizes, workload.dtype, rows=_pad(m, cfg.BLOCK_M), row_sets=slices,
+                   programs=q_blocks * slices, ws_rows=m * slices)
+
+
+def _launch(kp: KernelPlan, cfg: TritonConfig, sizes: dict, dtype, rows: int, row_sets: int, programs: int,
+            ws_rows: int) -> dict:
+    """The totals of ``programs`` programs computing ``row_sets`` sets of ``rows`` rows against the
+    padded keys: the score and P.V FLOPs, the inputs (``input_bytes``), outputs and split workspace."""
+    np_ = _pad(sizes.get(kp.key, 1), cfg.BLOCK_N)
     flops = 0
     for p in kp.passes:
         for op in p.loop:
             if op.kind is Kind.SCORE:
-                flops += 2 * mp * np_ * _pow2(sizes.get(op.contract, 16))
+                flops += 2 * rows * np_ * _pow2(sizes.get(op.contract, 16))
             elif op.kind is Kind.VALUE:
-                flops += 2 * mp * np_ * _pow2(sizes.get(op.value_index, 16))
-    flops *= slices
-    nb = dtype_bytes(workload.dtype)
-    q_blocks = -(-m // cfg.BLOCK_M)
-    nbytes = input_bytes(kp, sizes, nb, q_blocks * slices)
+                flops += 2 * rows * np_ * _pow2(sizes.get(op.value_index, 16))
+    flops *= row_sets
+    nb = dtype_bytes(dtype)
+    nbytes = input_bytes(kp, sizes, nb, programs)
     for _, dims in kp.outputs:
         elems = 1
         for i in dims:
@@ -114,9 +123,9 @@ def work(kp: KernelPlan, cfg: TritonConfig, workload) -> dict:
     if cfg.KV_SPLITS > 1:
         width = sum(_pow2(sizes.get(op.value_index, 16)) if op.kind is Kind.VALUE else 1
                     for op in kp.passes[-1].state)
-        ws = 2 * 4 * cfg.KV_SPLITS * slices * m * width
+        ws = 2 * 4 * cfg.KV_SPLITS * ws_rows * width
     return {"flops": flops, "bytes": nbytes + ws, "workspace_bytes": ws,
-            "programs": q_blocks * slices * max(1, cfg.KV_SPLITS)}     # KV_SPLITS 0: unsplit
+            "programs": programs * max(1, cfg.KV_SPLITS)}     # KV_SPLITS 0: unsplit
 
 
 def input_bytes(kp: KernelPlan, sizes: dict, nb: int, blocks: int) -> int:
@@ -143,34 +152,14 @@ def decode_work(kp: KernelPlan, cfg: TritonConfig, workload) -> dict:
     """``work`` of the decode program (a resolved config: PACK and KV_SPLITS >= 1)."""
     from .config import decode_rows
     from .decode import launch_grid
-    assert cfg.PACK >= 1 and cfg.KV_SPLITS >= 1, "a resolved config (decode.resolve)"
+    assert cfg.PACK >= 1 and cfg.KV_SPLITS >= 1, "a resolved config (config.resolve)"
     sizes = workload.as_dict()
-    m, n = sizes.get(kp.query, 1), sizes.get(kp.key, 1)
+    m = sizes.get(kp.query, 1)
     _, rows = decode_rows(m, cfg.BLOCK_M, cfg.PACK)
     g0, g1 = launch_grid(kp, cfg, {**{g: 1 for g in kp.grid}, **sizes, kp.query: m})
     blocks = g0 * g1
-    np_ = _pad(n, cfg.BLOCK_N)
-    flops = 0
-    for p in kp.passes:
-        for op in p.loop:
-            if op.kind is Kind.SCORE:
-                flops += 2 * rows * np_ * _pow2(sizes.get(op.contract, 16))
-            elif op.kind is Kind.VALUE:
-                flops += 2 * rows * np_ * _pow2(sizes.get(op.value_index, 16))
-    flops *= blocks
-    nb = dtype_bytes(workload.dtype)
-    nbytes = input_bytes(kp, sizes, nb, blocks)
-    for _, dims in kp.outputs:
-        elems = 1
-        for i in dims:
-            elems *= sizes.get(i, 1)
-        nbytes += elems * nb
-    ws = 0
-    if cfg.KV_SPLITS > 1:
-        width = sum(_pow2(sizes.get(op.value_index, 16)) if op.kind is Kind.VALUE else 1
-                    for op in kp.passes[-1].state)
-        ws = 2 * 4 * cfg.KV_SPLITS * blocks * rows * width
-    return {"flops": flops, "bytes": nbytes + ws, "workspace_bytes": ws, "programs": blocks * cfg.KV_SPLITS}
+    return _launch(kp, cfg, sizes, workload.dtype, rows=rows, row_sets=blocks, programs=blocks,
+                   ws_rows=blocks * rows)
 
 
 def predict(kp: KernelPlan, cfg: TritonConfig, workload, hw: HardwareTarget, resources: dict | None = None) -> dict:
