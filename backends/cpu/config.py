@@ -216,7 +216,8 @@ class CpuConfig:
 
 
 # a decode call whose config does not set them: BLOCK_N x the contraction width about 16K floats
-# (BLOCK_N 256 at d=64, 128 at d=128) and SCORE_RJ x width 256 (4 keys at d=64, 2 at d=128; 4
+# (BLOCK_N 256 at d=64, 128 at d=128; within 64..256 and the keys rounded up to a power of two:
+# 512 vector lanes made LLVM take minutes on small-d kernels) and SCORE_RJ x width 256 (4 keys at d=64, 2 at d=128; 4
 # would spill at d=128): measured at h=8, n=8192, m=1 (d=64: 1.32 vs 1.50 ms with BLOCK_N 128)
 # and GQA h=32, g=8, d=128 (3.57 ms with SCORE_RJ 2, 4.93 ms with 4)
 DECODE_TILE_FLOATS = 16384
@@ -262,8 +263,8 @@ def resolve(cfg: CpuConfig, given: frozenset, kp: KernelPlan, sizes: dict, param
     if (why := pack_refusal(kp, pack, sizes, params)) is not None:
         raise UnsupportedError(f"CPU config: {why}")
     width = max([int(sizes[f]) for f in kp.contract if f in sizes] or [64])
-    if "BLOCK_N" not in given:          # a key tile of K rows of about 64 KiB
-        out["BLOCK_N"] = min(512, max(64, DECODE_TILE_FLOATS // width // 16 * 16))
+    if "BLOCK_N" not in given:          # a key tile of K rows of about 64 KiB, no longer than the keys
+        out["BLOCK_N"] = min(256, max(64, min(DECODE_TILE_FLOATS // width // 16 * 16, query_block(n))))
     if "SCORE_RJ" not in given:         # the RJ keys' K vectors stay in registers
         out["SCORE_RJ"] = min(8, max(1, 256 // width))
     rows = pack * mq

@@ -13,13 +13,12 @@ pack's first head, valid because all packed heads read the same rows), and the
 mask bounds span ``BLOCK_Q`` query rows. The key loop splits (``KV_SPLITS``) and
 merges as in the tile program (``compiler.splits``).
 
-:func:`resolve` turns a config into the concrete one a call runs: the program
+:func:`config.resolve` turns a config into the concrete one a call runs: the program
 (``PROGRAM``, or ``compiler.decode.choose_program`` for "auto"), and for the
 decode program ``PACK`` (``pack_size``) and ``KV_SPLITS`` (``split_count`` over the
 target's SMs/CUs) where the config leaves them 0 ("chosen per call").
 """
 from __future__ import annotations
-
 
 from einattn.compiler import decode as plan_decode
 from einattn.compiler.kernel_plan import KernelPlan
