@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from einattn.ir import UnsupportedError
+from einattn.ir import Op, UnsupportedError
 
 TARGET_KINDS = ("reference", "streaming", "cpu", "cuda", "rocm")
 
@@ -123,27 +123,34 @@ def _all_finite_many(ts: list) -> bool:
     return all(all_finite(t) for t in ts if t.device.type == "cpu")
 
 
-def hidden_nonfinite(kp, inputs: dict, sizes: dict | None = None, params: dict | None = None) -> bool:
+def hidden_nonfinite(kp, inputs: dict, sizes: dict | None = None, params: dict | None = None,
+                     blocks: tuple[int, int] | None = None) -> bool:
     """Whether an input read at key tiles that the plan skips holds a NaN or an inf.
 
     Skipping a key tile hidden by the mask is exact only for finite inputs: in the
     reference a NaN or inf at a hidden key still reaches the row through ``0 * NaN``
     (the weight is 0, the product is not). Kernels then visit every tile
     (``KernelPlan.visiting_all``), so every target gives the reference's NaN.
-    With the call's ``sizes`` and ``params``: False without reading the inputs when every
-    skipping pass's mask is true on the whole call (a decoding step under a bottom-right
-    causal mask sees every key), since then no tile is skipped."""
-    if sizes is not None and not _may_skip(kp, sizes, params or {}):
+    With the call's ``sizes`` and ``params``: False without reading the inputs when no tile
+    is skipped: every skipping pass's mask is true on the whole call (a decoding step under a
+    bottom-right causal mask sees every key), or, given the kernel's ``blocks`` (query rows,
+    keys), the kernel's own corner test finds no key tile empty for any query block."""
+    if sizes is not None and not _may_skip(kp, sizes, params or {}, blocks):
         return False
     return not _all_finite_many([inputs[n] for n in kp.skipped_inputs()])
 
 
-def _may_skip(kp, sizes: dict, params: dict) -> bool:
-    from einattn.compiler.masks import domain_decision
+def _may_skip(kp, sizes: dict, params: dict, blocks: tuple[int, int] | None) -> bool:
+    from einattn.compiler.masks import domain_decision, tiles_hidden
     m, n = int(sizes[kp.query]), int(sizes[kp.key])
+    masks = [p.mask for p in kp.passes if p.skip_empty and p.mask is not None]
+    used = {e.arg for x in masks for e in x.walk() if e.op is Op.PARAM}
+    if any(float(params.get(u, 0.5)) % 1 or abs(float(params[u])) >= 2 ** 24 for u in used):
+        return True                 # kernels compare in float32: decide exactly only on integers
     try:
-        return any(not domain_decision(p.mask, kp.query, kp.key, m, n, params)[0]
-                   for p in kp.passes if p.skip_empty and p.mask is not None)
+        if blocks is None:
+            return any(not domain_decision(x, kp.query, kp.key, m, n, params)[0] for x in masks)
+        return any(tiles_hidden(x, kp.query, kp.key, m, n, *blocks, params) for x in masks)
     except (KeyError, TypeError):          # a param the call does not give: check the inputs
         return True
 

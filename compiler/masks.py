@@ -84,6 +84,29 @@ def domain_decision(pred: Expr, query: str, key: str, m: int, n: int, params: di
     queries ``[0, m)`` x keys ``[0, n)``, with the params' values: the extremes of each atom
     are at the domain's corners. A launcher that finds it true everywhere knows no key tile
     is hidden by it."""
+    full, empty = corner_decision(pred, query, key, (0, max(m - 1, 0)), (0, max(n - 1, 0)), params)
+    return bool(full), bool(empty)
+
+
+def tiles_hidden(pred: Expr, query: str, key: str, m: int, n: int, block_m: int, block_n: int, params: dict) -> bool:
+    """Whether the corner test of the kernels (:func:`tile_decision` at a tile's corners) finds a
+    key tile of ``block_n`` keys that is false on a whole query block of ``block_m`` rows: the
+    tiles a kernel that skips empty tiles would skip at these sizes."""
+    import numpy as np
+    m0 = np.arange(0, max(m, 1), block_m, dtype=np.float64)[:, None]
+    n0 = np.arange(0, max(n, 1), block_n, dtype=np.float64)[None, :]
+    m1 = np.minimum(m0 + block_m, m) - 1
+    n1 = np.minimum(n0 + block_n, n) - 1
+    _, empty = corner_decision(pred, query, key, (m0, m1), (n0, n1), params)
+    return bool(np.any(empty))
+
+
+def corner_decision(pred: Expr, query: str, key: str, ms, ns, params: dict):
+    """(true on the whole rectangle, false on the whole rectangle) of an affine predicate over
+    queries ``ms = (first, last)`` x keys ``ns = (first, last)``, with the params' values; the
+    bounds may be numpy arrays (one rectangle per element)."""
+    import numpy as np
+
     def value(e: Expr) -> float:
         if e.op is Op.CONST:
             return e.arg
@@ -94,16 +117,18 @@ def domain_decision(pred: Expr, query: str, key: str, m: int, n: int, params: di
         a, b = value(e.src[0]), value(e.src[1])
         return a + b if e.op is Op.ADD else a - b if e.op is Op.SUB else a * b
 
-    def leaf(e: Expr) -> tuple[bool, bool]:
+    def leaf(e: Expr):
         a = atom(e, query, key)
         c = value(a.const)
-        ends = [(c + a.cm * i + a.cn * j) for i in (0, max(m - 1, 0)) for j in (0, max(n - 1, 0))]
-        lo, hi = min(ends), max(ends)
+        ends = [c + a.cm * i + a.cn * j for i in ms for j in ns]
+        lo, hi = ends[0], ends[0]
+        for x in ends[1:]:
+            lo, hi = np.minimum(lo, x), np.maximum(hi, x)
         return {Op.LT: (hi < 0, lo >= 0), Op.LE: (hi <= 0, lo > 0), Op.GT: (lo > 0, hi <= 0),
-                Op.GE: (lo >= 0, hi < 0), Op.EQ: (lo == hi == 0, hi < 0 or lo > 0),
-                Op.NE: (hi < 0 or lo > 0, lo == hi == 0)}[e.op]
+                Op.GE: (lo >= 0, hi < 0), Op.EQ: ((lo == 0) & (hi == 0), (hi < 0) | (lo > 0)),
+                Op.NE: ((hi < 0) | (lo > 0), (lo == 0) & (hi == 0))}[e.op]
 
-    return tile_decision(pred, leaf, lambda a, b: a and b, lambda a, b: a or b)
+    return tile_decision(pred, leaf, np.logical_and, np.logical_or)
 
 
 def is_affine_predicate(e: Expr, query: str, key: str) -> bool:

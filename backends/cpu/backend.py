@@ -66,7 +66,9 @@ class CpuArtifact:
 
     def for_inputs(self, inputs: dict, sizes: dict | None = None, params: dict | None = None) -> "CpuArtifact":
         """This artifact, or its variant that visits every key tile (see ``hidden_nonfinite``)."""
-        if not hidden_nonfinite(self.kp, inputs, sizes, params):
+        # the kernel's query blocks (BLOCK_M query rows in both programs) and key tiles
+        blocks = (self.config.BLOCK_M, self.config.BLOCK_N)
+        if not hidden_nonfinite(self.kp, inputs, sizes, params, blocks if sizes is not None else None):
             return self
         if self.visit_all is None:
             self.visit_all = dataclasses.replace(self, kp=self.kp.visiting_all(), builds={}, skip=False)

@@ -44,3 +44,22 @@ def eval_predicate(e, env):
             Op.NEG: lambda: -a[0], Op.LT: lambda: a[0] < a[1], Op.LE: lambda: a[0] <= a[1],
             Op.GT: lambda: a[0] > a[1], Op.GE: lambda: a[0] >= a[1], Op.EQ: lambda: a[0] == a[1],
             Op.AND: lambda: a[0] & a[1], Op.OR: lambda: a[0] | a[1], Op.NOT: lambda: ~a[0]}[e.op]()
+
+
+@pytest.mark.parametrize("name, m, n, params", [
+    ("causal_bottom_right", 4, 8192, {"off": 8188}), ("causal_bottom_right", 16, 300, {"off": 284}),
+    ("causal_bottom_right", 16, 5, {"off": -11}), ("causal", 1, 300, {}), ("causal", 77, 131, {}),
+    ("sliding_window", 3, 1000, {"W": 128}), ("prefix_lm", 40, 300, {"P": 20})])
+@pytest.mark.parametrize("block_m, block_n", [(1, 64), (16, 64), (64, 256)])
+def test_tiles_hidden_matches_brute_force(name, m, n, params, block_m, block_n):
+    """True exactly when some (query block, key tile) is false everywhere: checked on every
+    element (for these affine masks the corner test is exact)."""
+    import torch
+    from einattn.compiler.masks import tiles_hidden
+    kp, mask = _mask_of(name)
+    i, j = torch.meshgrid(torch.arange(m), torch.arange(n), indexing="ij")
+    vis = eval_predicate(mask, {"m": i, "n": j, **{k: torch.tensor(v) for k, v in params.items()}})
+    vis = vis & torch.ones(m, n, dtype=torch.bool)
+    empty = any(not bool(vis[a:a + block_m, b:b + block_n].any())
+                for a in range(0, m, block_m) for b in range(0, n, block_n))
+    assert tiles_hidden(mask, kp.query, kp.key, m, n, block_m, block_n, params) is empty
