@@ -46,22 +46,8 @@ class DecodeRenderer(Renderer):
         at = base.index("DOT_PRECISION")
         return (*base[:at], "BLOCK_Q", "PACK", *base[at:])
 
-    def grid_lines(self) -> list[str]:
-        """Grid coordinates; the packed index counts packs (``idx_<h>``: the pack's first head)."""
-        kp, h = self.kp, self.packing.index
-        out, rest = [], "pid_g.to(tl.int64)"
-        for j, g in enumerate(reversed(kp.grid)):
-            size = f"size_{g}" if g != h else f"packs_{g}"
-            if g == h:
-                out.append(f"packs_{g} = (size_{g} + PACK - 1) // PACK")
-            first = " * PACK" if g == h else ""
-            if j == len(kp.grid) - 1:
-                out.append(f"idx_{g} = {rest}{first}")
-            else:
-                out.append(f"idx_{g} = ({rest} % {size}){first}")
-                out.append(f"rest_{j} = {rest} // {size}")
-                rest = f"rest_{j}"
-        return out
+    def packed_index(self) -> str | None:
+        return self.packing.index
 
     def parts(self, split: bool) -> dict:
         h = self.packing.index

@@ -464,17 +464,28 @@ class Renderer:
         return tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
                      + ["DOT_PRECISION"] + (["KV_SPLITS"] if split else []))
 
+    def packed_index(self) -> str | None:
+        """A grid index whose programs take ``PACK`` of its values each (the decode program's heads)."""
+        return None
+
     def grid_lines(self) -> list[str]:
         # grid coordinates in 64 bits: (batch, head) offsets reach past 2**31 elements in large
-        # tensors; offsets inside one (batch, head) slice stay 32-bit (checked at launch)
-        kp = self.kp
+        # tensors; offsets inside one (batch, head) slice stay 32-bit (checked at launch). A packed
+        # index counts packs of PACK (``idx_<h>``: the pack's first value).
+        kp, h = self.kp, self.packed_index()
         grid_lines, rest = [], "pid_g.to(tl.int64)"
         for j, g in enumerate(reversed(kp.grid)):
-            if j == len(kp.grid) - 1:
-                grid_lines.append(f"idx_{g} = {rest}")
-            else:
-                grid_lines.append(f"idx_{g} = {rest} % size_{g}")
-                grid_lines.append(f"rest_{j} = {rest} // size_{g}")
+            size = f"size_{g}"
+            if g == h:
+                grid_lines.append(f"packs_{g} = (size_{g} + PACK - 1) // PACK")
+                size = f"packs_{g}"
+            last = j == len(kp.grid) - 1
+            idx = rest if last else f"{rest} % {size}"
+            if g == h:
+                idx = f"{idx} * PACK" if last else f"({idx}) * PACK"
+            grid_lines.append(f"idx_{g} = {idx}")
+            if not last:
+                grid_lines.append(f"rest_{j} = {rest} // {size}")
                 rest = f"rest_{j}"
         return grid_lines
 
