@@ -30,7 +30,6 @@ class DecodeView(KernelView):
         assert cfg.decode and cfg.PACK >= 1, cfg
         self.mq, self.pack = cfg.BLOCK_M, cfg.PACK
         self.packed = packing(kp).index if cfg.PACK > 1 else None
-        self.vec_ = vec
         # the template's rows: the whole row block
         super().__init__(kp, dataclasses.replace(cfg, BLOCK_M=cfg.rows()), static, vec)
         for p in self.passes:                     # the score's chunks along the contraction
@@ -91,16 +90,16 @@ class DecodeView(KernelView):
                         coords=self.coords(n=n_c), alias=alias)
 
     def reduce_ctx(self, tctx: Ctx, fast: bool) -> Ctx:
-        lj = f"jc * {self.vec_} + lv"
+        lj = f"jc * {self.vec} + lv"
         n = f"n0 + {lj}" if fast else f"T.min(n0 + {lj}, {self.size(self.kp.key)} - 1)"
-        return dataclasses.replace(tctx, lane="lv", lanes=self.vec_, local=dict(tctx.local) | {"__key": f"({lj})"},
+        return dataclasses.replace(tctx, lane="lv", lanes=self.vec, local=dict(tctx.local) | {"__key": f"({lj})"},
                                    coords=self.coords(n=n))
 
     def score_key_ctx(self, op, tag: str, fast: bool, m_c: str) -> Ctx:
         lj = f"jt * {self.cfg.SCORE_RJ} + jj"
         n = f"n0 + {lj}" if fast else f"T.min(n0 + {lj}, {self.size(self.kp.key)} - 1)"
-        return self.ctx(tag=tag + "k", lane="lv", lanes=self.vec_, fast=True, flags={},
-                        coords=self.coords(n=n, f="fc * %d + lv" % self.vec_, fname=op.contract,
+        return self.ctx(tag=tag + "k", lane="lv", lanes=self.vec, fast=True, flags={},
+                        coords=self.coords(n=n, f="fc * %d + lv" % self.vec, fname=op.contract,
                                            extra=self.key_side()))
 
     def weight_at(self) -> str:
@@ -115,7 +114,7 @@ class DecodeView(KernelView):
     # -- the score's dot products --------------------------------------------------------
     def contraction_chunks(self, v) -> list:
         """``(first feature, (chunks, lanes), context)``: whole vectors, then the rest."""
-        vec, F = self.vec_, v.F
+        vec, F = self.vec, v.F
         out = []
         if F // vec:
             out.append((0, (F // vec, vec), v.bctx))
