@@ -148,9 +148,9 @@ def _may_skip(kp, sizes: dict, params: dict, blocks: tuple[int, int] | None) -> 
     if any(float(params.get(u, 0.5)) % 1 or abs(float(params[u])) >= 2 ** 24 for u in used):
         return True                 # kernels compare in float32: decide exactly only on integers
     try:
-        if blocks is None:
-            return any(not domain_decision(x, kp.query, kp.key, m, n, params)[0] for x in masks)
-        return any(tiles_hidden(x, kp.query, kp.key, m, n, *blocks, params) for x in masks)
+        # true on the whole call: nothing is hidden (one corner test, before the tile-by-tile one)
+        masks = [x for x in masks if not domain_decision(x, kp.query, kp.key, m, n, params)[0]]
+        return any(blocks is None or tiles_hidden(x, kp.query, kp.key, m, n, *blocks, params) for x in masks)
     except (KeyError, TypeError):          # a param the call does not give: check the inputs
         return True
 

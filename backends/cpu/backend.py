@@ -55,7 +55,7 @@ class CpuArtifact:
 
     def concrete(self, sizes: dict, params: dict) -> "CpuArtifact":
         """The artifact of the config this call runs (``config.resolve``), made once per config."""
-        cfg = resolve(self.config, self.given, self.kp, sizes, params, read_cache_sizes().cores)
+        cfg = resolve(self.config, self.given, self.kp, sizes, params, threads())
         if cfg == self.config:
             return self
         art = self.resolved.get(cfg)
@@ -107,7 +107,7 @@ class CpuBackend:
         from .config import DECODE_MAX_ROWS
         params = complete_params(artifact.kp.cascade, sizes, dict(params or {}))
         text = describe(artifact.kp, sizes, params, artifact.config.PROGRAM, DECODE_MAX_ROWS)
-        cfg = resolve(artifact.config, artifact.given, artifact.kp, sizes, params, read_cache_sizes().cores)
+        cfg = resolve(artifact.config, artifact.given, artifact.kp, sizes, params, threads())
         return f"{text}\n  config {cfg.as_dict()}"
 
     # -- the search space, for the autotuner ---------------------------------------------
@@ -126,7 +126,7 @@ class CpuBackend:
         kp = make_kernel_plan(plan)
         sizes = workload.as_dict()
         return resolve(CpuConfig.default(host()), frozenset(), kp, sizes, workload_params(kp, sizes),
-                       read_cache_sizes().cores).as_dict()
+                       threads()).as_dict()
 
     def kernel_source(self, plan, target: Target, config: dict, workload) -> str:
         """The TVMScript source of ``config`` at the workload's compiled-in sizes (what a tuning
@@ -177,8 +177,14 @@ class CpuBackend:
         _check_offsets(list(zip([t.name for t in c.inputs], args)) + list(outs.items())
                        + [("the KV_SPLITS workspace", w) for w in ws])
         run_kernel(fn, (*args, *outs.values(), *ws, *[float(params[p.name]) for p in c.params]),
-                   settings.num_threads() or torch.get_num_threads())
+                   threads())
         return outs
+
+
+def threads() -> int:
+    """Threads a kernel call runs on (EINATTN_NUM_THREADS, else torch's): what a split key loop
+    and the row blocks are spread over. Cheap: asked on every call."""
+    return settings.num_threads() or torch.get_num_threads()
 
 
 # -- inputs --------------------------------------------------------------------------

@@ -231,7 +231,8 @@ DECODE_MAX_ROWS = 16
 def resolve(cfg: CpuConfig, given: frozenset, kp: KernelPlan, sizes: dict, params: dict, cores: int) -> CpuConfig:
     """The concrete config of one call. ``PROGRAM="auto"`` becomes the program
     ``compiler.decode.choose_program`` picks for the call's query length (decode up to
-    ``DECODE_MAX_ROWS``); the keys the user did not set (``given``) are then chosen for the call.
+    ``DECODE_MAX_ROWS``); the keys the user did not set (``given``) are then chosen for the call
+    (``cores``: the threads the call runs on).
     Decode: BLOCK_M the query length rounded up to a power of two (at most 16), PACK the heads
     of a KV group (``pack_size``), BLOCK_N and SCORE_RJ by the contraction width
     (``DECODE_TILE_FLOATS``), PV_RM the largest divisor of the rows up to 4.
