@@ -1,0 +1,218 @@
+"""``@einattn.attention``: compile attention written in plain PyTorch.
+
+The first call with a new dtype, set of non-tensor arguments and set of sizes the trace had to fix
+traces the function (``einattn.trace``: torch.export with dynamic dims, core ATen, converted into
+a cascade), plans and compiles it; later calls whose sizes satisfy what the trace assumed reuse
+the kernel (other sequence lengths, batch sizes, head counts and head dims where the function
+did not fix them). Calls go through one ``torch.library`` custom op, ``einattn::attention``,
+whose fake implementation runs the original function on fake tensors, so a model calling a
+decorated function compiles under ``torch.compile(fullgraph=True)`` without a graph break.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+
+import torch
+
+from einattn.ir import EinattnError, UnsupportedError
+
+from .trace.program import Traced, tensor_args, trace
+
+_REGISTRY: dict[int, "Attention"] = {}
+_LOCK = threading.RLock()
+FALLBACKS = (None, "eager")
+
+
+class Attention:
+    """A decorated attention function (see :func:`attention`)."""
+
+    def __init__(self, fn, target: str = "cpu", tune: str = "none", fallback: str | None = None,
+                 config: dict | None = None, interpret: bool | None = None):
+        if fallback not in FALLBACKS:
+            raise UnsupportedError(f"fallback={fallback!r}: expected None (raise when the function cannot be "
+                                   f"compiled) or 'eager' (run it as written, with one warning)")
+        functools.update_wrapper(self, fn)
+        self.fn, self.target, self.tune, self.fallback = fn, target, tune, fallback
+        self.config, self.interpret = dict(config or {}), interpret
+        self._entries: dict = {}      # (static args, dtype, ranks) -> [(Traced, Kernel)]
+        self._kernels: dict = {}      # spec structural hash -> Kernel
+        self._last: Traced | None = None
+        self._eager_reason: str | None = None
+        self._id = id(self)
+        _REGISTRY[self._id] = self
+
+    def __repr__(self) -> str:
+        return f"einattn.attention({self.fn.__qualname__}, target={self.target!r})"
+
+    def __reduce__(self):
+        return _rebuild, (self.fn, self.target, self.tune, self.fallback, self.config, self.interpret)
+
+    # -- calling ---------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        call = tensor_args(self.fn, args, kwargs)
+        if not call.tensors:
+            raise UnsupportedError(f"{self.fn.__qualname__} was called without tensor arguments")
+        outs = attention_op(list(call.tensors), self._id, _static_key(call))
+        return outs[0] if self._single(call.static) else tuple(outs)
+
+    def _single(self, static) -> bool:
+        for (st, _, _), entries in self._entries.items():
+            if st == static and entries:
+                return entries[0][0].single
+        return _SINGLE.get((self._id, static), True)
+
+    def run(self, args, kwargs) -> list[torch.Tensor]:
+        """Compute the function on real tensors with its compiled kernel (tracing on a miss)."""
+        call = tensor_args(self.fn, args, kwargs)
+        tensors, static = call.tensors, call.static
+        if self._eager_reason is not None:
+            return _as_list(self.fn(*args, **kwargs))
+        dtype = _compute_dtype(tensors)
+        key = (static, dtype, tuple(t.dim() for t in tensors))
+        shapes = [tuple(t.shape) for t in tensors]
+        with _LOCK:
+            entry = next(((tr, k) for tr, k in self._entries.get(key, ()) if tr.accepts(shapes)), None)
+            if entry is None:
+                try:
+                    entry = self._compile(args, kwargs, key)
+                except EinattnError as e:
+                    if self.fallback != "eager":
+                        raise
+                    self._eager_reason = str(e)
+                    warnings.warn(f"einattn: {self.fn.__qualname__} runs eagerly (fallback='eager'): {e}",
+                                  stacklevel=3)
+                    return _as_list(self.fn(*args, **kwargs))
+        tr, kernel = entry
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        if grad and kernel.target.kind not in ("reference", "streaming"):
+            raise UnsupportedError(f"{self.fn.__qualname__}: an input requires grad, but einattn has no "
+                                   f"backward pass for target '{kernel.target}' yet; call it under "
+                                   f"torch.no_grad() for inference")
+        outs = kernel(*tr.kernel_inputs(tensors, dtype))
+        res = tr.results(outs)
+        return _as_list(res)
+
+    def _compile(self, args, kwargs, key):
+        from .kernel import compile as compile_spec
+        tr = trace(self.fn, args, kwargs)
+        h = tr.spec.structural_hash()
+        kernel = self._kernels.get(h)
+        if kernel is None:
+            kernel = self._kernels[h] = compile_spec(tr.spec, target=self.target, tune=self.tune,
+                                                     config=self.config, interpret=self.interpret)
+        self._entries.setdefault(key, []).append((tr, kernel))
+        _SINGLE[(self._id, key[0])] = tr.single
+        self._last = tr
+        return tr, kernel
+
+    # -- looking at it ---------------------------------------------------------------------
+    def trace(self, *args, **kwargs) -> Traced:
+        """Trace a call (without running it) and return the derived cascade and adapters."""
+        tr = trace(self.fn, args, kwargs)
+        self._last = tr
+        return tr
+
+    def spec(self, *args, **kwargs) -> str:
+        """The derived spec as YAML text (valid input to ``einattn.load_spec``): of these example
+        arguments, or of the last traced call when none are given."""
+        if args or kwargs:
+            return self.trace(*args, **kwargs).text
+        if self._last is None:
+            raise UnsupportedError(f"{self.fn.__qualname__} has not been called yet: call it once, or pass "
+                                   f"example arguments, fn.spec(q, k, v)")
+        return self._last.text
+
+    def cascade(self, *args, **kwargs):
+        if args or kwargs:
+            return self.trace(*args, **kwargs).spec
+        self.spec()
+        return self._last.spec
+
+    __einattn_cascade__ = cascade      # einattn.explain(fn), einattn.compile(fn, ...)
+
+    def kernels(self) -> list:
+        """The kernels compiled so far (one per distinct derived cascade)."""
+        return list(self._kernels.values())
+
+
+def attention(fn=None, *, target: str = "cpu", tune: str = "none", fallback: str | None = None,
+              config: dict | None = None, interpret: bool | None = None):
+    """Compile an attention function written in plain PyTorch.
+
+    Args:
+        target: as ``einattn.compile``: ``cpu``, ``reference``, ``streaming``, ``cuda[:sm_XX]``, ``rocm[:gfx]``.
+        tune: ``none``, ``quick`` or ``full`` (tuned configs from the tuning database, per shape bucket).
+        fallback: ``None`` raises ``UnsupportedError`` (naming the op and your source line) when the
+            function cannot be compiled; ``"eager"`` runs it as written instead, with one warning.
+        config, interpret: as ``einattn.compile``.
+
+    >>> import torch, einattn
+    >>> @einattn.attention(target="reference")
+    ... def attn(q, k, v):
+    ...     return torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1) @ v
+    >>> q = torch.randn(1, 2, 5, 8); kv = torch.randn(1, 2, 7, 8)
+    >>> attn(q, kv, kv).shape
+    torch.Size([1, 2, 5, 8])
+    >>> einattn.explain(attn).passes
+    1
+    """
+    def wrap(f):
+        return Attention(f, target, tune, fallback, config, interpret)
+    return wrap if fn is None else wrap(fn)
+
+
+_SINGLE: dict = {}
+
+
+def _rebuild(fn, target, tune, fallback, config, interpret):
+    return Attention(fn, target, tune, fallback, config, interpret)
+
+
+def _as_list(x) -> list[torch.Tensor]:
+    return list(x) if isinstance(x, (tuple, list)) else [x]
+
+
+def _compute_dtype(tensors) -> torch.dtype:
+    return next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+
+
+_STATIC: dict = {}
+
+
+def _static_key(call) -> int:
+    """An int naming this call's non-tensor arguments (the custom op takes tensors and ints)."""
+    key = (id(call.fn), call.static, call.slots)
+    k = _STATIC.get(key)
+    if k is None:
+        k = _STATIC[key] = len(_STATIC)
+        _CALLS[k] = call
+    return k
+
+
+_CALLS: dict = {}
+
+
+@torch.library.custom_op("einattn::attention", mutates_args=())
+def attention_op(tensors: list[torch.Tensor], fn_id: int, call_id: int) -> list[torch.Tensor]:
+    """The compiled kernel of a decorated function, as one torch op."""
+    att = _REGISTRY[fn_id]
+    args, kwargs = _with_tensors(att, call_id, tensors)
+    return [o if not _aliases(o, tensors) else o.clone() for o in att.run(args, kwargs)]
+
+
+@attention_op.register_fake
+def _(tensors, fn_id, call_id):
+    att = _REGISTRY[fn_id]
+    args, kwargs = _with_tensors(att, call_id, tensors)
+    return [o.clone() if _aliases(o, tensors) else o for o in _as_list(att.fn(*args, **kwargs))]
+
+
+def _with_tensors(att: Attention, call_id: int, tensors):
+    return _CALLS[call_id].rebuild(tensors)
+
+
+def _aliases(o, tensors) -> bool:
+    return any(o.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in tensors) \
+        if o.device.type != "meta" and not isinstance(o, torch._subclasses.FakeTensor) else False
