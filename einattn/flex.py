@@ -297,7 +297,7 @@ class _Converter:
         elif isinstance(base, torch.Tensor):
             t, subs = base, ()
         else:
-            raise UnsupportedError(f"{kind}: indexing '{self.expr(base, kind)}', a computed value; only "
+            raise UnsupportedError(f"{kind}: indexing '{_show(self.expr(base, kind))}', a computed value; only "
                                    f"captured tensors can be indexed, at b, h, q_idx, kv_idx")
         shape = list(t.shape)
         for x in idx:
@@ -314,7 +314,7 @@ class _Converter:
             e = self.expr(x, kind)
             if e.op is not Op.INDEX:
                 raise UnsupportedError(
-                    f"{kind}: captured tensor of shape {shape} is read at '{e}', a computed subscript (a "
+                    f"{kind}: captured tensor of shape {shape} is read at '{_show(e)}', a computed subscript (a "
                     f"data-dependent gather); einattn reads captured tensors at b, h, q_idx, kv_idx "
                     f"themselves. Fix: precompute a tensor read at plain indices (e.g. capture t[offset:] "
                     f"and read it at kv_idx instead of t[kv_idx + offset])")
@@ -353,6 +353,13 @@ class _Converter:
         if isinstance(v, (bool, int, float)):
             return _constant(torch.tensor(v))
         raise UnsupportedError(f"{kind}: argument {v!r} ({type(v).__name__}) is not supported")
+
+
+def _show(e: Expr) -> str:
+    """An expression in the mods' names (score, q_idx, kv_idx), for error messages."""
+    names = dict(zip(INDICES, ARG_NAMES))
+    return str(e.replace(lambda x: Expr(Op.INDEX, (), names[x.arg]) if x.op is Op.INDEX
+                         else Expr(Op.INDEX, (), "score") if x == SCORE else None))
 
 
 def _attr(gm, target: str):

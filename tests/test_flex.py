@@ -147,10 +147,12 @@ MAPPED = {
     "softplus": lambda sc, b, h, q, kv: torch.nn.functional.softplus(sc, beta=2.0) + torch.nn.functional.softplus(sc),
     "rounding": lambda sc, b, h, q, kv: torch.floor(sc) + torch.ceil(sc * 3) + torch.trunc(sc * 2)
     + torch.div(q - kv, 3, rounding_mode="trunc") + torch.div(q - kv, 3, rounding_mode="floor"),
-    "log1p_expm1": lambda sc, b, h, q, kv: torch.log1p(sc.abs()) + torch.expm1(sc / 4) + torch.reciprocal(sc.abs() + 1),
+    "log1p_expm1": lambda sc, b, h, q, kv: torch.log1p(sc.abs()) + torch.expm1(sc / 4)
+    + torch.reciprocal(sc.abs() + 1),
     "bool_as_number": lambda sc, b, h, q, kv: sc + (q > kv) * 0.5 - (q == kv).float() + (kv < 10).to(torch.int32),
     "where_logic": lambda sc, b, h, q, kv: torch.where(((q > kv) ^ (kv % 3 == 0)) | ~(q < 20), sc, sc / 2),
-    "int_conversion": lambda sc, b, h, q, kv: sc + (sc * 3).to(torch.int32) + torch.ones_like(sc) + torch.zeros_like(sc),
+    "int_conversion": lambda sc, b, h, q, kv: sc + (sc * 3).to(torch.int32) + torch.ones_like(sc)
+    + torch.zeros_like(sc),
 }
 
 
@@ -224,6 +226,12 @@ def test_block_mask_argument():
     assert torch.equal(flex_attention(q, k, v, None, bm, target="reference"), want)   # torch's positions
     with pytest.raises(einattn.SpecError, match="both mask_mod and block_mask"):
         flex_attention(q, k, v, mask_mod=mm, block_mask=bm)
+    # a BlockMask made of block indices alone hides what its mask_mod (noop_mask) does not say
+    layout = tflex.BlockMask.from_kv_blocks(torch.tensor([[[1, 2]]], dtype=torch.int32),
+                                            torch.tensor([[[[0, 1], [0, 1]]]], dtype=torch.int32))
+    q, k, v = qkv(h=1, l=256, s=256)
+    with pytest.raises(einattn.UnsupportedError, match="noop_mask"):
+        flex_attention(q, k, v, block_mask=layout, target="reference")
 
 
 def test_gqa_needs_enable_gqa():
