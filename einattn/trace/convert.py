@@ -55,6 +55,8 @@ class Converter:
         self.input_dims: dict[str, tuple[int, ...]] = {}
         self.input_kind: dict[str, str] = {}     # "float" | "bool" | "int"
         self.key: int | None = None              # the atom the first softmax / row reduction runs over
+        self.softmaxes: list = []                # (atom, node, kind): every softmax must run over the key
+        self.value_keys: list[int] = []          # atoms summed by contractions of computed weights (P.V)
         self.node = None
 
     # -- errors and places ------------------------------------------------------------
@@ -276,12 +278,9 @@ class Converter:
             if len(red) != 1 or reps:
                 raise self.unsupported(f"{kind} over a dimension the scores do not vary along, or over "
                                        "several", "Take the softmax over the key dimension of the scores")
+            self.softmaxes.append((red[0], self.node, kind))
             if self.key is None:
                 self.key = red[0]
-            elif self.A.find(self.key) != red[0]:
-                raise self.unsupported(f"a {kind} over a dimension other than the keys of the first softmax",
-                                       "einattn streams one key dimension; a softmax over the query or "
-                                       "feature dimension cannot be planned")
         elif kind == "logsumexp" and self.key is None and len(red) == 1:
             self.key = red[0]
         keep = tuple(g for d, g in enumerate(v.dims) if d not in dims)
@@ -343,6 +342,7 @@ class Converter:
         red = [a for a in self.real(x.dims[c.dim], used)]
         if len(red) != 1:
             raise self.unsupported(f"{kind} over a dimension the scores do not vary along", "Reduce over the keys")
+        self.softmaxes.append((red[0], self.node, kind))
         if self.key is None:
             self.key = red[0]
         x = self.materialize(x, "S") if x.expr.op is not Op.READ else x

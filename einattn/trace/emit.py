@@ -55,6 +55,13 @@ def finish(c: Converter, outputs, arg_names: list[str], file: str):
         else:
             nm = c.emit("O", atoms, _sum(), e)
         outs.append(OutputPlan(nm, tuple(len(c.real(g, used)) for g in v.dims)))
+    if c.value_keys:                   # the key is what the value contraction sums over (P.V)
+        c.key = c.value_keys[-1]
+    for atom, node, kind in c.softmaxes:
+        if c.A.find(atom) != c.A.find(c.key):
+            raise c.unsupported(f"a {kind} over a dimension other than the keys of the first softmax",
+                                "einattn streams one key dimension; a softmax over the query or feature "
+                                "dimension cannot be planned", node)
     for d in c.drafts:                 # atoms unified after a statement was drafted
         d.atoms = tuple(c.A.find(a) for a in d.atoms)
     drafts = _live(c, [o.stmt for o in outs])

@@ -484,8 +484,8 @@ def _bmm(c, node, a, b):
     stmts = {d.name for d in c.drafts}
     reads_stmt = any(e.op is Op.READ and e.arg[0] in stmts for v in (a, b) for e in v.expr.walk())
     nm = c.emit("O" if reads_stmt else "S", free, Reduce.SUM, Expr(Op.MUL, (a.expr, b.expr)))
-    if reads_stmt and c.key is None and len(red) == 1:
-        c.key = red[0]
+    if reads_stmt and len(red) == 1:
+        c.value_keys.append(red[0])
     return T(read(nm, free), (ba, ma, nb) if node.target is aten.bmm.default else (ma, nb))
 
 

@@ -3,9 +3,12 @@ reuse the result (the size constraints the export recorded, how arguments become
 kernel outputs become the function's return value)."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import keyword
+import logging
 import traceback
+import warnings
 from dataclasses import dataclass
 
 import sympy
@@ -172,7 +175,8 @@ def export(fn, tensors, rebuild):
         anchor(fn)
     dyn = (tuple({i: Dim.AUTO for i in range(t.dim())} for t in tensors),)
     try:
-        ep = torch.export.export(_Call(fn, rebuild), tuple(tensors), dynamic_shapes=dyn, strict=False)
+        with _quiet():
+            ep = torch.export.export(_Call(fn, rebuild), tuple(tensors), dynamic_shapes=dyn, strict=False)
     except Exception as e:            # noqa: BLE001 -- every export failure becomes one clear error
         place = _user_frame(fn, e)
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -192,7 +196,23 @@ def export(fn, tensors, rebuild):
     tbl = torch.export.default_decompositions()
     for op in KEEP:
         tbl.pop(op, None)
-    return ep.run_decompositions(tbl)
+    with _quiet():
+        return ep.run_decompositions(tbl)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Export's notes that are about its own machinery, not the user's function (the 0/1
+    specialisation of size-1 dims is handled by ``trace``; a pytree deprecation)."""
+    log = logging.getLogger("torch._export.non_strict_utils")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
+            yield
+    finally:
+        log.setLevel(level)
 
 
 def trace(fn, args, kwargs) -> Traced:
@@ -205,8 +225,8 @@ def trace(fn, args, kwargs) -> Traced:
     call = tensor_args(fn, args, kwargs)
     shapes = [tuple(t.shape) for t in call.tensors]
     if any(1 in s for s in shapes):
-        wide = [torch.zeros([2 if x == 1 else x for x in t.shape], dtype=t.dtype, device="meta")
-                .to_empty(device=t.device) for t in call.tensors]
+        wide = [torch.zeros([2 if x == 1 else x for x in t.shape], dtype=t.dtype, device=t.device)
+                for t in call.tensors]
         try:
             tr = _trace(fn, call, wide)
             if tr.accepts(shapes):
