@@ -42,6 +42,31 @@ def size_of(s) -> tuple[object, int]:
     return node.expr, int(node.hint if node.hint is not None else node.expr)
 
 
+def source_line(node, file: str | None) -> tuple[Loc | None, str]:
+    """(file:line, code) of the innermost frame of ``file`` in a graph node's stack trace."""
+    trace = (node.meta.get("stack_trace") or "") if node is not None else ""
+    lines = trace.strip().splitlines()
+    best = None
+    for i, ln in enumerate(lines):
+        ln = ln.strip()
+        if ln.startswith("File \""):
+            f = ln.split("\"")[1]
+            if file is None or f == file:
+                try:
+                    no = int(ln.split("line ")[1].split(",")[0])
+                except (IndexError, ValueError):
+                    continue
+                code = lines[i + 1].strip() if i + 1 < len(lines) else ""
+                best = (Loc(f, no, 0), code)
+    return best if best is not None else (None, "")
+
+
+def unsupported_at(node, file: str | None, what: str, fix: str) -> UnsupportedError:
+    loc, code = source_line(node, file)
+    place = f"{loc.file}:{loc.line}: `{code}`: " if loc is not None else ""
+    return UnsupportedError(f"{place}{what}. {fix}")
+
+
 class Converter:
     """Walks an exported program's graph once; ``run()`` returns (drafts, outputs)."""
 
@@ -61,27 +86,10 @@ class Converter:
 
     # -- errors and places ------------------------------------------------------------
     def where_(self, node=None) -> tuple[Loc | None, str]:
-        node = node if node is not None else self.node
-        trace = (node.meta.get("stack_trace") or "") if node is not None else ""
-        lines = trace.strip().splitlines()
-        best = None
-        for i, ln in enumerate(lines):
-            ln = ln.strip()
-            if ln.startswith("File \""):
-                f = ln.split("\"")[1]
-                if self.source_file is None or f == self.source_file:
-                    try:
-                        no = int(ln.split("line ")[1].split(",")[0])
-                    except (IndexError, ValueError):
-                        continue
-                    code = lines[i + 1].strip() if i + 1 < len(lines) else ""
-                    best = (Loc(f, no, 0), code)
-        return best if best is not None else (None, "")
+        return source_line(node if node is not None else self.node, self.source_file)
 
     def unsupported(self, what: str, fix: str, node=None) -> UnsupportedError:
-        loc, code = self.where_(node)
-        place = f"{loc.file}:{loc.line}: `{code}`: " if loc is not None else ""
-        return UnsupportedError(f"{place}{what}. {fix}")
+        return unsupported_at(node if node is not None else self.node, self.source_file, what, fix)
 
     # -- atoms ---------------------------------------------------------------------------
     def fresh_dims(self, shape, repeat: bool = False) -> tuple[tuple[int, ...], ...]:
@@ -240,7 +248,7 @@ class Converter:
                                                "Apply it to the pieces before torch.cat")
                     sub.append(v)
             pieces.append(self.ew(op, *sub, boolean=boolean))
-        return Cat(tuple(pieces), c.dim)
+        return Cat(tuple(pieces), c.dim, c.node)
 
     def emit(self, prefix: str, atoms, reduce: Reduce, expr: Expr) -> str:
         taken = {d.name for d in self.drafts}
@@ -330,7 +338,8 @@ class Converter:
         main = [p for p in c.pieces if self.ghint(p.dims[c.dim]) != 1]
         cols = [p for p in c.pieces if self.ghint(p.dims[c.dim]) == 1]
         if len(main) != 1:
-            raise self.unsupported("torch.cat of several key blocks", "Concatenate single columns (sinks) only")
+            raise self.unsupported("torch.cat of several key blocks", "Concatenate single columns (sinks) only",
+                                   c.node)
         if kind in ("sum", "max", "min"):
             out = self.reduce(main[0], dims, keepdim, kind)
             fn = {"sum": Op.ADD, "max": Op.MAX, "min": Op.MIN}[kind]
@@ -381,4 +390,4 @@ class Converter:
                       for q in c.pieces]
         else:
             pieces = [T(Expr(Op.SUB, (q.expr, lse)), q.dims) for q in c.pieces]
-        return Cat(tuple(pieces), c.dim)
+        return Cat(tuple(pieces), c.dim, c.node)

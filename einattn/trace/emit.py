@@ -33,10 +33,11 @@ class OutputPlan:
     counts: tuple[int, ...]     # per returned dim, how many kernel-output dims it merges (0: a size-1 dim)
 
 
-def finish(c: Converter, outputs, arg_names: list[str], file: str):
-    """(cascade, input plans, output plans) of a converted graph."""
+def finish(c: Converter, outputs, arg_names: list[str], file: str, nodes=()):
+    """(cascade, input plans, output plans) of a converted graph (``nodes``: the output nodes)."""
     outs = []
-    for v in outputs:
+    for i, v in enumerate(outputs):
+        c.node = nodes[i] if i < len(nodes) else c.node
         if isinstance(v, Cat) or not isinstance(v, T):
             raise c.unsupported("an output that is not one attention tensor (a torch.cat result or a "
                                 "non-tensor)", "Return tensors computed from the inputs")

@@ -49,7 +49,7 @@ def _permute(c, node, x, perm):
     if isinstance(x, Cat):
         rank = len(x.dims)
         perm = [p % rank for p in perm]
-        return Cat(tuple(_permute(c, node, p, perm) for p in x.pieces), perm.index(x.dim))
+        return Cat(tuple(_permute(c, node, p, perm) for p in x.pieces), perm.index(x.dim), x.node)
     return T(x.expr, tuple(x.dims[p] for p in perm), x.boolean)
 
 
@@ -151,7 +151,7 @@ def _slice(c, node, x, dim=0, start=None, end=None, step=1):
                 break
             off += s
         if keep and step == 1:
-            return keep[0] if len(keep) == 1 else Cat(tuple(keep), dim)
+            return keep[0] if len(keep) == 1 else Cat(tuple(keep), dim, x.node)
         raise c.unsupported("a slice that cuts into the concatenated pieces",
                             "Slice off whole concatenated columns ([..., :-1] after a sink column)")
     lo = 0 if start is None else start
@@ -172,7 +172,14 @@ def _int(v):
 def _cat(c, node, xs, dim=0):
     xs = [c.operand(x) for x in xs]
     rank = len(xs[0].dims)
-    return Cat(tuple(xs), dim % rank)
+    return Cat(tuple(xs), dim % rank, node)
+
+
+@handles(aten.repeat.default)
+def _repeat(c, node, x, reps):
+    raise c.unsupported("torch.repeat tiles a dimension: for KV heads, query head h would read KV head h % g, "
+                        "which a cascade cannot subscript", "Repeat KV heads with repeat_interleave(r, dim=1), or "
+                        "unsqueeze(2).expand(...).reshape(...), so that head h reads KV head h // r")
 
 
 # -- constants and coordinates -----------------------------------------------------------
@@ -198,7 +205,7 @@ def _full_like(c, node, x, v=None, **kw):
     elif node.target is aten.ones_like.default:
         v = 1.0
     if isinstance(x, Cat):
-        return Cat(tuple(T(c.operand(v).expr, p.dims) for p in x.pieces), x.dim)
+        return Cat(tuple(T(c.operand(v).expr, p.dims) for p in x.pieces), x.dim, x.node)
     return T(c.operand(v).expr, x.dims)
 
 

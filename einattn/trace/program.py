@@ -16,7 +16,7 @@ import torch
 
 from einattn.ir import FUNCTIONS, Cascade, EinattnError, SpecError, UnsupportedError, parse_spec
 
-from .convert import Converter, size_of
+from .convert import Converter, size_of, unsupported_at
 from .emit import InputPlan, OutputPlan, finish, restore_locs
 from .ops import HANDLERS, SUPPORTED
 from .values import T, read
@@ -168,7 +168,7 @@ def _user_frame(fn, exc: BaseException) -> str:
     return f"{f.filename}:{f.lineno}: `{(f.line or '').strip()}`: "
 
 
-def export(fn, tensors, rebuild):
+def export(fn, tensors, rebuild, names=()):
     from torch.export import Dim
     anchor = getattr(torch.fx.proxy, "_register_stack_trace_anchor", None)
     if anchor is not None:        # keep the user's frames in node stack traces (source lines in errors)
@@ -187,17 +187,37 @@ def export(fn, tensors, rebuild):
             what = f"torch.export cannot trace the function ({type(e).__name__}: {text[:200]})"
             fix = "Write the function with the supported torch ops: " + SUPPORTED
         raise UnsupportedError(f"{place}{what}. {fix}") from e
-    sig = ep.graph_signature
-    muts = [s for s in sig.output_specs if s.kind.name in ("USER_INPUT_MUTATION", "BUFFER_MUTATION")]
-    if muts:
-        raise UnsupportedError(f"{fn.__qualname__} writes into its input '{muts[0].target}' in place "
-                               f"(e.g. x.mul_(), x[...] = ...): einattn computes outputs from inputs; "
-                               f"write x = x * ... instead of x.mul_(...)")
+    _check_no_input_writes(fn, ep, names)
     tbl = torch.export.default_decompositions()
     for op in KEEP:
         tbl.pop(op, None)
     with _quiet():
         return ep.run_decompositions(tbl)
+
+
+def _check_no_input_writes(fn, ep, names=()) -> None:
+    """Refuse in-place writes into an argument (``q.mul_(2)``, ``k[..., 0] = 0``): the export graph
+    still holds them before functionalisation; writes into intermediates are fine."""
+    file = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    user = [n for n, s in zip((n for n in ep.graph.nodes if n.op == "placeholder"), ep.graph_signature.input_specs)
+            if s.kind.name == "USER_INPUT"]
+    views = {n: (names[i] if i < len(names) else n.name) for i, n in enumerate(user)}
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or not isinstance(n.target, torch._ops.OpOverload):
+            continue
+        schema = n.target._schema
+        first = n.args[0] if n.args and isinstance(n.args[0], torch.fx.Node) else None
+        if schema.is_mutable and first is not None and first in views:
+            raise unsupported_at(n, file, f"an in-place write into the argument '{views[first]}' "
+                                 f"({n.target.__name__})", "einattn computes outputs from inputs without "
+                                 "changing them: write x = x * 2 instead of x.mul_(2), or clone first")
+        if first is not None and first in views and _is_view(n):
+            views[n] = views[first]
+
+
+def _is_view(n) -> bool:
+    s = n.target._schema
+    return bool(s.returns) and s.returns[0].alias_info is not None and not s.returns[0].alias_info.is_write
 
 
 @contextlib.contextmanager
@@ -238,7 +258,7 @@ def trace(fn, args, kwargs) -> Traced:
 
 def _trace(fn, call, tensors) -> Traced:
     names = list(call.names)
-    ep = export(fn, tensors, call.rebuild)
+    ep = export(fn, tensors, call.rebuild, names)
     source = getattr(getattr(fn, "__code__", None), "co_filename", None)
     c = Converter(ep.graph_module, names, source)
     specs = ep.graph_signature.input_specs
@@ -269,11 +289,12 @@ def _trace(fn, call, tensors) -> Traced:
         elif node.op == "output":
             res = node.args[0]
             single = not isinstance(res, (tuple, list)) or len(res) == 1 and not _returns_tuple(ep)
-            outs = [c.env[n] for n in (res if isinstance(res, (tuple, list)) else [res])]
+            out_nodes = list(res if isinstance(res, (tuple, list)) else [res])
+            outs = [c.env[n] for n in out_nodes]
         else:
             raise c.unsupported(f"graph node kind {node.op}", "Write the function with torch ops only")
     file = source or "<function>"
-    casc, ins, ops = finish(c, outs, arg_names, file)
+    casc, ins, ops = finish(c, outs, arg_names, file, out_nodes)
     from einattn.specs import dump_spec
     loc = _def_line(fn)
     casc = Cascade(casc.inputs, casc.params, casc.stmts, casc.outputs, casc.key, name=fn.__name__,

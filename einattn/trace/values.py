@@ -81,6 +81,7 @@ class Cat:
     value whose dim ``dim`` is one group; reductions over ``dim`` combine the pieces' results."""
     pieces: tuple[T, ...]
     dim: int
+    node: object = None          # the torch.cat node (named in errors)
 
     @property
     def dims(self):
