@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 
-COMMANDS = ("list", "explain", "check", "compile", "bench", "tune", "cache", "targets")
+COMMANDS = ("list", "explain", "check", "compile", "bench", "tune", "cache", "targets", "trace")
 EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 3, 130, 141
 
 

@@ -47,6 +47,12 @@ class Attention:
         return f"einattn.attention({self.fn.__qualname__}, target={self.target!r})"
 
     def __reduce__(self):
+        """A decorated module-level function pickles by name (the module holds this object, not
+        the plain function); one wrapped at run time pickles its function and options."""
+        import sys
+        owner = sys.modules.get(self.__module__)
+        if owner is not None and _lookup(owner, self.__qualname__) is self:
+            return self.__qualname__
         return _rebuild, (self.fn, self.target, self.tune, self.fallback, self.config, self.interpret)
 
     # -- calling ---------------------------------------------------------------------------
@@ -54,6 +60,12 @@ class Attention:
         call = tensor_args(self.fn, args, kwargs)
         if not call.tensors:
             raise UnsupportedError(f"{self.fn.__qualname__} was called without tensor arguments")
+        if torch.is_grad_enabled() and any(t.requires_grad for t in call.tensors) \
+                and not torch.compiler.is_compiling():
+            # the op has no autograd formula yet: targets that compute with torch ops (reference,
+            # streaming) keep autograd when called directly; kernel targets refuse in run()
+            outs = self.run(args, kwargs)
+            return outs[0] if self._single(call.static) else tuple(outs)
         outs = attention_op(list(call.tensors), self._id, _static_key(call))
         return outs[0] if self._single(call.static) else tuple(outs)
 
@@ -132,6 +144,11 @@ class Attention:
 
     __einattn_cascade__ = cascade      # einattn.explain(fn), einattn.compile(fn, ...)
 
+    def op_inputs(self, *args, **kwargs) -> tuple[list[torch.Tensor], int, int]:
+        """The arguments of ``torch.ops.einattn.attention`` for this call (for ``torch.library.opcheck``)."""
+        call = tensor_args(self.fn, args, kwargs)
+        return list(call.tensors), self._id, _static_key(call)
+
     def kernels(self) -> list:
         """The kernels compiled so far (one per distinct derived cascade)."""
         return list(self._kernels.values())
@@ -168,6 +185,12 @@ _SINGLE: dict = {}
 
 def _rebuild(fn, target, tune, fallback, config, interpret):
     return Attention(fn, target, tune, fallback, config, interpret)
+
+
+def _lookup(obj, qualname: str):
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
 
 
 def _as_list(x) -> list[torch.Tensor]:

@@ -38,6 +38,8 @@ class Traced:
     ranges: tuple                      # (symbol, lower, upper) from the export's range constraints
     constants: tuple[torch.Tensor, ...]  # tensors the function closes over (lifted by export)
     sources: tuple                     # per graph input: ("arg", i) a tensor argument, ("const", j)
+    dtypes: tuple = ()                 # per output, the dtype the function returns (the reference
+                                       # target computes in float64; results come back as eager's)
 
     def kernel_inputs(self, tensors: list[torch.Tensor], dtype) -> list[torch.Tensor]:
         """The kernel's inputs, in spec order, from the call's tensor arguments."""
@@ -64,7 +66,9 @@ class Traced:
                     p *= s
                 shape.append(p)
                 k += cnt
-            res.append(o.reshape(shape) if list(o.shape) != shape else o)
+            o = o.reshape(shape) if list(o.shape) != shape else o
+            want = self.dtypes[len(res)] if len(res) < len(self.dtypes) else o.dtype
+            res.append(o if o.dtype == want else o.to(want))
         return res[0] if self.single else tuple(res)
 
     def accepts(self, shapes: list[tuple[int, ...]]) -> bool:
@@ -174,8 +178,11 @@ def export(fn, tensors, rebuild, names=()):
     if anchor is not None:        # keep the user's frames in node stack traces (source lines in errors)
         anchor(fn)
     dyn = (tuple({i: Dim.AUTO for i in range(t.dim())} for t in tensors),)
+    from torch.utils._python_dispatch import _disable_current_modes
     try:
-        with _quiet():
+        # a first call may come inside a dispatch mode (opcheck's schema check, a profiler): the
+        # trace is of the function, not of that mode
+        with _quiet(), _disable_current_modes():
             ep = torch.export.export(_Call(fn, rebuild), tuple(tensors), dynamic_shapes=dyn, strict=False)
     except Exception as e:            # noqa: BLE001 -- every export failure becomes one clear error
         place = _user_frame(fn, e)
@@ -191,7 +198,7 @@ def export(fn, tensors, rebuild, names=()):
     tbl = torch.export.default_decompositions()
     for op in KEEP:
         tbl.pop(op, None)
-    with _quiet():
+    with _quiet(), _disable_current_modes():
         return ep.run_decompositions(tbl)
 
 
@@ -305,7 +312,8 @@ def _trace(fn, call, tensors) -> Traced:
     shapes = tuple(tuple(_dim(s) for s in val.shape) for val in user_vals)
     ranges = tuple((sym, _bound(r.lower, 0), _bound(r.upper, 2 ** 62))
                    for sym, r in ep.range_constraints.items() if isinstance(sym, sympy.Symbol))
-    return Traced(spec, text, ins, ops, single, shapes, ranges, tuple(consts), tuple(sources))
+    dtypes = tuple(n.meta["val"].dtype for n in out_nodes)
+    return Traced(spec, text, ins, ops, single, shapes, ranges, tuple(consts), tuple(sources), dtypes)
 
 
 def _returns_tuple(ep) -> bool:
