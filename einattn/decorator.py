@@ -38,6 +38,7 @@ class Attention:
         self.config, self.interpret = dict(config or {}), interpret
         self._entries: dict = {}      # (static args, dtype, ranks) -> [(Traced, Kernel)]
         self._kernels: dict = {}      # spec structural hash -> Kernel
+        self._hits: dict = {}         # (key, shapes) -> entry: sizes seen before skip the size check
         self._last: Traced | None = None
         self._eager_reason: str | None = None
         self._id = id(self)
@@ -63,8 +64,8 @@ class Attention:
         if torch.is_grad_enabled() and any(t.requires_grad for t in call.tensors) \
                 and not torch.compiler.is_compiling():
             # the op has no autograd formula yet: targets that compute with torch ops (reference,
-            # streaming) keep autograd when called directly; kernel targets refuse in run()
-            outs = self.run(args, kwargs)
+            # streaming) keep autograd when called directly; kernel targets refuse in run_call()
+            outs = self.run_call(call, call.tensors)
             return outs[0] if self._single(call.static) else tuple(outs)
         outs = attention_op(list(call.tensors), self._id, _static_key(call))
         return outs[0] if self._single(call.static) else tuple(outs)
@@ -78,33 +79,43 @@ class Attention:
     def run(self, args, kwargs) -> list[torch.Tensor]:
         """Compute the function on real tensors with its compiled kernel (tracing on a miss)."""
         call = tensor_args(self.fn, args, kwargs)
-        tensors, static = call.tensors, call.static
+        return self.run_call(call, call.tensors)
+
+    def run_call(self, call, tensors) -> list[torch.Tensor]:
+        """``run`` for a call already split (``call``: its non-tensor arguments) with these tensors."""
         if self._eager_reason is not None:
-            return _as_list(self.fn(*args, **kwargs))
+            a, kw = call.rebuild(tensors)
+            return _as_list(self.fn(*a, **kw))
         dtype = _compute_dtype(tensors)
-        key = (static, dtype, tuple(t.dim() for t in tensors))
-        shapes = [tuple(t.shape) for t in tensors]
-        with _LOCK:
+        key = (call.static, dtype, tuple(t.dim() for t in tensors))
+        shapes = tuple(tuple(t.shape) for t in tensors)
+        entry = self._hits.get((key, shapes))
+        if entry is None:
             entry = next(((tr, k) for tr, k in self._entries.get(key, ()) if tr.accepts(shapes)), None)
-            if entry is None:
-                try:
-                    entry = self._compile(args, kwargs, key)
-                except EinattnError as e:
-                    if self.fallback != "eager":
-                        raise
-                    self._eager_reason = str(e)
-                    warnings.warn(f"einattn: {self.fn.__qualname__} runs eagerly (fallback='eager'): {e}",
-                                  stacklevel=3)
-                    return _as_list(self.fn(*args, **kwargs))
+        if entry is None:
+            with _LOCK:
+                entry = next(((tr, k) for tr, k in self._entries.get(key, ()) if tr.accepts(shapes)), None)
+                if entry is None:
+                    a, kw = call.rebuild(tensors)
+                    try:
+                        entry = self._compile(a, kw, key)
+                    except EinattnError as e:
+                        if self.fallback != "eager":
+                            raise
+                        self._eager_reason = str(e)
+                        warnings.warn(f"einattn: {self.fn.__qualname__} runs eagerly (fallback='eager'): {e}",
+                                      stacklevel=3)
+                        return _as_list(self.fn(*a, **kw))
+        if len(self._hits) >= 256:
+            self._hits.clear()
+        self._hits[(key, shapes)] = entry
         tr, kernel = entry
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         if grad and kernel.target.kind not in ("reference", "streaming"):
             raise UnsupportedError(f"{self.fn.__qualname__}: an input requires grad, but einattn has no "
                                    f"backward pass for target '{kernel.target}' yet; call it under "
                                    f"torch.no_grad() for inference")
-        outs = kernel(*tr.kernel_inputs(tensors, dtype))
-        res = tr.results(outs)
-        return _as_list(res)
+        return _as_list(tr.results(kernel(*tr.kernel_inputs(tensors, dtype))))
 
     def _compile(self, args, kwargs, key):
         from .kernel import compile as compile_spec
@@ -221,8 +232,7 @@ _CALLS: dict = {}
 def attention_op(tensors: list[torch.Tensor], fn_id: int, call_id: int) -> list[torch.Tensor]:
     """The compiled kernel of a decorated function, as one torch op."""
     att = _REGISTRY[fn_id]
-    args, kwargs = _with_tensors(att, call_id, tensors)
-    return [o if not _aliases(o, tensors) else o.clone() for o in att.run(args, kwargs)]
+    return [o if not _aliases(o, tensors) else o.clone() for o in att.run_call(_CALLS[call_id], tensors)]
 
 
 @attention_op.register_fake

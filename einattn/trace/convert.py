@@ -106,7 +106,8 @@ class Converter:
         return [self.A.find(a) for a in g if self.A.find(a) in used]
 
     def used(self, v: T) -> set[int]:
-        return {self.A.find(a) for a in v.used()}
+        """The atoms ``v`` varies along (dropped size-1 atoms do not count: their coordinate is 0)."""
+        return {self.A.find(a) for a in v.used()} - self.A.dropped
 
     def unify(self, ga, gb) -> None:
         """Line two dim groups up: equal sizes unify; a size-1 atom facing a larger one broadcasts

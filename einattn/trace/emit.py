@@ -63,8 +63,8 @@ def finish(c: Converter, outputs, arg_names: list[str], file: str, nodes=()):
             raise c.unsupported(f"a {kind} over a dimension other than the keys of the first softmax",
                                 "einattn streams one key dimension; a softmax over the query or feature "
                                 "dimension cannot be planned", node)
-    for d in c.drafts:                 # atoms unified after a statement was drafted
-        d.atoms = tuple(c.A.find(a) for a in d.atoms)
+    for d in c.drafts:                 # atoms unified (or found to broadcast) after it was drafted
+        d.atoms = tuple(c.A.find(a) for a in d.atoms if c.A.find(a) not in c.A.dropped)
     drafts = _live(c, [o.stmt for o in outs])
     names = _name_atoms(c, drafts, arg_names)
     stmts = _rename_stmts(drafts, [o.stmt for o in outs], set(arg_names))
@@ -234,6 +234,8 @@ def _renamer(c: Converter, names, params, stmts):
     def fn(e: Expr, param_space: bool = False) -> Expr:
         def rep(x: Expr):
             if x.op is Op.INDEX:
+                if A.find(atom_of(x.arg)) in A.dropped:      # the coordinate of a size-1 dim
+                    return Expr.const(0.0) if not param_space else Expr.const(1.0)
                 return Expr(Op.INDEX, (), nm(atom_of(x.arg)))
             if x.op is Op.PARAM and x.arg in pmap:
                 return Expr(Op.PARAM, (), pmap[x.arg])
@@ -247,7 +249,8 @@ def _renamer(c: Converter, names, params, stmts):
                             continue
                         out.append(Sub(names[grouped[r]], gparam[r]) if r in grouped else Sub(names[r]))
                     return Expr.read(t, tuple(out))
-                return Expr.read(stmts[t], tuple(Sub(nm(atom_of(s.index))) for s in subs))
+                return Expr.read(stmts[t], tuple(Sub(nm(atom_of(s.index))) for s in subs
+                                                 if A.find(atom_of(s.index)) not in A.dropped))
             return None
         return e.replace(rep)
     return fn

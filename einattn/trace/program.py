@@ -4,6 +4,7 @@ kernel outputs become the function's return value)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import keyword
 import logging
@@ -108,7 +109,7 @@ class CallArgs:
     template: tuple              # (args, kwargs) with every tensor replaced by None
 
     def rebuild(self, tensors) -> tuple[tuple, dict]:
-        b = inspect.signature(self.fn).bind(*self.template[0], **self.template[1])
+        b = signature(self.fn).bind(*self.template[0], **self.template[1])
         for (pname, sub), t in zip(self.slots, tensors):
             if sub is None:
                 b.arguments[pname] = t
@@ -121,9 +122,15 @@ class CallArgs:
         return b.args, b.kwargs
 
 
+@functools.lru_cache(maxsize=256)
+def signature(fn) -> inspect.Signature:
+    """``inspect.signature``, once per function (it costs ~20 us, every call binds with it)."""
+    return inspect.signature(fn)
+
+
 def tensor_args(fn, args, kwargs) -> CallArgs:
     """Split a call of ``fn`` into its tensor arguments (named by parameter) and the rest."""
-    sig = inspect.signature(fn)
+    sig = signature(fn)
     try:
         bound = sig.bind(*args, **kwargs)
     except TypeError as e:
@@ -285,7 +292,17 @@ def _trace(fn, call, tensors) -> Traced:
                 t = ep.constants.get(spec.target) if spec.target in ep.constants else ep.state_dict[spec.target]
                 consts.append(t)
             arg_names.append(nm)
-            c.env[node] = _placeholder(c, nm, node.meta["val"])
+            val = node.meta["val"]
+            if spec.kind.name != "USER_INPUT" and consts[-1].numel() == 1:
+                from einattn.ir import Expr       # a constant the function made (torch.tensor(2.0)): a number
+                c.env[node] = T(Expr.const(float(consts[-1].reshape(()).item())), ())
+            elif val.numel() == 1 and all(isinstance(x, int) for x in val.shape):
+                raise UnsupportedError(
+                    f"argument '{nm}' of {fn.__qualname__} is a one-element tensor: the cascade IR reads "
+                    f"tensors along indices. Pass it as a Python float (each value compiles once), or give "
+                    f"it a dim the function indexes (a per-head tensor [h])")
+            else:
+                c.env[node] = _placeholder(c, nm, val)
         elif node.op == "call_function":
             h = HANDLERS.get(node.target)
             if h is None:
