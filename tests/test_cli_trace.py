@@ -40,3 +40,9 @@ def test_trace_errors_are_one_line(capsys):
     _one_line_error(capsys, ["trace", f"{ZOO}:softmax", "--shape", QKV + ",w=3"], "names no argument")
     _one_line_error(capsys, ["trace", "tests/trace/test_unsupported.py:cumsum", "--shape", QKV],
                     "test_unsupported.py:", "cumsum", error="UnsupportedError")
+
+
+def test_a_module_that_fails_to_import_is_bad_input(capsys, tmp_path):
+    bad = tmp_path / "broken.py"
+    bad.write_text("import torch\nraise RuntimeError('boom')\ndef f(q, k, v):\n    return q\n")
+    _one_line_error(capsys, ["trace", f"{bad}:f", "--shape", QKV], "cannot import", "boom")

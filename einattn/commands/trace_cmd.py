@@ -79,16 +79,20 @@ def load_function(ref: str):
         path = Path(mod_name)
         if not path.is_file():
             raise SpecError(f"no such file {mod_name!r}", expected="an existing .py file")
+        sys.path.insert(0, str(path.resolve().parent))     # as `python file.py` would: its siblings import
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules.setdefault(path.stem, module)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:      # noqa: BLE001 -- the user's module failed, not einattn
+            raise SpecError(f"cannot import {mod_name}", found=f"{type(e).__name__}: {e}") from None
     else:
         sys.path.insert(0, ".")
         try:
             module = importlib.import_module(mod_name)
-        except ModuleNotFoundError as e:
-            raise SpecError(f"cannot import module {mod_name!r}", found=str(e)) from None
+        except Exception as e:      # noqa: BLE001 -- the user's module failed, not einattn
+            raise SpecError(f"cannot import module {mod_name!r}", found=f"{type(e).__name__}: {e}") from None
     obj = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
