@@ -117,3 +117,16 @@ def test_sdpa_fully_masked_rows_cost_no_pass_and_give_zero():
     plan = einattn.explain(masked)
     assert plan.passes == 1 and plan.naive_passes == 3
     assert "any" not in masked.spec() and sum(s.reduce.value == "max=" for s in masked.cascade().stmts) == 1
+
+
+@pytest.mark.cpu
+def test_triton_target_in_the_interpreter():
+    pytest.importorskip("triton")
+    att = einattn.attention(softcap_causal.fn, target="cuda:sm_90", interpret=True,
+                            config={"BLOCK_M": 16, "BLOCK_N": 16, "KV_SPLITS": 1})
+    q, k, v = _qkv(b=1, h=2, m=19, n=23, d=16, e=16, dtype=torch.float32)
+    with torch.no_grad():
+        out = att(q, k, v)
+    ref = softcap_causal.fn(q.double(), k.double(), v.double())
+    assert out.dtype == torch.float32
+    assert ((out.double() - ref).abs().max() / ref.abs().max()).item() < 1e-4
