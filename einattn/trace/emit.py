@@ -10,18 +10,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from einattn.ir import Cascade, Expr, Loc, Op, ParamDecl, Stmt, Sub, TensorDecl, UnsupportedError
+from einattn.ir import Cascade, Expr, Loc, Op, ParamDecl, Reduce, Stmt, Sub, TensorDecl, UnsupportedError
 
 from .convert import Converter, Draft
 from .values import Cat, T, atom_of
-
-SPARE = ("i", "j", "k", "l", "p", "q", "t", "u", "w", "x", "y", "z")
 
 
 @dataclass(frozen=True)
 class InputPlan:
     """How one tensor argument of the call becomes one kernel input."""
-    arg: int                    # position among the call's tensor arguments
+    arg: int                    # position among the graph's inputs (Traced.sources says which argument)
     name: str
     keep: tuple[int, ...]       # dims kept (the others are size-1 broadcast dims, dropped by a view)
     cast: str                   # "" | "bool" | "int": converted to the compute dtype at the call
@@ -54,13 +52,14 @@ def finish(c: Converter, outputs, arg_names: list[str], file: str, nodes=()):
                 and list(drafts[e.arg[0]].atoms) == atoms and e.arg[0] not in [o.stmt for o in outs]:
             nm = e.arg[0]
         else:
-            nm = c.emit("O", atoms, _sum(), e)
+            nm = c.emit("O", atoms, Reduce.SUM, e)
         outs.append(OutputPlan(nm, tuple(len(c.real(g, used)) for g in v.dims)))
     if c.value_keys:                   # the key is what the value contraction sums over (P.V)
         c.key = c.value_keys[-1]
     for atom, node, kind in c.softmaxes:
         if c.A.find(atom) != c.A.find(c.key):
-            raise c.unsupported(f"a {kind} over a dimension other than the keys of the first softmax",
+            raise c.unsupported(f"a {kind} over a dimension other than the keys (what the value "
+                                f"contraction sums, or the first softmax's)",
                                 "einattn streams one key dimension; a softmax over the query or feature "
                                 "dimension cannot be planned", node)
     for d in c.drafts:                 # atoms unified (or found to broadcast) after it was drafted
@@ -99,11 +98,6 @@ def finish(c: Converter, outputs, arg_names: list[str], file: str, nodes=()):
                                f"reduction or value contraction over a dimension of its inputs")
     casc = Cascade(tuple(inputs), tuple(_dedupe(pdecls)), tuple(out_stmts), tuple(o.stmt for o in outs), key)
     return casc, tuple(plans), tuple(outs)
-
-
-def _sum():
-    from einattn.ir import Reduce
-    return Reduce.SUM
 
 
 def _live(c: Converter, outputs: list[str]) -> list[Draft]:

@@ -112,18 +112,13 @@ def sym_expr(size, symbols: dict) -> Expr:
         if size not in symbols:
             raise UnsupportedError(f"size symbol {size} does not come from an input dimension")
         return index(symbols[size])
-    if isinstance(size, sympy.Mul):
-        out = None
-        for f in size.args:
-            e = sym_expr(f, symbols)
-            out = e if out is None else Expr(Op.MUL, (out, e))
-        return out
-    if isinstance(size, sympy.Add):
-        out = None
-        for f in size.args:
-            e = sym_expr(f, symbols)
-            out = e if out is None else Expr(Op.ADD, (out, e))
-        return out
+    for kind, op in ((sympy.Mul, Op.MUL), (sympy.Add, Op.ADD)):
+        if isinstance(size, kind):
+            out = None
+            for f in size.args:
+                e = sym_expr(f, symbols)
+                out = e if out is None else Expr(op, (out, e))
+            return out
     if type(size).__name__ == "FloorDiv":
         return Expr(Op.FLOORDIV, (sym_expr(size.args[0], symbols), sym_expr(size.args[1], symbols)))
     raise UnsupportedError(f"a size computed as {size} (only products, sums and floor division of "
