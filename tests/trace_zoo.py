@@ -26,6 +26,18 @@ def causal(q, k, v):
     return torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1) @ v
 
 
+def causal_tril(q, k, v):
+    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    mask = torch.tril(torch.ones(s.shape[-2], s.shape[-1], dtype=torch.bool))
+    return torch.softmax(s.masked_fill(~mask, float("-inf")), dim=-1) @ v
+
+
+def causal_triu(q, k, v):
+    s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    hidden = torch.triu(torch.ones_like(s), diagonal=1).bool()
+    return torch.softmax(s.masked_fill(hidden, float("-inf")), dim=-1) @ v
+
+
 def causal_sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
@@ -174,6 +186,8 @@ PLAIN = {
     "sdpa": (sdpa, _qkv, "softmax"),
     "causal": (causal, _qkv, "causal"),
     "causal_sdpa": (causal_sdpa, _qkv, "causal"),
+    "causal_tril": (causal_tril, _qkv, "causal"),
+    "causal_triu": (causal_triu, _qkv, "causal"),
     "causal_bottom_right": (causal_bottom_right, _qkv, "causal_bottom_right"),
     "sliding_window": (sliding_window, _qkv, "sliding_window"),
     "prefix_lm": (prefix_lm, _qkv, "prefix_lm"),

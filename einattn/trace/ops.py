@@ -362,7 +362,13 @@ def _truth(e: Expr):
 
 def _as_bool(c, a):
     v = c.operand(a)
-    return v if v.boolean else T(Expr(Op.NE, (v.expr, Expr.const(0.0))), v.dims, True)
+    if v.boolean:
+        return v
+    e = v.expr
+    if e.op is Op.WHERE and e.src[1].op is Op.CONST and e.src[1].arg not in (0.0,) \
+            and e.src[2] == Expr.const(0.0) and e.src[1].arg == e.src[1].arg:
+        return T(e.src[0], v.dims, True)            # a mask made a float and back (triu(ones).bool())
+    return T(Expr(Op.NE, (e, Expr.const(0.0))), v.dims, True)
 
 
 for _t, _op in ((aten.logical_and.default, Op.AND), (aten.bitwise_and.Tensor, Op.AND),
