@@ -18,7 +18,7 @@ import torch
 
 from einattn.ir import EinattnError, UnsupportedError
 
-from .trace.program import Traced, tensor_args, trace
+from .trace.program import CallArgs, Traced, tensor_args, trace
 
 _REGISTRY: dict[int, "Attention"] = {}
 _LOCK = threading.RLock()
@@ -65,27 +65,29 @@ class Attention:
                 and not torch.compiler.is_compiling():
             # the op has no autograd formula yet: targets that compute with torch ops (reference,
             # streaming) keep autograd when called directly; kernel targets refuse in run_call()
-            outs = self.run_call(call, call.tensors)
-            return outs[0] if self._single(call.static) else tuple(outs)
-        outs = attention_op(list(call.tensors), self._id, _static_key(call))
-        return outs[0] if self._single(call.static) else tuple(outs)
-
-    def _single(self, static) -> bool:
-        for (st, _, _), entries in self._entries.items():
-            if st == static and entries:
-                return entries[0][0].single
-        return _SINGLE.get((self._id, static), True)
+            cid = _static_key(call)
+            outs = self.run_call(call, call.tensors, cid)
+        else:
+            # the call's id is registered by running _register_call for real even while dynamo
+            # traces (assume_constant_result): the op's fake implementation needs it at once
+            cid = _register_call(self._id, call.names, call.static, call.slots, call.template[0],
+                                 tuple(call.template[1].items()))
+            outs = attention_op(list(call.tensors), self._id, cid)
+        return outs[0] if _SINGLE.get((self._id, cid), True) else tuple(outs)
 
     def run(self, args, kwargs) -> list[torch.Tensor]:
         """Compute the function on real tensors with its compiled kernel (tracing on a miss)."""
         call = tensor_args(self.fn, args, kwargs)
-        return self.run_call(call, call.tensors)
+        return self.run_call(call, call.tensors, _static_key(call))
 
-    def run_call(self, call, tensors) -> list[torch.Tensor]:
-        """``run`` for a call already split (``call``: its non-tensor arguments) with these tensors."""
+    def run_call(self, call, tensors, cid: int | None = None) -> list[torch.Tensor]:
+        """``run`` for a call already split (``call``: its non-tensor arguments) with these tensors;
+        ``cid``: the call's id, under which whether it returns one tensor is recorded."""
         if self._eager_reason is not None:
             a, kw = call.rebuild(tensors)
-            return _as_list(self.fn(*a, **kw))
+            res = self.fn(*a, **kw)
+            _SINGLE[(self._id, cid)] = not isinstance(res, (tuple, list))
+            return _as_list(res)
         dtype = _compute_dtype(tensors)
         key = (call.static, dtype, tuple(t.dim() for t in tensors))
         shapes = tuple(tuple(t.shape) for t in tensors)
@@ -105,11 +107,14 @@ class Attention:
                         self._eager_reason = str(e)
                         warnings.warn(f"einattn: {self.fn.__qualname__} runs eagerly (fallback='eager'): {e}",
                                       stacklevel=3)
-                        return _as_list(self.fn(*a, **kw))
+                        res = self.fn(*a, **kw)
+                        _SINGLE[(self._id, cid)] = not isinstance(res, (tuple, list))
+                        return _as_list(res)
         if len(self._hits) >= 256:
             self._hits.clear()
         self._hits[(key, shapes)] = entry
         tr, kernel = entry
+        _SINGLE[(self._id, cid)] = tr.single
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
         if grad and kernel.target.kind not in ("reference", "streaming"):
             raise UnsupportedError(f"{self.fn.__qualname__}: an input requires grad, but einattn has no "
@@ -119,14 +124,13 @@ class Attention:
 
     def _compile(self, args, kwargs, key):
         from .kernel import compile as compile_spec
-        tr = trace(self.fn, args, kwargs)
+        tr = _in_fresh_thread(trace, self.fn, args, kwargs)
         h = tr.spec.structural_hash()
         kernel = self._kernels.get(h)
         if kernel is None:
             kernel = self._kernels[h] = compile_spec(tr.spec, target=self.target, tune=self.tune,
                                                      config=self.config, interpret=self.interpret)
         self._entries.setdefault(key, []).append((tr, kernel))
-        _SINGLE[(self._id, key[0])] = tr.single
         self._last = tr
         return tr, kernel
 
@@ -198,6 +202,25 @@ def _rebuild(fn, target, tune, fallback, config, interpret):
     return Attention(fn, target, tune, fallback, config, interpret)
 
 
+def _in_fresh_thread(fn, *args):
+    """``fn(*args)`` on a new thread: torch.export then sees none of the caller's thread-local
+    tracing state (a first call from inside a torch.compile'd graph's runtime or from opcheck
+    otherwise makes export find fake tensors among its constants)."""
+    box: dict = {}
+
+    def work():
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:      # noqa: BLE001 -- re-raised on the caller's thread
+            box["error"] = e
+    t = threading.Thread(target=work, name="einattn-trace")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def _lookup(obj, qualname: str):
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
@@ -217,11 +240,19 @@ _STATIC: dict = {}
 
 def _static_key(call) -> int:
     """An int naming this call's non-tensor arguments (the custom op takes tensors and ints)."""
-    key = (id(call.fn), call.static, call.slots)
-    k = _STATIC.get(key)
-    if k is None:
-        k = _STATIC[key] = len(_STATIC)
-        _CALLS[k] = call
+    att = next(a for a in _REGISTRY.values() if a.fn is call.fn)
+    return _register_call(att._id, call.names, call.static, call.slots, call.template[0],
+                          tuple(call.template[1].items()))
+
+
+@torch.compiler.assume_constant_result
+def _register_call(fn_id: int, names: tuple, static: tuple, slots: tuple, args: tuple, kwargs: tuple) -> int:
+    key = (fn_id, static, slots, names)
+    with _LOCK:
+        k = _STATIC.get(key)
+        if k is None:
+            k = _STATIC[key] = len(_STATIC)
+            _CALLS[k] = CallArgs(_REGISTRY[fn_id].fn, names, (), static, slots, (args, dict(kwargs)))
     return k
 
 
@@ -232,14 +263,17 @@ _CALLS: dict = {}
 def attention_op(tensors: list[torch.Tensor], fn_id: int, call_id: int) -> list[torch.Tensor]:
     """The compiled kernel of a decorated function, as one torch op."""
     att = _REGISTRY[fn_id]
-    return [o if not _aliases(o, tensors) else o.clone() for o in att.run_call(_CALLS[call_id], tensors)]
+    outs = att.run_call(_CALLS[call_id], tensors, call_id)
+    return [o if not _aliases(o, tensors) else o.clone() for o in outs]
 
 
 @attention_op.register_fake
 def _(tensors, fn_id, call_id):
     att = _REGISTRY[fn_id]
     args, kwargs = _with_tensors(att, call_id, tensors)
-    return [o.clone() if _aliases(o, tensors) else o for o in _as_list(att.fn(*args, **kwargs))]
+    res = att.fn(*args, **kwargs)
+    _SINGLE[(fn_id, call_id)] = not isinstance(res, (tuple, list))
+    return [o.clone() if _aliases(o, tensors) else o for o in _as_list(res)]
 
 
 def _with_tensors(att: Attention, call_id: int, tensors):

@@ -75,10 +75,9 @@ def test_pickle_and_deepcopy():
 
 
 def test_opcheck_passes():
+    fresh = einattn.attention(softcap_causal.fn, target="reference")   # first traced inside opcheck
     q, k, v = _qkv(dtype=torch.float32)
-    softcap_causal(q, k, v)       # traced outside opcheck's modes (export cannot run inside its schema check)
-    args = softcap_causal.op_inputs(q, k, v)
-    torch.library.opcheck(torch.ops.einattn.attention.default, args)
+    torch.library.opcheck(torch.ops.einattn.attention.default, fresh.op_inputs(q, k, v))
 
 
 def test_torch_compile_fullgraph_without_graph_breaks_or_recompiles():
@@ -98,6 +97,26 @@ def test_torch_compile_fullgraph_without_graph_breaks_or_recompiles():
             torch.testing.assert_close(compiled(q, k, v), block.__wrapped__(q, k, v) if hasattr(
                 block, "__wrapped__") else softcap_causal.fn(q * 2, k, v) + 1)
         assert cnt.frame_count == 1
+
+
+def test_first_call_inside_a_compiled_graph_with_two_outputs():
+    """The first call of a function (two outputs) comes from a torch.compile'd graph: dynamo
+    registers the call while tracing, the real op traces the function at run time."""
+    @einattn.attention(target="reference")
+    def with_lse(q, k, v, scale: float = 0.3):
+        s = q @ k.transpose(-1, -2) * scale
+        return torch.softmax(s, -1) @ v, torch.logsumexp(s, -1)
+
+    def block(q, k, v):
+        o, lse = with_lse(q, k, v)
+        return o * 2, lse
+
+    q, k, v = _qkv()
+    with torch.no_grad():
+        o, lse = torch.compile(block, fullgraph=True)(q, k, v)
+    ro, rl = with_lse.fn(q, k, v)
+    torch.testing.assert_close(o, 2 * ro)
+    torch.testing.assert_close(lse, rl)
 
 
 def test_sdpa_fully_masked_rows_cost_no_pass_and_give_zero():

@@ -4,7 +4,6 @@ kernel outputs become the function's return value)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import keyword
 import logging
@@ -122,10 +121,16 @@ class CallArgs:
         return b.args, b.kwargs
 
 
-@functools.lru_cache(maxsize=256)
+_SIGNATURES: dict = {}
+
+
 def signature(fn) -> inspect.Signature:
-    """``inspect.signature``, once per function (it costs ~20 us, every call binds with it)."""
-    return inspect.signature(fn)
+    """``inspect.signature``, once per function (it costs ~20 us, every call binds with it; a plain
+    dict, not functools.lru_cache, which dynamo warns about when it traces a decorated call)."""
+    sig = _SIGNATURES.get(fn)
+    if sig is None:
+        sig = _SIGNATURES[fn] = inspect.signature(fn)
+    return sig
 
 
 def tensor_args(fn, args, kwargs) -> CallArgs:
