@@ -65,7 +65,7 @@ class Attention:
                 and not torch.compiler.is_compiling():
             # the op has no autograd formula yet: targets that compute with torch ops (reference,
             # streaming) keep autograd when called directly; kernel targets refuse in run_call()
-            cid = _static_key(call)
+            cid = _static_key(call, self._id)
             outs = self.run_call(call, call.tensors, cid)
         else:
             # the call's id is registered by running _register_call for real even while dynamo
@@ -78,7 +78,7 @@ class Attention:
     def run(self, args, kwargs) -> list[torch.Tensor]:
         """Compute the function on real tensors with its compiled kernel (tracing on a miss)."""
         call = tensor_args(self.fn, args, kwargs)
-        return self.run_call(call, call.tensors, _static_key(call))
+        return self.run_call(call, call.tensors, _static_key(call, self._id))
 
     def run_call(self, call, tensors, cid: int | None = None) -> list[torch.Tensor]:
         """``run`` for a call already split (``call``: its non-tensor arguments) with these tensors;
@@ -162,7 +162,7 @@ class Attention:
     def op_inputs(self, *args, **kwargs) -> tuple[list[torch.Tensor], int, int]:
         """The arguments of ``torch.ops.einattn.attention`` for this call (for ``torch.library.opcheck``)."""
         call = tensor_args(self.fn, args, kwargs)
-        return list(call.tensors), self._id, _static_key(call)
+        return list(call.tensors), self._id, _static_key(call, self._id)
 
     def kernels(self) -> list:
         """The kernels compiled so far (one per distinct derived cascade)."""
@@ -238,10 +238,9 @@ def _compute_dtype(tensors) -> torch.dtype:
 _STATIC: dict = {}
 
 
-def _static_key(call) -> int:
+def _static_key(call, fn_id: int) -> int:
     """An int naming this call's non-tensor arguments (the custom op takes tensors and ints)."""
-    att = next(a for a in _REGISTRY.values() if a.fn is call.fn)
-    return _register_call(att._id, call.names, call.static, call.slots, call.template[0],
+    return _register_call(fn_id, call.names, call.static, call.slots, call.template[0],
                           tuple(call.template[1].items()))
 
 
