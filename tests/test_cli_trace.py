@@ -46,3 +46,10 @@ def test_a_module_that_fails_to_import_is_bad_input(capsys, tmp_path):
     bad = tmp_path / "broken.py"
     bad.write_text("import torch\nraise RuntimeError('boom')\ndef f(q, k, v):\n    return q\n")
     _one_line_error(capsys, ["trace", f"{bad}:f", "--shape", QKV], "cannot import", "boom")
+
+
+def test_more_bad_input_is_one_line(capsys):
+    _one_line_error(capsys, ["trace", "tests.trace_zoo:PLAIN", "--shape", QKV], "not a function")
+    _one_line_error(capsys, ["trace", f"{ZOO}:softmax", "--shape", "q=-3x8,k=5x8,v=5x8"], "sizes >= 1")
+    _one_line_error(capsys, ["trace", f"{ZOO}:softmax", "--shape", "q=8,k=5x8,v=5x8"], "no index left",
+                    error="UnsupportedError")

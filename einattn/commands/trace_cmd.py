@@ -29,14 +29,19 @@ def run(args) -> int:
     from einattn.trace import trace
     fn = load_function(args.function)
     fn = getattr(fn, "fn", fn)                       # an @einattn.attention function: its source
+    if not callable(fn):
+        raise SpecError(f"{args.function} is a {type(fn).__name__}, not a function",
+                        expected="module:function naming an attention function")
     shapes = {}
     for item in args.shape:
         for part in filter(None, (s.strip() for s in item.split(","))):
             name, _, dims = part.partition("=")
             try:
                 shapes[name.strip()] = [int(x) for x in dims.lower().split("x")]
+                if min(shapes[name.strip()]) < 1:
+                    raise ValueError
             except ValueError:
-                raise SpecError(f"bad --shape item {part!r}", expected="name=AxBxC such as q=2x8x128x64",
+                raise SpecError(f"bad --shape item {part!r}", expected="name=AxBxC with sizes >= 1, such as q=2x8x128x64",
                                 found=part) from None
     kwargs = {}
     for item in args.arg:

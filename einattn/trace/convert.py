@@ -252,6 +252,10 @@ class Converter:
         return Cat(tuple(pieces), c.dim, c.node)
 
     def emit(self, prefix: str, atoms, reduce: Reduce, expr: Expr) -> str:
+        if not atoms:
+            raise self.unsupported("a value with no index left (a reduction to one number, or a query "
+                                   "without a position dim)", "Keep the query positions as a dimension: "
+                                   "q[..., m, d], one row per query")
         taken = {d.name for d in self.drafts}
         nm, k = prefix, 1
         while nm in taken:

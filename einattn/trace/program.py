@@ -242,16 +242,22 @@ def _is_view(n) -> bool:
 @contextlib.contextmanager
 def _quiet():
     """Export's notes that are about its own machinery, not the user's function (the 0/1
-    specialisation of size-1 dims is handled by ``trace``; a pytree deprecation)."""
-    log = logging.getLogger("torch._export.non_strict_utils")
-    level = log.level
-    log.setLevel(logging.ERROR)
+    specialisation of size-1 dims is handled by ``trace``; a pytree deprecation; fake-tensor
+    tracebacks of errors export then raises)."""
+    # non_strict_utils: the 0/1 notes; fake_tensor: a traceback logged before export raises the
+    # error that becomes our UnsupportedError
+    logs = [(logging.getLogger(n), lvl) for n, lvl in (("torch._export.non_strict_utils", logging.ERROR),
+                                                        ("torch._subclasses.fake_tensor", logging.CRITICAL))]
+    levels = [log.level for log, _ in logs]
+    for log, lvl in logs:
+        log.setLevel(lvl)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec.*")
             yield
     finally:
-        log.setLevel(level)
+        for (log, _), level in zip(logs, levels):
+            log.setLevel(level)
 
 
 def trace(fn, args, kwargs) -> Traced:
@@ -263,6 +269,11 @@ def trace(fn, args, kwargs) -> Traced:
     slopes shaped [h, 1, 1]) the call is traced as it is, with those dims dropped."""
     call = tensor_args(fn, args, kwargs)
     shapes = [tuple(t.shape) for t in call.tensors]
+    empty = [n for n, s in zip(call.names, shapes) if 0 in s]
+    if empty:
+        raise UnsupportedError(f"argument '{empty[0]}' of {fn.__qualname__} has a dimension of size 0: a "
+                               f"trace reads how the function combines dims from its first call's sizes; "
+                               f"call it first with sizes >= 1 (later calls may have empty dims)")
     if any(1 in s for s in shapes):
         wide = [torch.zeros([2 if x == 1 else x for x in t.shape], dtype=t.dtype, device=t.device)
                 for t in call.tensors]

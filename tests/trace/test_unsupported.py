@@ -135,3 +135,13 @@ def test_fallback_eager_runs_the_function_and_warns_once():
 def test_bad_fallback_is_refused():
     with pytest.raises(einattn.UnsupportedError, match="fallback"):
         einattn.attention(cumsum, fallback="slow")
+
+
+def test_a_first_call_with_an_empty_dim_is_refused():
+    att = einattn.attention(scores_only, target="reference")
+    with pytest.raises(einattn.UnsupportedError, match="size 0"):
+        att(*_qkv(m=0))
+
+
+def scores_only(q, k, v):
+    return torch.softmax(scores(q, k), -1) @ v
