@@ -125,12 +125,14 @@ _SIGNATURES: dict = {}
 
 
 def signature(fn) -> inspect.Signature:
-    """``inspect.signature``, once per function (it costs ~20 us, every call binds with it; a plain
-    dict, not functools.lru_cache, which dynamo warns about when it traces a decorated call)."""
-    sig = _SIGNATURES.get(fn)
-    if sig is None:
-        sig = _SIGNATURES[fn] = inspect.signature(fn)
-    return sig
+    """``inspect.signature``, once per function (it costs ~20 us, every call binds with it; not
+    functools.lru_cache, which dynamo warns about when it traces a decorated call)."""
+    if torch.compiler.is_compiling():   # dynamo: a cache filled while tracing fails its own guards
+        return inspect.signature(fn)
+    hit = _SIGNATURES.get(id(fn))
+    if hit is None or hit[0] is not fn:
+        hit = _SIGNATURES[id(fn)] = (fn, inspect.signature(fn))
+    return hit[1]
 
 
 def tensor_args(fn, args, kwargs) -> CallArgs:
