@@ -61,17 +61,13 @@ class Attention:
         call = tensor_args(self.fn, args, kwargs)
         if not call.tensors:
             raise UnsupportedError(f"{self.fn.__qualname__} was called without tensor arguments")
+        cid = _static_key(call, self._id)
         if torch.is_grad_enabled() and any(t.requires_grad for t in call.tensors) \
                 and not torch.compiler.is_compiling():
             # the op has no autograd formula yet: targets that compute with torch ops (reference,
             # streaming) keep autograd when called directly; kernel targets refuse in run_call()
-            cid = _static_key(call, self._id)
             outs = self.run_call(call, call.tensors, cid)
         else:
-            # the call's id is registered by running _register_call for real even while dynamo
-            # traces (assume_constant_result): the op's fake implementation needs it at once
-            cid = _register_call(self._id, call.names, call.static, call.slots, call.template[0],
-                                 tuple(call.template[1].items()))
             outs = attention_op(list(call.tensors), self._id, cid)
         return outs[0] if _SINGLE.get((self._id, cid), True) else tuple(outs)
 
@@ -84,19 +80,14 @@ class Attention:
         """``run`` for a call already split (``call``: its non-tensor arguments) with these tensors;
         ``cid``: the call's id, under which whether it returns one tensor is recorded."""
         if self._eager_reason is not None:
-            a, kw = call.rebuild(tensors)
-            res = self.fn(*a, **kw)
-            _SINGLE[(self._id, cid)] = not isinstance(res, (tuple, list))
-            return _as_list(res)
+            return self._eager(call, tensors, cid)
         dtype = _compute_dtype(tensors)
         key = (call.static, dtype, tuple(t.dim() for t in tensors))
         shapes = tuple(tuple(t.shape) for t in tensors)
-        entry = self._hits.get((key, shapes))
-        if entry is None:
-            entry = next(((tr, k) for tr, k in self._entries.get(key, ()) if tr.accepts(shapes)), None)
+        entry = self._hits.get((key, shapes)) or self._find(key, shapes)
         if entry is None:
             with _LOCK:
-                entry = next(((tr, k) for tr, k in self._entries.get(key, ()) if tr.accepts(shapes)), None)
+                entry = self._find(key, shapes)
                 if entry is None:
                     a, kw = call.rebuild(tensors)
                     try:
@@ -107,9 +98,7 @@ class Attention:
                         self._eager_reason = str(e)
                         warnings.warn(f"einattn: {self.fn.__qualname__} runs eagerly (fallback='eager'): {e}",
                                       stacklevel=3)
-                        res = self.fn(*a, **kw)
-                        _SINGLE[(self._id, cid)] = not isinstance(res, (tuple, list))
-                        return _as_list(res)
+                        return self._eager(call, tensors, cid)
         if len(self._hits) >= 256:
             self._hits.clear()
         self._hits[(key, shapes)] = entry
@@ -122,22 +111,30 @@ class Attention:
                                    f"torch.no_grad() for inference")
         return _as_list(tr.results(kernel(*tr.kernel_inputs(tensors, dtype))))
 
+    def _find(self, key, shapes):
+        return next(((tr, k) for tr, k in self._entries.get(key, ()) if tr.accepts(shapes)), None)
+
+    def _eager(self, call, tensors, cid) -> list[torch.Tensor]:
+        a, kw = call.rebuild(tensors)
+        res = self.fn(*a, **kw)
+        _SINGLE[(self._id, cid)] = not isinstance(res, (tuple, list))
+        return _as_list(res)
+
     def _compile(self, args, kwargs, key):
         from .kernel import compile as compile_spec
-        tr = _in_fresh_thread(trace, self.fn, args, kwargs)
+        tr = self.trace(*args, **kwargs)
         h = tr.spec.structural_hash()
         kernel = self._kernels.get(h)
         if kernel is None:
             kernel = self._kernels[h] = compile_spec(tr.spec, target=self.target, tune=self.tune,
                                                      config=self.config, interpret=self.interpret)
         self._entries.setdefault(key, []).append((tr, kernel))
-        self._last = tr
         return tr, kernel
 
     # -- looking at it ---------------------------------------------------------------------
     def trace(self, *args, **kwargs) -> Traced:
         """Trace a call (without running it) and return the derived cascade and adapters."""
-        tr = trace(self.fn, args, kwargs)
+        tr = _in_fresh_thread(trace, self.fn, args, kwargs)
         self._last = tr
         return tr
 
@@ -268,15 +265,10 @@ def attention_op(tensors: list[torch.Tensor], fn_id: int, call_id: int) -> list[
 
 @attention_op.register_fake
 def _(tensors, fn_id, call_id):
-    att = _REGISTRY[fn_id]
-    args, kwargs = _with_tensors(att, call_id, tensors)
-    res = att.fn(*args, **kwargs)
+    args, kwargs = _CALLS[call_id].rebuild(tensors)
+    res = _REGISTRY[fn_id].fn(*args, **kwargs)
     _SINGLE[(fn_id, call_id)] = not isinstance(res, (tuple, list))
     return [o.clone() if _aliases(o, tensors) else o for o in _as_list(res)]
-
-
-def _with_tensors(att: Attention, call_id: int, tensors):
-    return _CALLS[call_id].rebuild(tensors)
 
 
 def _aliases(o, tensors) -> bool:
