@@ -297,10 +297,7 @@ class Converter:
         elif kind == "logsumexp" and self.key is None and len(red) == 1:
             self.key = red[0]
         keep = tuple(g for d, g in enumerate(v.dims) if d not in dims)
-        out_dims = tuple(g if d not in dims else (self.A.new(sympy.Integer(1), 1, True),)
-                         for d, g in enumerate(v.dims)) if keepdim or kind in ("softmax", "log_softmax") else keep
-        if kind in ("softmax", "log_softmax"):
-            out_dims = v.dims
+        out_dims = v.dims if kind in ("softmax", "log_softmax") else self.reduced_dims(v.dims, dims, keepdim)
         rows = [a for g in keep for a in self.real(g, used)]
         e = v.expr
         if not red:
@@ -329,6 +326,12 @@ class Converter:
         if kind == "logsumexp":
             return T(lse, out_dims)
         return T(Expr(Op.SUB, (x.expr, lse)), out_dims)
+
+    def reduced_dims(self, dims, reduced, keepdim: bool):
+        """The dims after reducing ``reduced``: dropped, or size-1 broadcast dims with ``keepdim``."""
+        if not keepdim:
+            return tuple(g for d, g in enumerate(dims) if d not in reduced)
+        return tuple(g if d not in reduced else (self.A.new(sympy.Integer(1), 1, True),) for d, g in enumerate(dims))
 
     def size_expr(self, a: int) -> Expr:
         at = self.A.of(a)
@@ -386,9 +389,7 @@ class Converter:
         lr = read(self.emit("L", rows, Reduce.SUM, lexpr), rows)
         lse = Expr(Op.ADD, (mr, Expr(Op.LOG, (lr,))))
         if kind == "logsumexp":
-            out_dims = tuple(g if d != c.dim else (self.A.new(sympy.Integer(1), 1, True),)
-                             for d, g in enumerate(c.dims)) if keepdim else tuple(keep)
-            return T(lse, out_dims)
+            return T(lse, self.reduced_dims(c.dims, [c.dim], keepdim))
         if kind == "softmax":
             pieces = [T(Expr(Op.DIV, (read(p, xatoms), lr)), x.dims) if q is main[0] else
                       T(Expr(Op.DIV, (Expr(Op.EXP, (Expr(Op.SUB, (q.expr, mr)),)), lr)), q.dims)
