@@ -78,7 +78,6 @@ class Converter:
         self.params: dict[Expr, str] = {}        # param-space expression -> param name
         self.symbols: dict = {}                  # sympy symbol -> an atom of that size
         self.input_dims: dict[str, tuple[int, ...]] = {}
-        self.input_kind: dict[str, str] = {}     # "float" | "bool" | "int"
         self.key: int | None = None              # the atom the first softmax / row reduction runs over
         self.softmaxes: list = []                # (atom, node, kind): every softmax must run over the key
         self.value_keys: list[int] = []          # atoms summed by contractions of computed weights (P.V)

@@ -22,7 +22,6 @@ class InputPlan:
     arg: int                    # position among the graph's inputs (Traced.sources says which argument)
     name: str
     keep: tuple[int, ...]       # dims kept (the others are size-1 broadcast dims, dropped by a view)
-    cast: str                   # "" | "bool" | "int": converted to the compute dtype at the call
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def finish(c: Converter, outputs, arg_names: list[str], file: str, nodes=()):
         if len(set(decl)) != len(decl):
             raise UnsupportedError(f"input '{arg}' is used along one index on two of its dims (a diagonal)")
         inputs.append(TensorDecl(arg, decl))
-        plans.append(InputPlan(k, arg, keep, c.input_kind[arg]))
+        plans.append(InputPlan(k, arg, keep))
     ren = _renamer(c, names, params, stmts)
     out_stmts = []
     for d in drafts:

@@ -49,7 +49,7 @@ class Traced:
             t = tensors[i] if kind == "arg" else self.constants[i].to(tensors[0].device)
             if len(p.keep) != t.dim():
                 t = t.reshape([t.shape[j] for j in p.keep])
-            if p.cast or not t.is_floating_point():
+            if t.dtype != dtype:               # bool, int and other float dtypes: the compute dtype
                 t = t.to(dtype)
             out.append(t)
         return out
@@ -386,10 +386,8 @@ def _placeholder(c: Converter, nm: str, val) -> T:
             c.symbols.setdefault(size, a)
         dims.append((a,))
     c.input_dims[nm] = tuple(g[0] for g in dims)
-    kind = "bool" if val.dtype is torch.bool else "float" if val.dtype.is_floating_point else "int"
-    c.input_kind[nm] = "" if kind == "float" else kind
     e = read(nm, [g[0] for g in dims])
-    if kind == "bool":
+    if val.dtype is torch.bool:       # passed as 0/1 in the compute dtype (Traced.kernel_inputs)
         from einattn.ir import Expr, Op
         return T(Expr(Op.NE, (e, Expr.const(0.0))), tuple(dims), True)
     return T(e, tuple(dims))
