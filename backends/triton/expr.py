@@ -89,14 +89,14 @@ class Printer(ExprPrinter):
             if ctx != "tile" and load_axis is None:
                 raise UnsupportedError(f"the key index '{index}' appears outside a key tile")
             return "offs_n[None, :]" if load_axis != "rows" else "offs_n[:, None]"
-        if role == "value":
-            if ctx != "rowval" and load_axis is None:
-                raise UnsupportedError(f"the value index '{index}' appears in a {ctx} expression")
-            return f"offs_{index}[None, :]"
+        if load_axis == "rows":         # a contraction (or value) index placed by a tile load
+            return f"offs_{index}[:, None]"
         if load_axis == "cols":
             return f"offs_{index}[None, :]"
-        if load_axis == "rows":
-            return f"offs_{index}[:, None]"
+        if role == "value":
+            if ctx != "rowval":
+                raise UnsupportedError(f"the value index '{index}' appears in a {ctx} expression")
+            return f"offs_{index}[None, :]"
         raise UnsupportedError(f"the contraction index '{index}' may appear only in a score contraction")
 
     def mask_of(self, index: str, ctx: str, load_axis: str | None = None) -> str | None:

@@ -118,7 +118,7 @@ class _Body:
     def __init__(self, r: "Renderer", kpass: KernelPass, fast: bool):
         self.r, self.kpass, self.fast = r, kpass, fast
         self.lines: list[str] = []
-        self.kb: dict[Expr, str] = {}
+        self.kb: dict[tuple, str] = {}      # (read, layout) -> its tile variable
         self.alpha: dict[tuple[str, str], str] = {}
 
     def expr(self, e: Expr) -> Expr:
@@ -149,14 +149,16 @@ class _Body:
         return " * ".join(factors)
 
     def cached_load(self, read: Expr, axes: dict[str, str], prefix: str) -> str:
-        """A key-side tile (the score's key operand, a value read): one load for every row."""
-        if read not in self.kb:
+        """A key-side tile (the score's key operand, a value read): one load for every row and
+        layout (K read by a score is [d, n]; K read as a value, as dQ's backward does, is [n, d])."""
+        key = (read, tuple(sorted(axes.items())))
+        if key not in self.kb:
             var = f"{prefix}{len(self.kb)}"
             self.r.printer.shared = True
             self.lines.append(f"{var} = {self.r.printer.load(read, 'tile', axes, cast=False)}")
             self.r.printer.shared = False
-            self.kb[read] = var
-        return self.kb[read]
+            self.kb[key] = var
+        return self.kb[key]
 
     def build(self) -> list[str]:
         r, kp = self.r, self.r.kp
@@ -459,8 +461,14 @@ class Renderer:
             args += [Arg(f"ws_{w}_ptr", "workspace", w) for w, _ in workspaces]
         return args, workspaces
 
+    @property
+    def features(self) -> tuple[str, ...]:
+        """Contraction and value indices, each once (a backward kernel's ``d`` is both: the score's
+        contraction and dQ's columns)."""
+        return tuple(dict.fromkeys((*self.kp.contract, *self.kp.value)))
+
     def constexprs(self, split: bool) -> tuple[str, ...]:
-        feats = (*self.kp.contract, *self.kp.value)
+        feats = self.features
         return tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
                      + ["DOT_PRECISION"] + (["KV_SPLITS"] if split else []))
 
@@ -516,7 +524,7 @@ class Renderer:
             if split else {}
         return dict(name=name, spec=c.name, structural_hash=c.structural_hash(), args=args,
                     constexprs=self.constexprs(split), grid=kp.grid, grid_lines=self.grid_lines(), query=kp.query,
-                    key=kp.key, contract=kp.contract, value=kp.value, qa_lines=qa_lines, prologue=prologue,
+                    key=kp.key, contract=kp.contract, value=kp.value, features=self.features, qa_lines=qa_lines, prologue=prologue,
                     passes=passes, stores=stores, n_passes=len(passes), split=split, combine_name=combine_name,
                     workspaces=workspaces, **split_parts)
 
