@@ -80,6 +80,10 @@ class Kernel:
         params = eval_params(c, sizes, self.params)
         _check_grouped_reads(self._grouped, sizes, params)
         _check_finite_only(self._finite_only, inputs, self.target)
+        if self.target.kind not in GRAD_TARGETS and torch.is_grad_enabled() and \
+                any(t.requires_grad for t in inputs.values()):
+            from .autograd import training_call
+            return training_call(self, inputs)
         artifact = self._artifact if self.tune == "none" else self._tuned_artifact(inputs, sizes, params)
         outs = self._backend.launch(artifact, inputs, sizes, params)
         res = tuple(outs[o] for o in c.outputs)
@@ -124,13 +128,6 @@ class Kernel:
             raise UnsupportedError(f"input '{meta[0]}' is on the meta device; einattn kernels compute values "
                                    f"(target '{self.target}'): pass real tensors (the output shapes are the "
                                    f"spec's outputs over the input sizes, see einattn.explain)")
-        if self.target.kind not in GRAD_TARGETS and torch.is_grad_enabled():
-            grad = [n for n, t in inputs.items() if t.requires_grad]
-            if grad:
-                raise UnsupportedError(
-                    f"input '{grad[0]}' requires grad, but the {self.target} target has no backward pass yet "
-                    f"(its output would be silently detached). Call it under torch.no_grad() for inference, "
-                    f"or use target='reference' or 'streaming', which support autograd")
 
 
 def _check_finite_only(reads: dict, inputs: dict, target) -> None:
@@ -147,8 +144,9 @@ def _check_finite_only(reads: dict, inputs: dict, target) -> None:
 
 _TUNE_LOCK = threading.Lock()
 
-# targets whose outputs carry autograd history (they compute with torch operations)
-GRAD_TARGETS = ("reference", "streaming")
+# targets differentiated by torch itself (the float64 oracle); every other target runs the
+# backward einattn derives from the cascade (einattn/autograd.py)
+GRAD_TARGETS = ("reference",)
 
 
 def _grouped_reads(c) -> tuple:

@@ -1,0 +1,117 @@
+"""Autograd for compiled kernels: the derived backward, run as kernels of the same target.
+
+A ``Kernel`` called on tensors that require grad (target other than ``reference``, which
+differentiates its float64 torch evaluation directly) runs ``_AttentionFn``:
+
+- forward: the *training forward*, the same cascade compiled with the saved values as
+  extra outputs (softmax: ``O`` and the per-row ``M`` and ``L``; O(rows) memory);
+- backward: the stages of ``compiler/backward_plan``: the dq kernel (streams the keys),
+  the dkv kernel (streams the queries), then the per-row sums in torch. Every stage
+  kernel is compiled for the forward's target with ``einattn.compile``.
+
+One ``Training`` per (kernel, inputs that require grad), built on first use.
+"""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from einattn.compiler.autodiff import derive
+from einattn.compiler.backward_plan import plan_backward
+from einattn.ir import bind_sizes, eval_params
+
+
+class Training:
+    """The training forward and the backward stages of one kernel for one set of inputs."""
+
+    def __init__(self, kernel, wrt: tuple[str, ...]):
+        from .kernel import compile
+        self.kernel, self.wrt = kernel, wrt
+        self.backward = derive(kernel.spec, wrt)
+        self.plan = plan_backward(self.backward)
+        opts = dict(target=str(kernel.target), interpret=kernel.interpret or None)
+        self.forward = compile(self.backward.training_forward(), config=kernel.config, **opts, **kernel.params)
+        self.stages = []
+        for st in self.plan.stages:
+            if st.kind == "kernel":
+                names = {p.name for p in st.cascade.params}
+                prm = {k: v for k, v in kernel.params.items() if k in names}
+                self.stages.append((st, compile(st.cascade, **opts, **prm)))
+            else:
+                self.stages.append((st, None))
+
+    def run_forward(self, inputs: dict) -> tuple[tuple, dict]:
+        """(the forward outputs, the saved values by name)."""
+        outs = self.forward(**inputs)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        named = dict(zip(self.forward.spec.outputs, outs))
+        c = self.kernel.spec
+        return tuple(named[o] for o in c.outputs), {s: named[s] for s in self.backward.saved}
+
+    def run_backward(self, inputs: dict, saved: dict, grads: tuple) -> dict:
+        """Gradient per name in ``wrt`` (zeros where no output depends on it)."""
+        bw = self.backward
+        dtype = next(iter(inputs.values())).dtype
+        values = dict(inputs)
+        values.update(saved)
+        for o, g in zip(bw.forward.outputs, grads):
+            if o in bw.incoming:
+                values[bw.incoming[o]] = g.to(saved.get(o, g).dtype).contiguous()
+        for st, k in self.stages:
+            c = st.cascade
+            ins = {t.name: values[t.name] for t in c.inputs}
+            if k is not None:
+                outs = k(**ins)
+                outs = outs if isinstance(outs, tuple) else (outs,)
+            else:
+                from einattn.backends.torch.reference import run_reference
+                sizes = bind_sizes(c, {n: tuple(t.shape) for n, t in ins.items()})
+                params = eval_params(c, sizes, {p: v for p, v in self.kernel.params.items()
+                                                if any(q.name == p for q in c.params)})
+                compute = torch.float64 if dtype == torch.float64 else torch.float32
+                res = run_reference(c, ins, sizes, params, compute)
+                outs = tuple(res[o] for o in c.outputs)
+            values.update(zip(c.outputs, outs))
+        out = {}
+        for x in self.wrt:
+            t = inputs[x]
+            g = values.get(bw.grads.get(x)) if x in bw.grads else None
+            out[x] = torch.zeros_like(t) if g is None else g.to(t.dtype)
+        return out
+
+
+class _AttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, training: Training, names: tuple, *tensors):
+        inputs = dict(zip(names, tensors))
+        outs, saved = training.run_forward(inputs)
+        ctx.training, ctx.names, ctx.saved_names = training, names, tuple(saved)
+        ctx.save_for_backward(*tensors, *saved.values())
+        return outs
+
+    @staticmethod
+    def backward(ctx, *grads):
+        k = len(ctx.names)
+        ts = ctx.saved_tensors
+        inputs = dict(zip(ctx.names, ts[:k]))
+        saved = dict(zip(ctx.saved_names, ts[k:]))
+        got = ctx.training.run_backward(inputs, saved, grads)
+        return (None, None, *(got.get(n) if ctx.needs_input_grad[2 + j] else None
+                              for j, n in enumerate(ctx.names)))
+
+
+_LOCK = threading.Lock()
+
+
+def training_call(kernel, inputs: dict):
+    """The kernel's outputs on ``inputs`` with a grad_fn running the derived backward."""
+    wrt = tuple(n for n, t in inputs.items() if t.requires_grad)
+    cache = kernel.__dict__.setdefault("_training", {})
+    tr = cache.get(wrt)
+    if tr is None:
+        with _LOCK:
+            tr = cache.get(wrt) or cache.setdefault(wrt, Training(kernel, wrt))
+    names = tuple(inputs)
+    outs = _AttentionFn.apply(tr, names, *inputs.values())
+    return outs[0] if len(outs) == 1 else tuple(outs)
