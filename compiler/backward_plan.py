@@ -9,6 +9,9 @@ and over rows (``dslope[h] = sum_{b, m} ..``). Each statement gets a *stage*:
 - **dkv** (streams the *queries*: the same kernel plan with ``key_index`` set to the query
   index, one program per key tile, FlashAttention-2's loop order): every statement
   that reduces over the queries into a per-key value;
+- **tiles** (torch, over blocks of queries, after the kernels): a gradient that is itself
+  an ``[m, n]`` tensor (a dense bias ``B[h, m, n]``), which no kernel holds; its memory is
+  one block of queries' tiles at a time, its output is as large as the bias;
 - **rows** (torch, after the kernels): what reduces over grid indices or query rows
   only, O(B·H·N) work: a per-head slope's gradient summed over batch and queries,
   the group sum of a GQA head's key gradients.
@@ -36,7 +39,8 @@ from .autodiff import Backward
 @dataclass(frozen=True)
 class Stage:
     """One step of the backward: ``kind`` is ``kernel`` (a cascade compiled for the target,
-    streaming ``cascade.key``) or ``rows`` (evaluated with torch in the compute dtype)."""
+    streaming ``cascade.key``), ``rows`` (evaluated with torch in the compute dtype) or
+    ``tiles`` (torch, over blocks of the query index)."""
     name: str
     kind: str
     cascade: Cascade
@@ -52,7 +56,8 @@ class BackwardPlan:
         lines = [str(self.backward), "schedule:"]
         for st in self.stages:
             c = st.cascade
-            how = f"kernel streaming '{c.key}'" if st.kind == "kernel" else "rows (torch, after the kernels)"
+            how = {"kernel": f"kernel streaming '{c.key}'", "rows": "rows (torch)",
+                   "tiles": f"[{self.query}, {c.key}] tiles (torch, over blocks of '{self.query}')"}[st.kind]
             lines.append(f"  {st.name}: {how}; inputs {', '.join(t.name for t in c.inputs)}; "
                          f"outputs {', '.join(c.outputs)}")
             lines += [f"    {s}" for s in c.stmts]
@@ -118,12 +123,8 @@ def plan_backward(bw: Backward, query: str | None = None) -> BackwardPlan:
     by = {s.name: s for s in stmts}
     stage = {s.name: _stage_of(s, query, key) for s in stmts}
     for o in c0.outputs:
-        if stage[o] == "tile":
-            x = next(x for x, g in bw.grads.items() if g == o)
-            raise UnsupportedError(
-                f"the gradient of '{x}' is a [{query}, {key}] tensor ('{x}[{', '.join(c0.input(x).indices)}]' "
-                f"carries both the query and the key index): kernels never hold one. Detach '{x}' "
-                f"(x.detach()) or use target='reference'")
+        if stage[o] == "tile":          # a dense bias's gradient: [m, n] by nature
+            stage[o] = "tiles"
     inputs = {t.name: t for t in c0.inputs}
     for s in stmts:      # row terms of inputs only (D = sum_e dO * O / L): before the kernels
         if stage[s.name] == "rows" and all(r in inputs or stage.get(r) == "pre" for r in s.expr.reads()):
@@ -136,7 +137,7 @@ def plan_backward(bw: Backward, query: str | None = None) -> BackwardPlan:
             y = todo.pop()
             if y in mine or y in inputs:
                 continue
-            if stage[y] in ("dq", "dkv", "pre") and stage[y] != own:
+            if stage[y] in ("dq", "dkv", "pre", "tiles") and stage[y] != own:
                 ext.add(y)
                 continue
             mine.add(y)
@@ -161,8 +162,15 @@ def plan_backward(bw: Backward, query: str | None = None) -> BackwardPlan:
                                    f"order of the dq and dkv kernels computes them; use target='reference'")
         if a:
             order = ["dkv", "dq"]
-    # what each kernel exports: its sums read by another stage or returned
-    wanted = set(c0.outputs) | post_ext | set().union(*(kernels[k][1] for k in kernels))
+    tiles = [o for o in c0.outputs if stage[o] == "tiles"]
+    tiles_names, tiles_ext = closure(tiles, "tiles") if tiles else ([], set())
+    for n in tiles_names:
+        if query in by[n].reduced:
+            raise UnsupportedError(f"the gradient '{n}' is a [{query}, {key}] tensor that needs '{by[n]}', a "
+                                   f"sum over the queries: einattn computes such gradients over blocks of "
+                                   f"queries only; use target='reference'")
+    # what each stage exports: its values read by another stage or returned
+    wanted = set(c0.outputs) | post_ext | tiles_ext | set().union(*(kernels[k][1] for k in kernels))
     produced: dict[str, TensorDecl] = {}
     out_stages = []
     if pre:
@@ -177,6 +185,11 @@ def plan_backward(bw: Backward, query: str | None = None) -> BackwardPlan:
                       key if k == "dq" else query, f"{bw.forward.name}_{k}")
         out_stages.append(Stage(k, "kernel", kc))
         produced.update({n: TensorDecl(n, by[n].indices) for n in outs})
+    if tiles:
+        tc = _cascade(c0, [by[n] for n in tiles_names], tuple(tiles), [produced[e] for e in sorted(tiles_ext)],
+                      key, f"{bw.forward.name}_tiles")
+        out_stages.append(Stage("tiles", "tiles", tc))
+        produced.update({n: TensorDecl(n, by[n].indices) for n in tiles})
     if post_names:
         read = {r for n in post_names for r in by[n].expr.reads()}
         ext = sorted(e for e in post_ext if e in produced and e in read)

@@ -65,12 +65,7 @@ class Training:
                 outs = k(**ins)
                 outs = outs if isinstance(outs, tuple) else (outs,)
             else:
-                from einattn.backends.torch.reference import run_reference
-                sizes = bind_sizes(c, {n: tuple(t.shape) for n, t in ins.items()})
-                params = eval_params(c, sizes, {p: v for p, v in self.kernel.params.items()
-                                                if any(q.name == p for q in c.params)})
-                compute = torch.float64 if dtype == torch.float64 else torch.float32
-                res = run_reference(c, ins, sizes, params, compute)
+                res = self._run_torch(st, ins, torch.float64 if dtype == torch.float64 else torch.float32)
                 outs = tuple(res[o] for o in c.outputs)
             values.update(zip(c.outputs, outs))
         out = {}
@@ -79,6 +74,19 @@ class Training:
             g = values.get(bw.grads.get(x)) if x in bw.grads else None
             out[x] = torch.zeros_like(t) if g is None else g.to(t.dtype)
         return out
+
+
+    def _run_torch(self, st, ins: dict, compute: torch.dtype) -> dict:
+        """A rows or tiles stage, with torch in the compute dtype."""
+        from einattn.backends.torch.blocks import run_blocks
+        from einattn.backends.torch.reference import run_reference
+        c = st.cascade
+        sizes = bind_sizes(c, {n: tuple(t.shape) for n, t in ins.items()})
+        names = {q.name for q in c.params}
+        params = eval_params(c, sizes, {p: v for p, v in self.kernel.params.items() if p in names})
+        if st.kind == "tiles":
+            return run_blocks(c, ins, sizes, params, self.plan.query, compute)
+        return run_reference(c, ins, sizes, params, compute)
 
 
 class _AttentionFn(torch.autograd.Function):
