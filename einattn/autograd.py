@@ -30,7 +30,7 @@ class Training:
         self.kernel, self.wrt = kernel, wrt
         self.backward = derive(kernel.spec, wrt)
         self.plan = plan_backward(self.backward)
-        opts = dict(target=str(kernel.target), interpret=kernel.interpret or None)
+        opts = dict(target=str(kernel.target), interpret=kernel.interpret or None, tune=kernel.tune)
         self.forward = compile(self.backward.training_forward(), config=kernel.config, **opts, **kernel.params)
         self.stages = []
         for st in self.plan.stages:
