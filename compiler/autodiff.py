@@ -27,7 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from einattn.ir import Cascade, Expr, Op, ParamDecl, Reduce, Stmt, Sub, TensorDecl, UnsupportedError, verify
+from einattn.ir import (Cascade, Expr, Loc, Op, ParamDecl, Reduce, SpecError, Stmt, Sub, TensorDecl,
+                        UnsupportedError, verify)
 from einattn.ir import product_factors
 
 from .derivative import ONE, ZERO, add, derivative, mul, safe_div, sub, where
@@ -125,10 +126,11 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     without a derivative rule.
     """
     names = [t.name for t in c.inputs]
-    wrt = tuple(names) if wrt is None else tuple(x for x in names if x in set(wrt))
-    unknown = set(wrt or ()) - set(names)
+    unknown = [x for x in wrt or () if x not in names]
     if unknown:
-        raise UnsupportedError(f"cannot differentiate with respect to {sorted(unknown)}: not inputs of '{c.name}'")
+        raise SpecError(f"cannot differentiate with respect to '{unknown[0]}': not an input of '{c.name}'",
+                        loc=Loc(c.file), expected="one of: " + ", ".join(names))
+    wrt = tuple(names) if wrt is None else tuple(x for x in names if x in set(wrt))
     cut = stabilisers(c)
     fresh = _Names(c)
     active = set(wrt)

@@ -58,6 +58,10 @@ class BackwardPlan:
             c = st.cascade
             how = {"kernel": f"kernel streaming '{c.key}'", "rows": "rows (torch)",
                    "tiles": f"[{self.query}, {c.key}] tiles (torch, over blocks of '{self.query}')"}[st.kind]
+            if st.kind == "kernel":
+                from .plan import make_plan
+                p = make_plan(c)
+                how += f", {p.passes} pass(es) over '{c.key}' ({p.naive_passes} as written)"
             lines.append(f"  {st.name}: {how}; inputs {', '.join(t.name for t in c.inputs)}; "
                          f"outputs {', '.join(c.outputs)}")
             lines += [f"    {s}" for s in c.stmts]

@@ -8,10 +8,10 @@ from einattn.ir.errors import (BackendUnavailable, EinattnError, SpecError, Tuni
                                UnsupportedError)
 
 from .specs import Spec, load_spec, zoo_names
-from .kernel import Kernel, compile, explain
+from .kernel import Kernel, compile, explain, explain_backward
 from .decorator import Attention, attention
 from .flex import flex_attention
 
 __version__ = "0.1.0"
 __all__ = ["BackendUnavailable", "EinattnError", "SpecError", "TuningError", "UnsupportedError",
-           "Spec", "load_spec", "zoo_names", "Kernel", "compile", "explain", "Attention", "attention", "flex_attention"]
+           "Spec", "load_spec", "zoo_names", "Kernel", "compile", "explain", "explain_backward", "Attention", "attention", "flex_attention"]

@@ -184,6 +184,18 @@ def explain(spec) -> Plan:
     return make_plan(load_spec(spec))
 
 
+def explain_backward(spec, wrt=None):
+    """The derived backward of a spec (``compiler/autodiff`` and ``compiler/backward_plan``): the
+    backward cascade, the stabilisers cut, what the forward saves, and the stages.
+
+    >>> p = explain_backward("softmax"); p.backward.saved, [s.name for s in p.stages]
+    (('M', 'L', 'O'), ['pre', 'dq', 'dkv'])
+    """
+    from einattn.compiler.autodiff import derive
+    from einattn.compiler.backward_plan import plan_backward
+    return plan_backward(derive(load_spec(spec), None if wrt is None else tuple(wrt)))
+
+
 KERNEL_TARGETS = ("cpu", "cuda", "rocm")
 
 

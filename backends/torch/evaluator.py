@@ -28,9 +28,13 @@ def sub_rule(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def div_rule(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    q = a / b
     zz = (a == 0) & (b == 0)
-    return torch.where(zz, torch.zeros_like(q), q) if zz.any() else q
+    if not zz.any():
+        return a / b
+    # divide by 1 where 0 / 0 is read as 0: the same values, and autograd through the reference
+    # gives those entries zero gradients, as einattn's derived backward does (not 0 * inf = NaN)
+    q = a / torch.where(zz, torch.ones_like(b), b)
+    return torch.where(zz, torch.zeros_like(q), q)
 
 
 _UNARY = {Op.EXP: torch.exp, Op.EXP2: torch.exp2, Op.LOG: torch.log, Op.LOG2: torch.log2,

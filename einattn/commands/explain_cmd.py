@@ -1,4 +1,5 @@
-"""einattn explain SPEC: passes as written, the rewrites, the pass plan; --kernel: the kernel plan."""
+"""einattn explain SPEC: passes as written, the rewrites, the pass plan; --kernel: the kernel plan;
+--backward: the derived backward (cascade, stop-gradient, saved values, stages and their passes)."""
 from __future__ import annotations
 
 from einattn.ir import UnsupportedError
@@ -15,6 +16,11 @@ def add(sub):
                    help="with --kernel: sizes of a call, e.g. b=1,h=32,g=8,m=1,n=8192,d=128,e=128; prints the "
                         "tile program (decode or tile) each target runs it with, why, and the config")
     p.add_argument("--param", action="append", default=None, help="a spec param for --shape, e.g. W=128")
+    p.add_argument("--backward", action="store_true",
+                   help="print the derived backward instead: the backward cascade, the stabilisers cut "
+                        "(stop-gradient), what the forward saves, and the dq/dkv kernels and torch stages")
+    p.add_argument("--wrt", default=None,
+                   help="with --backward: the inputs to differentiate, e.g. Q,K (default: every input)")
     p.set_defaults(run=run)
 
 
@@ -22,6 +28,12 @@ def run(args) -> int:
     import einattn
     if args.shape and not args.kernel:
         raise UnsupportedError("--shape shows the tile program a call gets: use it with --kernel")
+    if args.wrt and not args.backward:
+        raise UnsupportedError("--wrt names the inputs of the backward: use it with --backward")
+    if args.backward:
+        wrt = tuple(x.strip() for x in args.wrt.split(",")) if args.wrt else None
+        print(einattn.explain_backward(args.spec, wrt))
+        return 0
     if args.kernel:
         from einattn.inputs import parse_assignments, parse_shape
         from einattn.kernel import explain_kernel
