@@ -40,7 +40,7 @@ class Backward:
     """The derived backward of a forward cascade.
 
     Attributes:
-        forward: the forward cascade, as written.
+        forward: the forward cascade differentiated (``normalized``: the same values).
         cascade: the backward cascade. Inputs: the forward's inputs, then the saved forward
             values, then one incoming gradient per forward output; outputs: the gradients.
         wrt: the forward inputs differentiated, in declaration order.
@@ -119,8 +119,23 @@ def _streamed(c: Cascade) -> set[str]:
     return out
 
 
+def normalized(c: Cascade) -> Cascade:
+    """``c`` after the normalising rewrites of the pipeline (those before ``defer_normalization``):
+    value operands named (``P * (V1 + V2)`` reads ``O_v = V1 + V2``), value reads pulled out of
+    ``where``, sums of contractions split. Differentiated in this form, a value operand's
+    gradient is one value contraction and its terms' gradients rows of it, not a score
+    contraction over an expression the kernels cannot tile."""
+    from .rewrites import PIPELINE
+    for name, fn in PIPELINE:
+        if name == "defer_normalization":
+            break
+        c = fn(c)
+    return c
+
+
 def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
-    """The backward of ``c`` with respect to the inputs ``wrt`` (default: all of them).
+    """The backward of ``c`` (its :func:`normalized` form) with respect to the inputs ``wrt``
+    (default: all of them).
 
     Raises UnsupportedError for a read that repeats an index (``X[i, i]``) or a function
     without a derivative rule.
@@ -131,6 +146,7 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
         raise SpecError(f"cannot differentiate with respect to '{unknown[0]}': not an input of '{c.name}'",
                         loc=Loc(c.file), expected="one of: " + ", ".join(names))
     wrt = tuple(names) if wrt is None else tuple(x for x in names if x in set(wrt))
+    c = normalized(c)
     cut = stabilisers(c)
     fresh = _Names(c)
     active = set(wrt)
