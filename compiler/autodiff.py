@@ -44,8 +44,9 @@ class Backward:
         cascade: the backward cascade. Inputs: the forward's inputs, then the saved forward
             values, then one incoming gradient per forward output; outputs: the gradients.
         wrt: the forward inputs differentiated, in declaration order.
-        grads: forward input -> the backward output holding its gradient (absent when no
-            output depends on it: the gradient is zero).
+        grads: forward input -> the backward outputs whose sum is its gradient: one, or one per
+            index naming of its reads (``C[b,h,t]`` read as ``C[b,h,m]`` and ``C[b,h,n]``); absent
+            when no output depends on it (the gradient is zero).
         incoming: forward output -> the backward input holding its incoming gradient.
         saved: forward statements the training forward also outputs.
         cut: stabilisers given no gradient (stop-gradient).
@@ -71,7 +72,8 @@ class Backward:
                  "incoming gradients: " + ", ".join(f"{g} (of {o})" for o, g in self.incoming.items()),
                  "cascade:"]
         lines += [f"  {s}" for s in self.cascade.stmts]
-        lines.append("gradients: " + ", ".join(f"{x} -> {self.grads.get(x, 'zero')}" for x in self.wrt))
+        lines.append("gradients: " + ", ".join(f"{x} -> {' + '.join(self.grads.get(x, ('zero',)))}"
+                                               for x in self.wrt))
         return "\n".join(lines)
 
 
@@ -161,13 +163,13 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
 
     incoming = {o: fresh("d" + o) for o in c.outputs if o in need}
     parts: dict[str, list[str]] = {o: [g] for o, g in incoming.items()}
+    input_parts: dict[str, dict[tuple, list[str]]] = {}
     stmts: list[Stmt] = []
     params: list[ParamDecl] = []
     adjoint: dict[str, str] = {}
 
-    def gather(x: str, dims) -> str:
-        """The name holding x's total gradient (one contribution is used as it is)."""
-        got = parts.get(x, [])
+    def gather(x: str, got: list[str], dims) -> str:
+        """The name holding the sum of the contributions ``got`` (one is used as it is)."""
         if len(got) == 1:
             return got[0]
         name = fresh("d" + x)
@@ -187,7 +189,7 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     for s in reversed(c.stmts):
         if s.name not in need or s.name not in parts:
             continue
-        dy = _read(adjoint.setdefault(s.name, gather(s.name, s.indices)), s.indices)
+        dy = _read(adjoint.setdefault(s.name, gather(s.name, parts[s.name], s.indices)), s.indices)
         ties = None
         for r in dict.fromkeys(e for e in s.expr.walk() if e.op is Op.READ and e.arg[0] in need):
             x, subs = r.arg
@@ -214,18 +216,21 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
             stmts.append(Stmt(name, left, Reduce.SUM, e, s.loc))
             if any(u.div is not None for u in subs):
                 name = _ungroup(c, s, x, subs, name, fresh, stmts)
-            parts.setdefault(x, []).append(name)
+            if c.input(x) is None:
+                parts.setdefault(x, []).append(name)
+            else:           # per index naming: C[b,h,m] and C[b,h,n] of one C[b,h,t] sum in torch
+                dims = next(st.indices for st in reversed(stmts) if st.name == name)
+                input_parts.setdefault(x, {}).setdefault(dims, []).append(name)
 
-    grads = {}
-    for x in wrt:
-        if x in parts:
-            grads[x] = gather(x, c.input(x).indices)
-    # a gradient that is itself an incoming gradient (an output that is an input) needs a statement
-    for x, g in list(grads.items()):
-        if g in incoming.values():
-            name = fresh("d" + x)
-            stmts.append(Stmt(name, c.input(x).indices, Reduce.SUM, _read(g, c.input(x).indices)))
-            grads[x] = name
+    grads = {x: tuple(gather(x, got, dims) for dims, got in input_parts[x].items())
+             for x in wrt if x in input_parts}
+
+    # only what a gradient needs (a contribution through a zero derivative leaves dead sums)
+    live_b = {g for gs in grads.values() for g in gs}
+    for st in reversed(stmts):
+        if st.name in live_b:
+            live_b.update(st.expr.reads())
+    stmts = [st for st in stmts if st.name in live_b]
 
     # forward values the backward reads: saved (per-row values of the key loop) or recomputed
     streamed = _streamed(c)
@@ -245,7 +250,7 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     inputs = c.inputs + tuple(TensorDecl(y, c.stmt(y).indices) for y in saved) + \
         tuple(TensorDecl(g, c.stmt(o).indices) for o, g in incoming.items())
     body = tuple(s for s in c.stmts if s.name in recompute) + tuple(stmts)
-    outputs = tuple(grads[x] for x in wrt if x in grads)
+    outputs = tuple(g for x in wrt for g in grads.get(x, ()))
     bw = Cascade(inputs, c.params + tuple(params), body, outputs, c.key, f"{c.name}_backward", c.doc, c.file)
     if outputs:
         verify(bw)

@@ -121,6 +121,8 @@ def plan_backward(bw: Backward, query: str | None = None) -> BackwardPlan:
     kernel cannot hold a gradient."""
     c0 = bw.cascade
     query = query or query_index(bw.forward)
+    if not c0.outputs:              # no output depends on an input that requires grad
+        return BackwardPlan(bw, query, ())
     key = c0.key
     taken = {s.name for s in c0.stmts} | {t.name for t in c0.inputs} | {p.name for p in c0.params}
     stmts = _split_key_sums(c0, key, taken)

@@ -25,6 +25,8 @@ def _is(e: Expr, v: float) -> bool:
 
 
 def add(a: Expr, b: Expr) -> Expr:
+    if a.op is Op.CONST and b.op is Op.CONST:
+        return Expr.const(a.arg + b.arg)
     if _is(a, 0.0):
         return b
     if _is(b, 0.0):
@@ -33,6 +35,8 @@ def add(a: Expr, b: Expr) -> Expr:
 
 
 def sub(a: Expr, b: Expr) -> Expr:
+    if a.op is Op.CONST and b.op is Op.CONST:        # x ** (2 - 1) stays an integer power
+        return Expr.const(a.arg - b.arg)
     if _is(b, 0.0):
         return a
     if _is(a, 0.0):

@@ -79,6 +79,11 @@ def _const_tangent(e: Expr):
 
 
 def _tangent(e: Expr, state: dict, x_dims: set[str]):
+    t = _tangent_of(e, state, x_dims)
+    return ZERO_T if t in (("add", ()), ("log", ())) else t       # rate 0: the value does not move
+
+
+def _tangent_of(e: Expr, state: dict, x_dims: set[str]):
     if e.op is Op.READ:
         return state.get(e.arg[0], ZERO_T)
     if e.op in (Op.CONST, Op.PARAM, Op.INDEX):
@@ -157,7 +162,7 @@ def is_shift_invariant(c: Cascade, x: str) -> bool:
         if t is not None and t[1] == ANY:
             t = ZERO_T                          # a constant (0 or +-inf)
         state[s.name] = t
-    return all(state.get(o, ZERO_T) in (ZERO_T, ("add", ()), ("log", ())) for o in c.outputs)
+    return all(state.get(o, ZERO_T) == ZERO_T for o in c.outputs)
 
 
 def stabilisers(c: Cascade) -> tuple[str, ...]:

@@ -71,8 +71,8 @@ class Training:
         out = {}
         for x in self.wrt:
             t = inputs[x]
-            g = values.get(bw.grads.get(x)) if x in bw.grads else None
-            out[x] = torch.zeros_like(t) if g is None else g.to(t.dtype)
+            parts = [values[g] for g in bw.grads.get(x, ())]
+            out[x] = sum(parts[1:], parts[0]).to(t.dtype) if parts else torch.zeros_like(t)
         return out
 
 

@@ -76,6 +76,9 @@ class PassView:
     fast: list
     general: list
     epilogue: list                  # [OpView] of ROW ops
+    # running rows recomputed once after the key loop: a row block that visits no key tile
+    # (all skipped) still gets their values from the initial state (an output M = max(M0, t))
+    after: list = dataclasses.field(default_factory=list)
 
 
 class KernelView:
@@ -292,7 +295,13 @@ class KernelView:
         general = self.body(p, "general")
         # rows completed by this pass: conservative flags for later readers
         epi = [self.row_op(op, f"e{p.index}") for op in p.epilogue]
-        return PassView(p.index, init, stabs, visit, fast_cond, fast, general, epi)
+        flags = dict(self.input_flags) | {name: (True, True) for name in self.rows}     # any may be inf
+        coords = self.coords(m=f"T.min(m0 + li, {self.size(kp.query)} - 1)")
+        after = [OpView("RUNNING", op.name, op.expr,
+                        self.ctx(tag=f"s_after{p.index}_{op.name}_", lane="li", lanes=cfg.BLOCK_M, fast=True,
+                                 flags=flags, coords=coords))
+                 for op in p.loop if op.kind is Kind.RUNNING]
+        return PassView(p.index, init, stabs, visit, fast_cond, fast, general, epi, after)
 
     def body(self, p, variant: str) -> list[OpView]:
         kp, cfg = self.kp, self.cfg

@@ -34,7 +34,7 @@ def derived_grads(c, x: dict, grads: tuple, wrt=None, params: dict | None = None
     ins.update({s: fw[s] for s in bw.saved})
     ins.update({bw.incoming[o]: g for o, g in zip(c.outputs, grads) if o in bw.incoming})
     res = reference_outputs(bw.cascade, ins, params) if bw.cascade.outputs else {}
-    return {k: res[bw.grads[k]] if k in bw.grads else torch.zeros_like(x[k]) for k in bw.wrt}
+    return {k: sum(res[g] for g in bw.grads[k]) if k in bw.grads else torch.zeros_like(x[k]) for k in bw.wrt}
 
 
 def _case(name: str, seed: int = 1, **size_overrides):
