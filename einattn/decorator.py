@@ -64,8 +64,8 @@ class Attention:
         cid = _static_key(call, self._id)
         if torch.is_grad_enabled() and any(t.requires_grad for t in call.tensors) \
                 and not torch.compiler.is_compiling():
-            # the op has no autograd formula yet: targets that compute with torch ops (reference,
-            # streaming) keep autograd when called directly; kernel targets refuse in run_call()
+            # eager training: the kernel's own autograd (the derived backward, saved row values);
+            # the op's autograd formula (below) recomputes the forward, for torch.compile graphs
             outs = self.run_call(call, call.tensors, cid)
         else:
             outs = attention_op(list(call.tensors), self._id, cid)
@@ -104,11 +104,6 @@ class Attention:
         self._hits[(key, shapes)] = entry
         tr, kernel = entry
         _SINGLE[(self._id, cid)] = tr.single
-        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        if grad and kernel.target.kind not in ("reference", "streaming"):
-            raise UnsupportedError(f"{self.fn.__qualname__}: an input requires grad, but einattn has no "
-                                   f"backward pass for target '{kernel.target}' yet; call it under "
-                                   f"torch.no_grad() for inference")
         return _as_list(tr.results(kernel(*tr.kernel_inputs(tensors, dtype))))
 
     def _find(self, key, shapes):
@@ -274,3 +269,43 @@ def _(tensors, fn_id, call_id):
 def _aliases(o, tensors) -> bool:
     return any(o.untyped_storage().data_ptr() == t.untyped_storage().data_ptr() for t in tensors) \
         if o.device.type != "meta" and not isinstance(o, torch._subclasses.FakeTensor) else False
+
+
+@torch.library.custom_op("einattn::attention_backward", mutates_args=())
+def attention_backward_op(tensors: list[torch.Tensor], grads: list[torch.Tensor], fn_id: int,
+                          call_id: int) -> list[torch.Tensor]:
+    """Gradients of a decorated function's outputs (``grads``) with respect to its floating-point
+    tensors: the forward again (training kernel, saving its row values), then the derived backward."""
+    att = _REGISTRY[fn_id]
+    xs = [t.detach().requires_grad_(t.is_floating_point()) for t in tensors]
+    with torch.enable_grad():
+        outs = att.run_call(_CALLS[call_id], xs, call_id)
+    want = [x for x in xs if x.requires_grad]
+    got = iter(torch.autograd.grad(outs, want, grads, allow_unused=True))
+    out = []
+    for x in xs:
+        g = next(got) if x.requires_grad else None
+        out.append(torch.zeros_like(x) if g is None else g)
+    return out
+
+
+@attention_backward_op.register_fake
+def _(tensors, grads, fn_id, call_id):
+    return [torch.empty_like(t) for t in tensors]
+
+
+def _setup_context(ctx, inputs, output):
+    tensors, fn_id, call_id = inputs
+    ctx.fn_id, ctx.call_id, ctx.n = fn_id, call_id, len(tensors)
+    ctx.save_for_backward(*tensors, *output)
+
+
+def _backward(ctx, grads):
+    saved = ctx.saved_tensors
+    tensors, outs = list(saved[:ctx.n]), saved[ctx.n:]
+    grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, outs)]
+    got = attention_backward_op(tensors, grads, ctx.fn_id, ctx.call_id)
+    return [g if t.is_floating_point() else None for g, t in zip(got, tensors)], None, None
+
+
+attention_op.register_autograd(_backward, setup_context=_setup_context)

@@ -54,15 +54,32 @@ def test_spec_is_valid_yaml_and_explain_works():
     torch.testing.assert_close(kernel(q, k, v), softcap_causal.fn(q, k, v))
 
 
-def test_autograd_flows_on_torch_targets_and_kernel_targets_refuse():
+def test_autograd_on_every_target():
     q, k, v = (t.requires_grad_() for t in _qkv())
     softcap_causal(q, k, v).sum().backward()
     ref = [t.detach().clone().requires_grad_() for t in (q, k, v)]
     softcap_causal.fn(*ref).sum().backward()
     torch.testing.assert_close(q.grad, ref[0].grad)
+    # a kernel target: the derived backward (float32 kernels), against float64 eager autograd
     cpu = einattn.attention(softcap_causal.fn, target="cpu")
-    with pytest.raises(einattn.UnsupportedError, match="no backward"):
-        cpu(*(t.float() for t in (q, k, v)))
+    xs = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    g = torch.randn(2, 3, 9, 8)
+    cpu(*xs).backward(g.float())
+    want = torch.autograd.grad(softcap_causal.fn(*ref), ref, g.double())
+    for got, w in zip(xs, want):
+        assert (got.grad.double() - w).abs().max() <= 1e-4 * w.abs().max()
+
+
+def test_autograd_under_torch_compile():
+    # the op's autograd formula: a backward op that runs the forward again and the derived backward
+    fn = einattn.attention(plain, target="cpu")
+    model = torch.compile(lambda q, k, v: fn(q, k, v) * 2.0, fullgraph=True, backend="aot_eager")
+    xs = [t.float().requires_grad_() for t in _qkv()]
+    model(*xs).sum().backward()
+    ref = [t.detach().double().requires_grad_() for t in xs]
+    (plain(*ref) * 2.0).sum().backward()
+    for got, w in zip(xs, ref):
+        assert (got.grad.double() - w.grad).abs().max() <= 1e-4 * w.grad.abs().max()
 
 
 def test_pickle_and_deepcopy():
