@@ -48,6 +48,28 @@ class BenchOptions:
     threads: int | None = None
     peak: str | None = None                 # GFLOP/s, "matmul", or None for PEAK_FP32_GFLOPS
     cold: bool = False                      # compile into a fresh, empty EINATTN_CACHE_DIR
+    backward: bool = False                  # time forward + backward (gradients of every input)
+
+
+BACKWARD_FLOPS = 3.5     # forward + backward = 3.5 x the forward's FLOPs (FlashAttention-2's count)
+
+
+def with_backward(fn, x: dict, seed: int):
+    """``fn`` followed by its backward: the call returns the gradients of every input of ``x``
+    (which require grad) for fixed random output gradients (drawn in float64 from ``seed``)."""
+    import torch
+    grads = []
+
+    def call():
+        for t in x.values():
+            t.grad = None
+        out = as_tuple(fn())
+        if not grads:
+            g = torch.Generator().manual_seed(seed + 1)
+            grads.extend(torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out)
+        torch.autograd.backward(out, [g.to(o.dtype) for g, o in zip(grads, out)])
+        return tuple(torch.zeros_like(v) if v.grad is None else v.grad for v in x.values())
+    return call
 
 
 def bench_inputs(spec, shape: dict, dtype, seed: int = 0) -> dict:
@@ -95,15 +117,21 @@ def params_overrides(spec, params: dict) -> dict:
     return {p.name: params[p.name] for p in spec.params}
 
 
-def check_outputs(impls: list[dict], spec, x: dict, sizes: dict, params: dict, dtype) -> str:
-    """Max relative error of each implementation's last output against the float64
-    reference (or einattn's output when the reference is too large). Returns what was used."""
+def check_outputs(impls: list[dict], spec, x: dict, sizes: dict, params: dict, dtype, seed: int | None = None) -> str:
+    """Max relative error of each implementation's last output (with ``seed``: its gradients,
+    ``with_backward``) against the float64 reference (or einattn's output when the reference is
+    too large). Returns what was used."""
     import einattn
     scores = math.prod(sizes[i] for i in spec.stmt(spec.stmts[0].name).indices)
     ours = impls[0]
     if scores <= REF_MAX_SCORES:
-        want = as_tuple(einattn.compile(spec, target="reference", **params_overrides(spec, params))(**x))
-        against = "float64 reference"
+        ref = einattn.compile(spec, target="reference", **params_overrides(spec, params))
+        if seed is None:
+            want = as_tuple(ref(**x))
+        else:
+            x64 = {k: v.detach().double().requires_grad_() for k, v in x.items()}
+            want = with_backward(lambda: ref(**x64), x64, seed)()
+        against = "float64 reference" + (" (torch.autograd)" if seed is not None else "")
     elif "out" in ours:
         want = as_tuple(ours["out"])
         against = "einattn's output"
@@ -114,7 +142,7 @@ def check_outputs(impls: list[dict], spec, x: dict, sizes: dict, params: dict, d
             continue
         got = as_tuple(im["out"])
         im["max_err"] = max(rel_error(g, w) for g, w in zip(got, want)) if len(got) == len(want) else math.inf
-        im["err_ok"] = im["max_err"] <= TOLERANCE.get(dtype, 1e-4) * (10 if against != "float64 reference" else 1)
+        im["err_ok"] = im["max_err"] <= TOLERANCE.get(dtype, 1e-4) * (10 if not against.startswith("float64") else 1)
     return against
 
 
@@ -134,10 +162,15 @@ def run_bench(opts: BenchOptions) -> dict:
     threads = torch.get_num_threads()
     res: dict = {"spec": spec.name, "target": opts.target, "dtype": opts.dtype, "shape": shape,
                  "params": params, "config": opts.config, "threads": threads,
-                 "env": {k: os.environ.get(k) for k in ENV}, "warmup": opts.warmup, "reps": opts.reps}
+                 "env": {k: os.environ.get(k) for k in ENV}, "warmup": opts.warmup, "reps": opts.reps,
+                 "backward": opts.backward}
 
     peak, peak_how = resolve_peak(opts.peak)
     fl = count_flops(spec, sizes, params)
+    if opts.backward:
+        fl = dict(fl, flops=fl["flops"] * BACKWARD_FLOPS,
+                  terms=f"{fl['terms']}; forward + backward: x {BACKWARD_FLOPS} (FlashAttention-2's count)")
+        x = {k: v.requires_grad_() for k, v in x.items()}
     res.update(peak_gflops=peak, peak_source=peak_how, flops=fl)
 
     cache_note = f"EINATTN_CACHE_DIR={os.environ.get('EINATTN_CACHE_DIR', '~/.cache/einattn')}"
@@ -161,6 +194,10 @@ def run_bench(opts: BenchOptions) -> dict:
 
     impls = [{"name": "einattn", "fn": lambda: kern(**x), "note": f"target {opts.target}"}]
     impls += make_peers(against, spec, x, params)
+    if opts.backward:
+        for im in impls:
+            if im["fn"] is not None:
+                im["fn"] = with_backward(im["fn"], x, opts.seed)
     time_round_robin(impls, opts.warmup, opts.reps)
     if tmp is not None:
         tmp.cleanup()
@@ -168,7 +205,8 @@ def run_bench(opts: BenchOptions) -> dict:
     for im in impls:
         if im.get("times_ms"):
             im["spin_ms"] = spin_after_call(im["fn"])
-    res["checked_against"] = check_outputs(impls, spec, x, sizes, params, dtype)
+    res["checked_against"] = check_outputs(impls, spec, x, sizes, params, dtype,
+                                           opts.seed if opts.backward else None)
 
     ours_ms = statistics.median(impls[0]["times_ms"]) if impls[0].get("times_ms") else None
     rows = []

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from einattn.inputs import parse_assignments
 
-from .harness import BenchOptions, as_tuple, setup
+from .harness import BenchOptions, as_tuple, setup, with_backward
 from .peers import make_peers
 from .timing import ENV
 
@@ -51,6 +51,8 @@ def measure_memory(opts: BenchOptions, shape: dict, given: str | None = None) ->
             argv += ["--config", opts.config]
         if opts.threads:
             argv += ["--threads", str(opts.threads)]
+        if opts.backward:
+            argv += ["--backward"]
         # allocations >= 64 KiB are mmapped and unmapped on free, so RSS tracks live memory
         env = {**os.environ, **ENV, "MALLOC_MMAP_THRESHOLD_": "65536"}
         p = subprocess.run([sys.executable, "-m", "einattn.cli", *argv], env=env, capture_output=True, text=True)
@@ -88,6 +90,9 @@ def memory_probe(opts: BenchOptions, impl: str) -> dict:
         if peer["fn"] is None:
             return {"error": peer["note"]}
         fn = peer["fn"]
+    if opts.backward:               # forward + backward: the outputs are the gradients
+        x = {k: v.requires_grad_() for k, v in x.items()}
+        fn = with_backward(fn, x, opts.seed)
     out = fn()
     out_bytes = sum(t.numel() * t.element_size() for t in as_tuple(out))
     del out

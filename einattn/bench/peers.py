@@ -217,8 +217,14 @@ def _sdpa(name: str, x: dict, p: dict) -> Peer:
                     "bool attn_mask [M,N], built outside the timing")
     if name == "alibi":
         dist = (torch.arange(m, device=q.device)[:, None] - torch.arange(n, device=q.device)[None, :]).to(q.dtype)
-        bias = (-x["slope"][:, None, None] * dist).masked_fill(~dense_mask(name, m, n, p, q.device), -math.inf)
-        bias = bias.unsqueeze(0).contiguous()
+        hidden = ~dense_mask(name, m, n, p, q.device)
+
+        def alibi_bias():
+            return (-x["slope"][:, None, None] * dist).masked_fill(hidden, -math.inf).unsqueeze(0).contiguous()
+        if x["slope"].requires_grad:        # a learned slope: the bias is rebuilt in every (timed) call
+            return Peer("sdpa", lambda: sdpa(q, k, v, attn_mask=alibi_bias(), scale=sc),
+                        "float attn_mask [1,H,M,N] (ALiBi bias) built in the call: slope requires grad")
+        bias = alibi_bias()
         return Peer("sdpa", lambda: sdpa(q, k, v, attn_mask=bias, scale=sc),
                     "float attn_mask [1,H,M,N] (ALiBi bias, -inf above the diagonal), built outside the timing")
     if name == "bias":

@@ -51,7 +51,7 @@ _OPTIONS = (("--target", "target"), ("--shape", "shape"), ("--dtype", "dtype"), 
             ("--against", "against"), ("--warmup", "warmup"), ("--reps", "reps"), ("--seed", "seed"),
             ("--threads", "threads"), ("--peak", "peak"), ("--json", "json"),
             ("--memory-shape", "memory_shape"), ("--memory-probe", "memory_probe"))
-_FLAGS = (("--memory", "memory"), ("--cold", "cold"))
+_FLAGS = (("--memory", "memory"), ("--cold", "cold"), ("--backward", "backward"))
 
 
 def add(sub):
@@ -84,6 +84,9 @@ def add(sub):
                    help=f"shape for --memory (default: --shape with b=h=1 (g=1), m=n={MEMORY_N})")
     p.add_argument("--cold", action="store_true",
                    help="compile into a fresh, empty EINATTN_CACHE_DIR (a cold compile)")
+    p.add_argument("--backward", action="store_true",
+                   help="time forward + backward (the gradients of every input, for fixed random output "
+                        "gradients), checked against torch.autograd of the float64 reference; FLOPs x 3.5")
     p.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
 
@@ -124,7 +127,7 @@ def options(args) -> BenchOptions:
     return BenchOptions(spec=args.spec, target=args.target, shape=args.shape, dtype=args.dtype,
                         param=tuple(args.param or ()), config=args.config, against=args.against,
                         warmup=args.warmup, reps=args.reps, seed=args.seed, threads=args.threads,
-                        peak=args.peak, cold=args.cold)
+                        peak=args.peak, cold=args.cold, backward=args.backward)
 
 
 def run(args) -> int:
@@ -206,7 +209,8 @@ def report(res: dict) -> str:
     fl = res["flops"]
     shape = ",".join(f"{k}={v}" for k, v in res["shape"].items())
     params = ", ".join(f"{k}={v:.6g}" for k, v in res["params"].items())
-    lines = [f"einattn bench: {res['spec']} on {res['target']}, {res['dtype']}, {shape}"
+    lines = [f"einattn bench: {res['spec']}{' forward + backward' if res.get('backward') else ''} on "
+             f"{res['target']}, {res['dtype']}, {shape}"
              + (f" (params {params})" if params else "")
              + (f", config {res['config']}" if res["config"] else ""),
              f"threads: {res['threads']} for every implementation (torch.get_num_threads(); the kernel "
