@@ -200,6 +200,9 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
             domain = set(s.indices) if w is not None else set(s.all_indices)
             if w is None:
                 w = derivative(s.expr, r)
+                if not s.reduced:       # exp's derivative is exp itself: read P, do not recompute it
+                    y = _read(s.name, s.indices)
+                    w = w.replace(lambda e: y if e == s.expr else None)
                 if s.reduced and s.reduce is not Reduce.SUM:     # the coordinates that attain the max
                     hit = where(Expr(Op.EQ, (s.expr, _read(s.name, s.indices))), ONE, ZERO)
                     if ties is None:
