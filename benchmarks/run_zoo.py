@@ -8,6 +8,7 @@ Usage (from the repository root; wrap timing runs in the shared lock):
     flock /tmp/einattn-bench.lock python benchmarks/run_zoo.py --target cpu > table.md
     python benchmarks/run_zoo.py --target streaming --shape b=1,h=2,m=256,n=256,d=64,e=64 \\
         --variants softmax,causal --against eager,sdpa
+    python benchmarks/run_zoo.py --target cpu --backward --variants softmax,causal   # forward + backward
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def bench_one(variant: str, args, out: Path) -> dict | None:
            "--warmup", str(args.warmup), "--reps", str(args.reps), "--json", str(out)]
     for p in PARAMS.get(Path(variant).stem, []):
         cmd += ["--param", p]
+    if args.backward:
+        cmd += ["--backward"]
     print("$ " + shlex.join(cmd[2:]), file=sys.stderr, flush=True)
     r = subprocess.run(cmd, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
     if not out.exists():
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--json-dir", default=None, help="keep each variant's bench JSON here")
+    ap.add_argument("--backward", action="store_true", help="time forward + backward (einattn bench --backward)")
     args = ap.parse_args(argv)
     names = args.variants.split(",") if args.variants else variants()
     keep = Path(args.json_dir) if args.json_dir else None

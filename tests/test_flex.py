@@ -277,3 +277,24 @@ def test_dtypes():
     assert rel_err(out, ref) < 1e-3
     with pytest.raises(einattn.UnsupportedError, match="float32"):
         flex_attention(q, k, v, target="cpu")
+
+
+@pytest.mark.parametrize("target", ["cpu", "streaming"])
+def test_gradients_reach_inputs_and_captured_tensors(target):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 33, 16, generator=g).requires_grad_() for _ in range(3))
+    slope = torch.rand(2, generator=g).requires_grad_()
+
+    def alibi(s, b, h, qi, ki):
+        return s - slope[h] * (qi - ki)
+
+    def causal(b, h, qi, ki):
+        return ki <= qi
+    einattn.flex_attention(q, k, v, score_mod=alibi, mask_mod=causal, target=target).sum().backward()
+    ref = [t.detach().double().requires_grad_() for t in (q, k, v, slope)]
+    dist = (torch.arange(33)[:, None] - torch.arange(33)[None, :]).double()
+    s = ref[0] @ ref[1].transpose(-1, -2) / 4 - ref[3][:, None, None] * dist
+    s = s.masked_fill(dist < 0, float("-inf"))
+    (torch.softmax(s, -1) @ ref[2]).sum().backward()
+    for got, want in zip((q, k, v, slope), ref):
+        assert (got.grad.double() - want.grad).abs().max() <= 1e-4 * want.grad.abs().max()

@@ -55,7 +55,7 @@ class Captured:
                                 expected=f"size >= {sizes[i]}", found=f"{t.shape[j]}",
                                 fix="capture a tensor that covers every index of the call")
             t = t.narrow(j, 0, sizes[i])
-        return t.detach().to(dtype)
+        return t.to(dtype)          # differentiable: a learned bias or slope gets its gradient
 
     def rebind(self, tensors: list) -> "Captured":
         if self.source is None:
