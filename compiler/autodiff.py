@@ -166,7 +166,6 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     input_parts: dict[str, dict[tuple, list[str]]] = {}
     stmts: list[Stmt] = []
     params: list[ParamDecl] = []
-    adjoint: dict[str, str] = {}
 
     def gather(x: str, got: list[str], dims) -> str:
         """The name holding the sum of the contributions ``got`` (one is used as it is)."""
@@ -189,7 +188,7 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     for s in reversed(c.stmts):
         if s.name not in need or s.name not in parts:
             continue
-        dy = _read(adjoint.setdefault(s.name, gather(s.name, parts[s.name], s.indices)), s.indices)
+        dy = _read(gather(s.name, parts[s.name], s.indices), s.indices)
         ties = None
         for r in dict.fromkeys(e for e in s.expr.walk() if e.op is Op.READ and e.arg[0] in need):
             x, subs = r.arg
@@ -235,21 +234,7 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
             live_b.update(st.expr.reads())
     stmts = [st for st in stmts if st.name in live_b]
 
-    # forward values the backward reads: saved (per-row values of the key loop) or recomputed
-    streamed = _streamed(c)
-    saved, recompute = [], set()
-    todo = [r for st in stmts for r in st.expr.reads() if c.stmt(r) is not None]
-    while todo:
-        y = todo.pop()
-        if y in saved or y in recompute:
-            continue
-        fs = c.stmt(y)
-        if c.key not in fs.indices and y in streamed:
-            saved.append(y)
-        else:
-            recompute.add(y)
-            todo += [r for r in fs.expr.reads() if c.stmt(r) is not None]
-    saved = [s.name for s in c.stmts if s.name in saved]
+    saved, recompute = _save_set(c, stmts)
     inputs = c.inputs + tuple(TensorDecl(y, c.stmt(y).indices) for y in saved) + \
         tuple(TensorDecl(g, c.stmt(o).indices) for o, g in incoming.items())
     body = tuple(s for s in c.stmts if s.name in recompute) + tuple(stmts)
@@ -258,6 +243,25 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     if outputs:
         verify(bw)
     return Backward(c, bw, wrt, grads, incoming, tuple(saved), cut)
+
+
+def _save_set(c: Cascade, stmts: list[Stmt]) -> tuple[list[str], set[str]]:
+    """The forward values the backward statements read: saved (values of the key loop that carry
+    no key index: outputs, row maxima and sums), in cascade order, or recomputed (the rest, with
+    what they read in turn)."""
+    streamed = _streamed(c)
+    saved, recompute = set(), set()
+    todo = [r for st in stmts for r in st.expr.reads() if c.stmt(r) is not None]
+    while todo:
+        y = todo.pop()
+        if y in saved or y in recompute:
+            continue
+        if c.key not in c.stmt(y).indices and y in streamed:
+            saved.add(y)
+        else:
+            recompute.add(y)
+            todo += [r for r in c.stmt(y).expr.reads() if c.stmt(r) is not None]
+    return [s.name for s in c.stmts if s.name in saved], recompute
 
 
 def _ungroup(c: Cascade, s: Stmt, x: str, subs, name: str, fresh, stmts: list) -> str:

@@ -75,7 +75,6 @@ class Training:
             out[x] = sum(parts[1:], parts[0]).to(t.dtype) if parts else torch.zeros_like(t)
         return out
 
-
     def _run_torch(self, st, ins: dict, compute: torch.dtype) -> dict:
         """A rows or tiles stage, with torch in the compute dtype."""
         from einattn.backends.torch.blocks import run_blocks
