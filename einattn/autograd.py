@@ -122,3 +122,24 @@ def training_call(kernel, inputs: dict):
     names = tuple(inputs)
     outs = _AttentionFn.apply(tr, names, *inputs.values())
     return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def reference_gradients(spec, inputs: dict, grads: tuple, wrt=None, params: dict | None = None) -> dict:
+    """The derived backward of ``spec`` run by the float64 reference executor, without kernels:
+    the gradient of each input in ``wrt`` (default: all) for the outputs' gradients ``grads``.
+    ``einattn check --backward --target reference`` compares it with torch.autograd."""
+    from einattn.backends.torch.reference import run_reference
+
+    def run(c, x: dict) -> dict:
+        x = {k: v.detach().double() for k, v in x.items()}
+        sizes = bind_sizes(c, {k: tuple(v.shape) for k, v in x.items()})
+        return run_reference(c, x, sizes, eval_params(c, sizes, {k: v for k, v in (params or {}).items()
+                                                                  if any(p.name == k for p in c.params)}))
+    bw = derive(spec, None if wrt is None else tuple(wrt))
+    fw = run(bw.training_forward(), inputs)
+    ins = dict(inputs)
+    ins.update({s: fw[s] for s in bw.saved})
+    ins.update({bw.incoming[o]: g for o, g in zip(spec.outputs, grads) if o in bw.incoming})
+    res = run(bw.cascade, ins) if bw.cascade.outputs else {}
+    return {x: sum(res[g] for g in bw.grads[x]) if x in bw.grads else torch.zeros_like(inputs[x], dtype=torch.float64)
+            for x in bw.wrt}

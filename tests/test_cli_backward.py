@@ -28,6 +28,13 @@ def test_check_backward_passes_and_names_gradients(capsys):
     assert "alibi backward on streaming" in out and "dslope[2]" in out and out.rstrip().endswith("PASS")
 
 
+def test_check_backward_on_the_reference_checks_the_derived_cascade(capsys):
+    assert main(["check", "differential", "--backward", "--target", "reference", "--dtype", "float64",
+                 "--shape", "b=1,h=2,m=19,n=33,d=8,e=8"]) == 0
+    out = capsys.readouterr().out
+    assert "dlam[2]" in out and "(tol 1e-10)" in out and out.rstrip().endswith("PASS")
+
+
 def test_check_backward_mismatch_exits_1(capsys):
     # a tolerance below float32's rounding makes the same comparison fail
     assert main(["check", "softmax", "--backward", "--target", "streaming", "--shape", SHAPE,

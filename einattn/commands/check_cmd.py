@@ -2,7 +2,8 @@
 
 Exits 0 when every output is within the tolerance, 1 on a mismatch, 2 on bad input.
 With --backward it compares the gradients of every input (or of --wrt) instead: the
-target's derived backward against torch.autograd through the float64 reference.
+target's derived backward (on the reference target: the derived backward cascade run by the
+float64 reference executor) against torch.autograd through the float64 reference.
 The default dtype is float32: the tightest dtype every target runs, so a check is as
 strict as it can be (1e-4 of the float64 reference); pass --dtype float16 or bfloat16
 to check the precision GPU kernels usually run at.
@@ -87,7 +88,18 @@ def _gradients(spec, kern, ref, x: dict, wrt: str | None, seed: int):
         raise SpecError(f"--wrt: '{bad[0]}' is not an input of '{spec.name}'", loc=Loc(spec.file),
                         expected="one of: " + ", ".join(x))
     results = []
+    if kern.target.kind == "reference":         # the derived backward itself, in float64
+        from einattn.autograd import reference_gradients
+        g = torch.Generator().manual_seed(seed + 1)
+        out = ref(**x)
+        out = out if isinstance(out, tuple) else (out,)
+        grads = tuple(torch.randn(o.shape, generator=g, dtype=torch.float64) for o in out)
+        got = reference_gradients(spec, x, grads, names, kern.params)
+        results.append(tuple(got[n] for n in names))
+        kern = None
     for k, dtype in ((kern, None), (ref, torch.float64)):
+        if k is None:
+            continue
         xs = {n: t.detach().to(dtype or t.dtype).requires_grad_(n in names) for n, t in x.items()}
         out = k(**xs)
         out = out if isinstance(out, tuple) else (out,)

@@ -11,9 +11,10 @@ import torch
 
 import einattn
 from einattn.compiler.autodiff import derive
+from einattn.autograd import reference_gradients
 from einattn.compiler.derivative import derivative
 from einattn.ir import Expr, Op, Sub, UnsupportedError
-from tests.helpers import ZOO_NAMES, as_tuple, reference_outputs
+from tests.helpers import ZOO_NAMES, as_tuple
 from tests.zoo import ZOO, sizes
 
 
@@ -28,13 +29,7 @@ def zoo_grads(name: str, x: dict, grads: tuple) -> dict:
 
 def derived_grads(c, x: dict, grads: tuple, wrt=None, params: dict | None = None) -> dict:
     """The derived backward of ``c`` on the reference executor, in float64."""
-    bw = derive(c, wrt)
-    fw = reference_outputs(bw.training_forward(), x, params)
-    ins = dict(x)
-    ins.update({s: fw[s] for s in bw.saved})
-    ins.update({bw.incoming[o]: g for o, g in zip(c.outputs, grads) if o in bw.incoming})
-    res = reference_outputs(bw.cascade, ins, params) if bw.cascade.outputs else {}
-    return {k: sum(res[g] for g in bw.grads[k]) if k in bw.grads else torch.zeros_like(x[k]) for k in bw.wrt}
+    return reference_gradients(c, x, grads, wrt, params)
 
 
 def _case(name: str, seed: int = 1, **size_overrides):
