@@ -126,3 +126,16 @@ def test_few_keys_run_the_dkv_kernel_as_a_decode_program(target):
     got, want, _ = _grad_case("softmax", target, m=9, n=7)
     for k in want:
         assert _rel(got[k], want[k]) <= 1e-4, k
+
+
+def test_a_trained_kernel_pickles_and_copies():
+    import copy
+    import pickle
+    x = _inputs("softmax", m=9, n=21)
+    k = einattn.compile("softmax", target="cpu")
+    q = x["Q"].clone().requires_grad_()
+    k(q, x["K"], x["V"]).sum().backward()
+    for other in (pickle.loads(pickle.dumps(k)), copy.deepcopy(k)):
+        q2 = x["Q"].clone().requires_grad_()
+        other(q2, x["K"], x["V"]).sum().backward()
+        assert torch.equal(q2.grad, q.grad)
