@@ -164,3 +164,16 @@ def test_json_of_a_tiny_run(tmp_path, capfd):
         assert r["available"] and len(r["times_ms"]) == 2 and r["err_ok"] and r["max_err"] < 1e-5
         assert math.isclose(r["gflops"], res["flops"]["flops"] / r["ms_median"] / 1e6)
     assert "einattn_speedup" in rows["sdpa"] and res["compile"]["compile_s"] >= 0
+
+
+def test_backward_bench_checks_every_gradient():
+    res = harness.run_bench(harness.BenchOptions("alibi", target="streaming", shape="b=1,h=2,m=24,n=24,d=8,e=8",
+                                                 against="sdpa,eager", warmup=1, reps=1, backward=True))
+    assert res["backward"] and res["checked_against"] == "float64 reference (torch.autograd)"
+    rows = {r["name"]: r for r in res["results"]}
+    for name in ("einattn", "sdpa", "eager"):
+        assert rows[name]["available"] and rows[name]["err_ok"], rows[name]
+    assert "slope requires grad" in rows["sdpa"]["note"]
+    assert res["flops"]["flops"] == 3.5 * count_flops(einattn.load_spec("alibi"),
+                                                      {"b": 1, "h": 2, "m": 24, "n": 24, "d": 8, "e": 8},
+                                                      res["params"])["flops"]
