@@ -50,6 +50,7 @@ class Backward:
         incoming: forward output -> the backward input holding its incoming gradient.
         saved: forward statements the training forward also outputs.
         cut: stabilisers given no gradient (stop-gradient).
+        routed: max/min reductions whose gradient goes to the coordinates attaining them.
     """
     forward: Cascade
     cascade: Cascade
@@ -58,6 +59,7 @@ class Backward:
     incoming: dict
     saved: tuple[str, ...]
     cut: tuple[str, ...]
+    routed: tuple[str, ...] = ()
 
     def training_forward(self) -> Cascade:
         """The forward cascade with the saved values appended to its outputs."""
@@ -164,6 +166,7 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     incoming = {o: fresh("d" + o) for o in c.outputs if o in need}
     parts: dict[str, list[str]] = {o: [g] for o, g in incoming.items()}
     input_parts: dict[str, dict[tuple, list[str]]] = {}
+    routed: list[str] = []
     stmts: list[Stmt] = []
     params: list[ParamDecl] = []
 
@@ -205,6 +208,7 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
                 if s.reduced and s.reduce is not Reduce.SUM:     # the coordinates that attain the max
                     hit = where(Expr(Op.EQ, (s.expr, _read(s.name, s.indices))), ONE, ZERO)
                     if ties is None:
+                        routed.append(s.name)
                         ties = fresh(s.name + "_ties")
                         stmts.append(Stmt(ties, s.indices, Reduce.SUM, hit))
                     w = mul(w, Expr(Op.DIV, (hit, _read(ties, s.indices))))
@@ -242,7 +246,7 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     bw = Cascade(inputs, c.params + tuple(params), body, outputs, c.key, f"{c.name}_backward", c.doc, c.file)
     if outputs:
         verify(bw)
-    return Backward(c, bw, wrt, grads, incoming, tuple(saved), cut)
+    return Backward(c, bw, wrt, grads, incoming, tuple(saved), cut, tuple(routed))
 
 
 def _save_set(c: Cascade, stmts: list[Stmt]) -> tuple[list[str], set[str]]:

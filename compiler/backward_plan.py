@@ -123,6 +123,14 @@ def plan_backward(bw: Backward, query: str | None = None) -> BackwardPlan:
     query = query or query_index(bw.forward)
     if not c0.outputs:              # no output depends on an input that requires grad
         return BackwardPlan(bw, query, ())
+    for y in bw.routed:
+        s = bw.forward.stmt(y)
+        if c0.key in s.all_indices:
+            raise UnsupportedError(
+                f"{s.loc or c0.file}: '{y}' is a {s.reduce.value[:-1]} over the keys that an output depends on "
+                f"(not a stabiliser that cancels): its gradient goes to the key that attains it, which the "
+                f"backward kernels would find by comparing recomputed scores with the saved '{y}', not "
+                f"reproducible bit for bit across kernels; use target='reference' for its gradient")
     key = c0.key
     taken = {s.name for s in c0.stmts} | {t.name for t in c0.inputs} | {p.name for p in c0.params}
     stmts = _split_key_sums(c0, key, taken)

@@ -76,3 +76,25 @@ def test_cascade_without_a_score_has_no_query_index():
     c = einattn.load_spec("einattn: 1\nname: t\ninputs: {V: [m, n]}\ncascade:\n  - O[m] = V[m,n]\noutputs: [O]\n")
     with pytest.raises(einattn.UnsupportedError, match="no score contraction"):
         query_index(c)
+
+
+def test_gradient_through_a_max_over_the_keys_is_refused_on_kernels():
+    # an unnormalised output depends on the shift M, so M is no stabiliser and its gradient goes
+    # to the argmax key: found by comparing recomputed scores with the saved max, which a dkv
+    # kernel does not reproduce bit for bit (a random cascade got dK wrong on the CPU that way)
+    c = einattn.load_spec("""
+einattn: 1
+name: unnormalised_max
+inputs: {Q: [b, h, m, d], K: [b, h, n, d], V: [b, h, n, e]}
+cascade:
+  - S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d]
+  - M[b,h,m] max= S[b,h,m,n]
+  - P[b,h,m,n] = exp(S[b,h,m,n] - M[b,h,m])
+  - O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e]
+outputs: [O]
+""")
+    bw = derive(c)
+    assert bw.cut == () and bw.routed == ("M",)
+    with pytest.raises(einattn.UnsupportedError, match=r"<string>:\d+:\d+: 'M' is a max over the keys"):
+        plan_backward(bw)
+    assert plan_backward(derive(c, ("V",))).stages              # V's gradient does not go through M
