@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from einattn.ir import Reduce, UnsupportedError
+from einattn.ir import Op, Reduce, UnsupportedError
 
 from .kernel_plan import Kind, KernelPlan
 
@@ -84,6 +84,17 @@ def check_capabilities(kp: KernelPlan, caps: Capabilities, backend: str) -> None
                    f"the key loop), which this backend does not compute")
             raise _refuse(kp, op.name, "per-row statement", backend, why,
                           "output the value and reduce it in PyTorch, or use target='streaming'")
+    for op in kp.scores:
+        for side, e in (("query", op.query_read), ("key", op.key_read)):
+            name = e.arg[0] if e.op is Op.READ else None
+            if name is not None and kp.cascade.input(name) is None:
+                # found by the zoo's linear_elu (phi(Q) . phi(K)): the renderers read score operands
+                # from the inputs, and rendered a read of an undefined input buffer
+                raise _refuse(kp, op.name, "score contraction", backend,
+                              f"its {side}-side operand {e} is computed by a statement; the kernels read both "
+                              f"operands of a score contraction from inputs",
+                              f"apply the feature map to the {side} tensor in PyTorch before the call, or use "
+                              f"target='streaming' (a linear cascade also runs as a scan: see docs/linear.md)")
     for p in kp.passes:
         for op in p.loop:
             if op.kind is Kind.ROW_REDUCE and op.reduce not in caps.key_reductions:

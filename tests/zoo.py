@@ -280,6 +280,72 @@ def centered_relu(x: Inputs, params: Params | None = None) -> Tensor:
 
 
 # ---------------------------------------------------------------------------
+# Linear attention (examples/linear_elu.yaml ... efficient.yaml): the quadratic form, with the
+# decay matrix built from powers and explicit masks (the scan einattn derives is not used here)
+
+
+def _square(sz: Sizes) -> Sizes:
+    """Causal linear variants compare positions: as many queries as keys (m = n)."""
+    return {**sz, "m": sz["n"]}
+
+
+def _qkv_square(sz: Sizes, gen: torch.Generator) -> Inputs:
+    return _qkv(_square(sz), gen)
+
+
+def _log_gates(sz: Sizes, gen: torch.Generator) -> Tensor:
+    # cumulative sums of per-step log-gates log(sigmoid(x + 2)) < 0: gates near 0.9
+    b, h, n = sz["b"], sz["h"], sz["n"]
+    steps = torch.nn.functional.logsigmoid(torch.randn(b, h, n, generator=gen) + 2.0)
+    return torch.cumsum(steps, dim=-1).float()
+
+
+def _decayed(q: Tensor, k: Tensor, v: Tensor, logw: Tensor, scale: float) -> Tensor:
+    """sum_{n<=m} exp(logw[.., m, n]) (scale q.k) v."""
+    s = scale * q.double() @ k.double().transpose(-1, -2)
+    mi, ni = _positions(s)
+    w = torch.where(ni <= mi, torch.exp(torch.where(ni <= mi, logw, 0.0)), 0.0)
+    return (s * w) @ v.double()
+
+
+def linear_elu(x: Inputs, params: Params | None = None) -> Tensor:
+    phi = lambda t: torch.nn.functional.elu(t.double()) + 1.0
+    s = phi(x["Q"]) @ phi(x["K"]).transpose(-1, -2)
+    mi, ni = _positions(s)
+    s = s.masked_fill(ni > mi, 0.0)
+    return (s @ x["V"].double()) / s.sum(-1, keepdim=True)
+
+
+def retention(x: Inputs, params: Params | None = None) -> Tensor:
+    h = x["Q"].shape[1]
+    gamma = torch.tensor([1.0 - 2.0 ** (-5.0 - i) for i in range(h)], dtype=torch.float64)
+    m, n = x["Q"].shape[2], x["K"].shape[2]
+    dist = (torch.arange(m)[:, None] - torch.arange(n)[None, :]).double()
+    logw = dist * torch.log(gamma)[:, None, None]
+    return _decayed(x["Q"], x["K"], x["V"], logw, _param(params, "scale", 1.0 / math.sqrt(x["Q"].shape[-1])))
+
+
+def lightning(x: Inputs, params: Params | None = None) -> Tensor:
+    h = x["Q"].shape[1]
+    slopes = torch.tensor([2.0 ** (-8.0 * (i + 1) / h) for i in range(h)], dtype=torch.float64)
+    m, n = x["Q"].shape[2], x["K"].shape[2]
+    dist = (torch.arange(m)[:, None] - torch.arange(n)[None, :]).double()
+    return _decayed(x["Q"], x["K"], x["V"], -slopes[:, None, None] * dist, 1.0)
+
+
+def gla_scalar(x: Inputs, params: Params | None = None) -> Tensor:
+    g = x["G"].double()
+    logw = g[..., :, None] - g[..., None, :]
+    return _decayed(x["Q"], x["K"], x["V"], logw, _param(params, "scale", 1.0 / math.sqrt(x["Q"].shape[-1])))
+
+
+def efficient(x: Inputs, params: Params | None = None) -> Tensor:
+    rq = torch.softmax(x["Q"].double(), dim=-1)           # each query over its channels
+    rk = torch.softmax(x["K"].double(), dim=-2)           # each key channel over the positions
+    return rq @ (rk.transpose(-1, -2) @ x["V"].double())
+
+
+# ---------------------------------------------------------------------------
 # The table
 
 ZOO: dict[str, Variant] = {
@@ -303,5 +369,17 @@ ZOO: dict[str, Variant] = {
         Variant("differential", _make_differential, differential),
         Variant("signed", _qkv, signed),
         Variant("centered_relu", _qkv, centered_relu, {"eps": 1e-6}),
+    ]
+}
+
+# linear attention: each one reassociates into a scan (compiler/linear.py); causal ones take m = n
+LINEAR_ZOO: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("linear_elu", _qkv_square, linear_elu),
+        Variant("retention", _qkv_square, retention),
+        Variant("lightning", _qkv_square, lightning),
+        Variant("gla_scalar", lambda sz, gen: {**_qkv_square(sz, gen), "G": _log_gates(sz, gen)}, gla_scalar),
+        Variant("efficient", _qkv, efficient),
     ]
 }
