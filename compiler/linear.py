@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from einattn.ir import COMPARE, LOGIC, Cascade, Expr, Op, Reduce, Stmt, Sub, build_product, product_factors
+from einattn.ir import COMPARE, LOGIC, Cascade, Expr, Op, Reduce, Stmt, Sub, UnsupportedError, build_product, product_factors
 
 from .masks import affine, atom
+from .rewrites import prune_unused
 
 
 class NotLinear(Exception):
@@ -269,6 +270,10 @@ def _decay(weights: list[Expr], deps: _Deps, m: str, n: str) -> tuple[Expr, Expr
         else:
             raise NotLinear(f"{w} depends on both '{m}' and '{n}' and is not a decay exp(a({m}) - a({n})): "
                             f"a non-linear function of a value indexed by both")
+        both = [r for r in x.walk() if r.op is Op.READ and {m, n} <= deps(r)]
+        if both:
+            raise NotLinear(f"{w} applies {w.op.value} to {both[0]}, a value of both '{m}' and '{n}' (a softmax "
+                            f"or another non-linear function of the scores)")
         parts = _linear_parts(x, deps, m, n)
         if parts is None:
             raise NotLinear(f"the exponent of {w} is not of the form a({m}) - a({n}) + const")
@@ -421,6 +426,10 @@ def linear_form(c: Cascade) -> LinearForm:
     fc = Cascade(c.inputs, c.params, tuple(features),
                  tuple(dict.fromkeys(names)) + ("__R",) + (("__A",) if decay is not None else ()),
                  n, c.name + "_features", "", c.file)
+    fc = prune_unused(fc)              # the [m, n] statements are not evaluated: the scan replaces them
+    for s in fc.stmts:
+        if m in s.all_indices and n in s.all_indices:
+            raise NotLinear(f"{s.name} is needed by a feature and spans both '{m}' and '{n}'")
     return LinearForm(out.name, m, n, grid, tuple(contract), value, mask, decay, tuple(jobs), tuple(powers),
                       fc, dict(sizes_of))
 
@@ -450,3 +459,65 @@ def _normaliser(c: Cascade, f: Expr, n: str) -> str | None:
     if s is None or n in s.indices or n not in s.reduced or s.reduce is not Reduce.SUM:
         return None
     return s.name
+
+
+# -- the choice between the quadratic kernel and the chunked scan ------------------------------------
+
+@dataclass(frozen=True)
+class Choice:
+    algorithm: str          # "quadratic" | "chunked"
+    chunk: int
+    schedule: str           # "fused" | "materialised"
+    why: str
+
+    def describe(self) -> str:
+        if self.algorithm == "quadratic":
+            return f"algorithm quadratic (the 1-pass kernel): {self.why}"
+        return f"algorithm chunked scan, CHUNK={self.chunk}, SCHEDULE={self.schedule}: {self.why}"
+
+
+def scan_flops(form: LinearForm, sizes: dict, chunk: int) -> tuple[float, float]:
+    """(quadratic, chunked) FLOPs of one call, the causal triangle counted once in both
+    (the quadratic kernel skips masked key tiles; the scan computes each chunk's whole square)."""
+    import math
+    m, n = sizes[form.query_index], sizes[form.key_index]
+    g = math.prod(sizes[i] for i in form.grid)
+    d = math.prod(sizes[form.renamed.get(i, i)] for i in form.contract)
+    e = math.prod(sizes[i] for i in form.value) + len(form.jobs) - 1
+    if not form.causal:
+        return 2.0 * g * m * n * (d + e), 2.0 * g * d * e * (m + n)
+    return g * m * n * (d + e), g * n * (2.0 * chunk * (d + e) + 4.0 * d * e)
+
+
+def choose(form: LinearForm, sizes: dict, config: dict, quadratic_ok: bool, refusal: str | None,
+           threads: int, scan_efficiency: float = 0.35) -> Choice:
+    """The algorithm of one call: forced by ``config['ALGORITHM']``, else by cost: the chunked scan
+    when its FLOPs, divided by its efficiency relative to the quadratic kernel (measured per
+    backend, ``scan_efficiency``), are fewer. CHUNK 0 picks 64 (32 below 256 keys); SCHEDULE auto
+    picks fused when the grid gives every thread two tasks, else materialised."""
+    import math
+    m, n = sizes[form.query_index], sizes[form.key_index]
+    chunk = config.get("CHUNK", 0) or (64 if n >= 256 else 32)
+    g = math.prod(sizes[i] for i in form.grid)
+    sched = config.get("SCHEDULE", "auto")
+    if sched == "auto":
+        sched = "fused" if g >= 2 * threads or not form.causal else "materialised"
+    forced = config.get("ALGORITHM", "auto")
+    if form.causal and m != n:
+        why = f"a causal scan needs as many queries as keys ({m} != {n})"
+        if forced == "chunked" or not quadratic_ok:
+            raise UnsupportedError(f"{why}; the quadratic kernel " + (
+                "is the algorithm for it: use ALGORITHM='auto'" if quadratic_ok else f"cannot run it: {refusal}"))
+        return Choice("quadratic", chunk, sched, why)
+    if forced == "quadratic":
+        return Choice("quadratic", chunk, sched, "config ALGORITHM='quadratic'")
+    if forced == "chunked":
+        return Choice("chunked", chunk, sched, "config ALGORITHM='chunked'")
+    if not quadratic_ok:
+        return Choice("chunked", chunk, sched, f"the quadratic kernel cannot run this cascade ({refusal})")
+    fq, fc = scan_flops(form, sizes, chunk)
+    if fc / scan_efficiency < fq:
+        return Choice("chunked", chunk, sched, f"cheaper: {fc / 1e6:.1f} MFLOP at {scan_efficiency:g}x the "
+                      f"quadratic kernel's rate against {fq / 1e6:.1f} MFLOP")
+    return Choice("quadratic", chunk, sched, f"cheaper: {fq / 1e6:.1f} MFLOP against the scan's {fc / 1e6:.1f} "
+                  f"MFLOP at {scan_efficiency:g}x the rate")

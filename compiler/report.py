@@ -50,4 +50,9 @@ def render_plan(plan) -> str:
         state = plan.state[p.index]
         if state:
             out.append(f"  state carried across key tiles: {', '.join(state)} (O(rows), never [M, N])")
+    from .linear import NotLinear, linear_form
+    try:
+        out += ["", linear_form(c0).describe()]
+    except NotLinear as e:
+        out += ["", f"linear: no (planned quadratically): {e}"]
     return "\n".join(out)

@@ -89,6 +89,33 @@ class Kernel:
         res = tuple(outs[o] for o in c.outputs)
         return res[0] if len(res) == 1 else res
 
+    def scan(self, *args, state=None, **kwargs):
+        """``(outputs, final state)`` of a linear cascade run as a chunked scan (``docs/linear.md``):
+        ``state`` is the state before the first position (None: zeros), from an earlier call's
+        final state; the chunked algorithm runs whatever the cost model would pick.
+
+        >>> import torch
+        >>> k = compile("retention", target="cpu")
+        >>> q = torch.randn(1, 2, 40, 16)
+        >>> o1, s = k.scan(q[:, :, :24], q[:, :, :24], q[:, :, :24])
+        >>> o2, _ = k.scan(q[:, :, 24:], q[:, :, 24:], q[:, :, 24:], state=s)
+        >>> o = k(q, q, q); bool((torch.cat([o1, o2], 2) - o).abs().max() < 1e-4)
+        True
+        """
+        from einattn.backends.linear import LinearBackend
+        if not isinstance(self._backend, LinearBackend):
+            raise UnsupportedError(f"{self.spec.name} on '{self.target}' runs no scan: a state in and out exists "
+                                   f"for linear cascades on kernel targets (einattn.explain says whether a "
+                                   f"cascade is linear)")
+        inputs = self.bind(args, kwargs)
+        self._check_call(inputs)
+        sizes = bind_sizes(self.spec, {n: tuple(t.shape) for n, t in inputs.items()})
+        params = eval_params(self.spec, sizes, self.params)
+        art = self._artifact
+        ch = art.choice(sizes, 1)
+        ch = type(ch)("chunked", ch.chunk, ch.schedule, "Kernel.scan")
+        return self._backend.run_scan(art, ch, inputs, sizes, params, state)
+
     def _tuned_artifact(self, inputs: dict, sizes: dict, params: dict):
         """The artifact of the tuned config of this call's shape bucket: looked up in the tuning
         database (then the shipped records) on the first call with a new bucket; tuned at
@@ -287,11 +314,30 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
     backend = get_backend(t)
     plan = make_plan(c)
     options = {"interpret": True} if interpret else {}
+    backend = _with_scan(backend, plan, tune)
     artifact = backend.prepare(plan, t, dict(config or {}), **options)
     if tune != "none" and getattr(backend, "space", None) is None:
         raise TuningError(f"tune={tune!r}: target '{t}' has nothing to tune; tunable targets: cpu, cuda, rocm, "
                           f"streaming (use tune='none')")
     return Kernel(c, plan, t, backend, artifact, params, config or {}, interpret=interpret, tune=tune)
+
+
+def _with_scan(backend, plan: Plan, tune: str):
+    """The target's backend, wrapped with the chunked scan where the cascade is linear
+    (``backends/linear.py``; ``compiler/linear.py`` says why when it is not)."""
+    if getattr(backend, "scan", None) is None:
+        return backend
+    from einattn.compiler.linear import NotLinear, linear_form
+    try:
+        form = linear_form(plan.original)
+    except NotLinear:
+        return backend
+    if tune != "none":
+        raise UnsupportedError(f"tune={tune!r}: {plan.original.name} is a linear cascade, and the autotuner does "
+                               f"not search its algorithm and CHUNK yet; use tune='none' (the algorithm is chosen "
+                               f"by cost per call) or pin config={{'ALGORITHM': 'quadratic'|'chunked', 'CHUNK': 64}}")
+    from einattn.backends.linear import LinearBackend
+    return LinearBackend(backend, form)
 
 
 def _recompile(spec: Spec, target: str, params: dict, config: dict, interpret: bool, tune: str) -> Kernel:

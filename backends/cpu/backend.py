@@ -84,6 +84,15 @@ class CpuBackend:
                                 output_roles=frozenset({"grid", "query", "value", "contract"}),
                                 row_feature_roles=frozenset({"value", "contract"}), max_row_features=1)
 
+    # the chunked scan of linear cascades (backends/linear.py) and its FLOP rate relative to the
+    # quadratic kernel's, measured on this host (benchmarks/RESULTS.md, "Linear attention")
+    scan_efficiency = 0.35
+
+    @staticmethod
+    def scan(x, mask: str, chunk: int, schedule: str, state=None):
+        from .linear import scan_cpu
+        return scan_cpu(x, mask, chunk, schedule, state)
+
     def supports(self, target: Target) -> bool:
         return target.kind == "cpu"
 

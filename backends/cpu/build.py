@@ -68,14 +68,20 @@ def _tvm_version() -> str:
 def get_kernel(art, static: dict[str, int]):
     """The built kernel for a shape bucket: from memory, else the disk cache, else a build."""
     key, fields = cache_key(art, static)
+    return get_built(key, fields, lambda: build_source(art, static))
+
+
+def get_built(key: str, fields: dict, source):
+    """The library of ``key`` (its sidecar holds ``fields``): from memory, else the disk cache, else
+    built from ``source()``, the TVMScript text."""
     with _LOCK:
         fn = _MEMORY.get(key)
         if fn is None:
-            fn = _MEMORY[key] = _load_or_build(art, static, settings.cache_dir() / "cpu" / f"{key}.so", fields)
+            fn = _MEMORY[key] = _load_or_build(source, settings.cache_dir() / "cpu" / f"{key}.so", fields)
         return fn
 
 
-def _load_or_build(art, static: dict[str, int], path: Path, fields: dict):
+def _load_or_build(source, path: Path, fields: dict):
     fn, problem = _load(path, fields)
     if fn is not None:
         return fn
@@ -86,7 +92,7 @@ def _load_or_build(art, static: dict[str, int], path: Path, fields: dict):
         if problem is not cache.MISSING:
             warnings.warn(f"einattn: ignoring the unreadable cpu kernel cache file {path} ({problem}); "
                           f"rebuilding it", RuntimeWarning, stacklevel=5)
-        return _build(art, static, path, fields)
+        return _build(source, path, fields)
 
 
 def _load(path: Path, fields: dict):
@@ -126,11 +132,11 @@ def build_module(source: str):
         return tvm.compile(mod, tvm.target.Target(host().tvm_target()))
 
 
-def _build(art, static: dict[str, int], path: Path, fields: dict):
+def _build(source, path: Path, fields: dict):
     """Render, compile, write the library and its sidecar to the disk cache and load it from there
     (linking the library costs about what TVM's JIT would, so the cache write is free)."""
     t0 = time.perf_counter()
-    src = build_source(art, static)
+    src = source()
     with _TVM_LOCK:
         ex = build_module(src)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp.so")

@@ -35,7 +35,6 @@ class ScanInputs:
     K: torch.Tensor          # [G, N, D]
     V: torch.Tensor          # [G, N, E'] (value columns, then one column of ones per normaliser)
     ad: torch.Tensor | None  # [G, M] float32, a(p) - a(chunk start - 1) (decayed only)
-    a0: torch.Tensor | None  # [G, M] float64 a(p) - a(-1): the initial state's weight
     R: torch.Tensor          # [grid..., M, E] broadcastable
     grid: tuple[int, ...]
     value: tuple[int, ...]
@@ -83,18 +82,17 @@ def scan_inputs(form: LinearForm, inputs: dict, sizes: dict, params: dict, chunk
     for job in form.jobs[1:]:
         if (job.query, job.key) != (job0.query, job0.key):
             raise NotImplementedError("internal: normalisers with their own features run as separate scans")
-        cols.append(torch.ones(gsz, N, 1))
+        cols.append(torch.ones(gsz, N, 1, device=F.device))
     V = torch.cat(cols, -1) if len(cols) > 1 else cols[0]
-    ad = a0 = None
+    ad = None
     if form.decay is not None:
         a = _features_decay(vals, gsz, M)
         am1 = _decay_at_minus_one(form, sizes, params).reshape(gsz, 1)
-        start = (torch.arange(M) // chunk) * chunk
-        prev = torch.where(start > 0, a[:, (start - 1).clamp(min=0)], am1)
+        start = (torch.arange(M, device=a.device) // chunk) * chunk
+        prev = torch.where(start > 0, a[:, (start - 1).clamp(min=0)], am1.to(a.device))
         ad = (a - prev).float().contiguous()
-        a0 = a - am1
     R = vals["__R"]
-    return ScanInputs(F.contiguous(), K.contiguous(), V.contiguous(), ad, a0, R, grid, tuple(
+    return ScanInputs(F.contiguous(), K.contiguous(), V.contiguous(), ad, R, grid, tuple(
         sizes[i] for i in form.value), esz)
 
 
@@ -113,14 +111,15 @@ def scan_torch(x: ScanInputs, mask: str, chunk: int, schedule: str = "fused",
     F, K, V = x.F, x.K, x.V
     g, M, D = F.shape
     E = V.shape[-1]
-    S = torch.zeros(g, D, E) if state is None else state.reshape(g, D, E).float().clone()
-    if mask == "none":
-        S = S + K.transpose(1, 2) @ V
-        return F @ S, S
     if schedule not in ("fused", "materialised"):
         raise ValueError(f"schedule {schedule!r}: expected 'fused' or 'materialised'")
-    out = torch.empty(g, M, E)
-    tri = torch.ones(chunk, chunk).tril(0 if mask == "causal" else -1).bool()
+    dev = F.device
+    S = torch.zeros(g, D, E, device=dev) if state is None else state.reshape(g, D, E).float().clone()
+    if mask == "none":                  # no decay without a mask (compiler/linear.py refuses it)
+        S = S + K.transpose(1, 2) @ V
+        return F @ S, S
+    out = torch.empty(g, M, E, device=dev)
+    tri = torch.ones(chunk, chunk, device=dev).tril(0 if mask == "causal" else -1).bool()
     chunks = [(c0, min(c0 + chunk, M)) for c0 in range(0, M, chunk)]
 
     def update(S, c0, c1):

@@ -132,6 +132,15 @@ class TritonBackend:
                                 output_roles=frozenset({"grid", "query", "value"}),
                                 row_feature_roles=frozenset({"value"}), max_row_features=1)
 
+    # the chunked scan of linear cascades (backends/linear.py); its rate relative to the quadratic
+    # kernel is not measured on a GPU (none here): the CPU's figure stands in
+    scan_efficiency = 0.35
+
+    @staticmethod
+    def scan(x, mask: str, chunk: int, schedule: str, state=None, interpret: bool = False):
+        from .linear import scan_triton
+        return scan_triton(x, mask, chunk, schedule, state, interpret=interpret)
+
     def supports(self, target: Target) -> bool:
         return target.kind in ("cuda", "rocm")
 

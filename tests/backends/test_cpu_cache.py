@@ -66,7 +66,7 @@ def good(tmp_path_factory):
     for shape in (SHAPE, OTHER_SHAPE):
         key, fields = cpu.cache_key(art, shape)
         path = root / f"{key}.so"
-        cpu._build(art, shape, path, fields)
+        cpu._build(lambda: cpu.build_source(art, shape), path, fields)
         assert cache.check_entry(path, fields) is None
         entries[tuple(shape.items())] = path, fields
     return entries
@@ -162,4 +162,4 @@ def test_a_write_seen_midway_is_waited_for(good, tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "_build", lambda *a: pytest.fail("rebuilt an entry another process was writing"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cpu._load_or_build(None, SHAPE, so, fields) is not None
+        assert cpu._load_or_build(None, so, fields) is not None

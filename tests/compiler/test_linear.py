@@ -49,7 +49,7 @@ def test_no_quadratic_zoo_variant_reassociates(name):
     # a nonlinearity on S hidden in a where: relu(S) spelled as a select
     ("  - O[b,h,m,e] = where(S[b,h,m,n] > 0, S[b,h,m,n], 0) * V[b,h,n,e]\n", "not a causal mask"),
     ("  - O[b,h,m,e] = sigmoid(S[b,h,m,n]) * V[b,h,n,e]\n", "non-linear function"),
-    ("  - O[b,h,m,e] = exp(S[b,h,m,n]) * V[b,h,n,e]\n", "not of the form"),
+    ("  - O[b,h,m,e] = exp(S[b,h,m,n]) * V[b,h,n,e]\n", "a softmax or another non-linear"),
     ("  - O[b,h,m,e] = where(n <= m, S[b,h,m,n] * exp(2 * m - n), 0) * V[b,h,n,e]\n", "do not cancel"),
     ("  - O[b,h,m,e] = S[b,h,m,n] * lam ** (m - n) * V[b,h,n,e]\n", "without a causal mask"),
     ("  - O[b,h,m,e] = where(n <= m + 3, S[b,h,m,n], 0) * V[b,h,n,e]\n", "not a causal mask"),
