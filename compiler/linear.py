@@ -379,6 +379,8 @@ def linear_form(c: Cascade) -> LinearForm:
                 weights.append(f)
             elif n in d:
                 (f_k if idx & set(contract) else f_v).append((f, inv))
+            elif s is not out and not d and not idx & set(contract):
+                r_factors.append((f, not inv))            # a normaliser's scale divides the output
             else:
                 f_q.append((f, inv))
         mk = _mask_kind(t.masks, m, n, deps)
@@ -412,6 +414,9 @@ def linear_form(c: Cascade) -> LinearForm:
             if x is not None:
                 _check_indices(x)
         sig = (str(q.expr), str(k.expr))
+        if j and sig not in seen:
+            raise NotLinear(f"the normaliser {s.name} has features of its own (F = {q.expr}, G = {k.expr}): "
+                            f"a separate scan, not built; the quadratic kernel runs it")
         if j and sig in seen:
             jobs.append(ScanJob(jobs[seen[sig]].query, jobs[seen[sig]].key, None))
         else:

@@ -240,13 +240,14 @@ def explain_kernel(spec, shape: dict | None = None, params: dict | None = None) 
     from einattn.compiler.lowering import describe_rules
     plan = make_plan(load_spec(spec))
     lines = [f"kernel plan of {plan.cascade.name}"]
+    scan = _scan_lines(plan, shape, params)
     try:
         kp = make_kernel_plan(plan)
     except UnsupportedError as e:
         lines.append(f"no kernel plan: {e}")
         lines.append("targets:")
         lines += [f"  {t}: no: {e}" for t in KERNEL_TARGETS]
-        return "\n".join(lines)
+        return "\n".join(lines + scan)
     lines.append(kp.describe())
     lines.append("lowering rules:")
     lines += [f"  {x}" for x in describe_rules(kp)] or ["  (none applies)"]
@@ -268,7 +269,34 @@ def explain_kernel(spec, shape: dict | None = None, params: dict | None = None) 
             backend = get_backend(target)
             text = backend.describe(backend.prepare(plan, target, {}), shape, params)
             lines.append(f"  {target}: " + text.replace("\n", "\n    "))
-    return "\n".join(lines)
+    return "\n".join(lines + scan)
+
+
+def _scan_lines(plan: Plan, shape: dict | None, params: dict | None) -> list[str]:
+    """What the chunked scan adds to ``explain_kernel`` for a linear cascade."""
+    from einattn.compiler.linear import NotLinear, choose, linear_form
+    try:
+        form = linear_form(plan.original)
+    except NotLinear as e:
+        return [f"linear scan: no: {e}"]
+    lines = ["linear scan: cpu, cuda, rocm (backends/linear.py; the quadratic kernel above where it runs)",
+             "  " + form.describe().replace("\n", "\n  ")]
+    if shape is not None:
+        from einattn.ir import eval_params
+        eval_params(plan.cascade, shape, dict(params or {}))
+        quad = True
+        try:
+            from einattn.compiler import check_capabilities, make_kernel_plan
+            check_capabilities(make_kernel_plan(plan), get_backend(parse_target("cpu")).capabilities, "cpu")
+        except UnsupportedError as e:
+            quad = str(e)
+        try:
+            ch = choose(form, shape, {}, quad is True, None if quad is True else quad,
+                        settings.num_threads() or torch.get_num_threads())
+            lines.append(f"  at {', '.join(f'{k}={v}' for k, v in shape.items())} (cpu): {ch.describe()}")
+        except UnsupportedError as e:
+            lines.append(f"  at this shape: no scan: {e}")
+    return lines
 
 
 def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | None = None,

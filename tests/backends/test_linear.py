@@ -167,3 +167,17 @@ def test_the_triton_scan_through_compile(name):
     assert isinstance(k._backend, LinearBackend)
     x = inputs(name, n=40, m=30, b=1, h=2)
     assert_rel_close(k(**x), LINEAR_ZOO[name].torch_ref(x, {}), 1e-4, name)
+
+
+def test_training_runs_the_derived_quadratic_backward_or_says_why_not():
+    v = LINEAR_ZOO["retention"]
+    x = inputs("retention", n=40, b=1, h=2)
+    xr = {k: t.double().requires_grad_() for k, t in x.items()}
+    v.torch_ref(xr, {}).sum().backward()
+    xc = {k: t.clone().requires_grad_() for k, t in x.items()}
+    einattn.compile("retention", target="cpu")(**xc).sum().backward()
+    for k in x:
+        assert_rel_close(xc[k].grad, xr[k].grad, 1e-5, k)
+    xe = {k: t.clone().requires_grad_() for k, t in inputs("linear_elu", n=40, b=1, h=2).items()}
+    with pytest.raises(UnsupportedError, match="computed by a statement"):
+        einattn.compile("linear_elu", target="cpu")(**xe)

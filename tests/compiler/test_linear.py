@@ -78,3 +78,15 @@ def test_scale_and_output_gate_stay_outside_the_scan():
              if False else
              "  - O[b,h,m,e] = where(n <= m, S[b,h,m,n], 0) * V[b,h,n,e] * lam\n")
     assert str(f.features.stmt("__R").expr) == "lam"
+
+
+def test_a_normalisers_scale_divides_the_output_and_other_features_are_refused():
+    """Found by the random linear cascades: a scale inside a normalised score gave the normaliser
+    features of its own (F * scale), which the host refused as an internal error."""
+    f = form("  - A[b,h,m,n] = where(n <= m, S[b,h,m,n] * lam, 0)\n  - Z[b,h,m] = A[b,h,m,n]\n"
+             "  - O[b,h,m,e] = A[b,h,m,n] * V[b,h,n,e] / Z[b,h,m]\n")
+    assert f.powers == (1, -1) and str(f.features.stmt("__R").expr) == "lam / lam"
+    with pytest.raises(NotLinear, match="features of its own"):
+        form("  - A[b,h,m,n] = where(n <= m, S[b,h,m,n], 0)\n"
+             "  - Z[b,h,m] = where(n <= m, exp(Q[b,h,m,d]) * K[b,h,n,d], 0)\n"
+             "  - O[b,h,m,e] = A[b,h,m,n] * V[b,h,n,e] / Z[b,h,m]\n")
