@@ -56,8 +56,8 @@ def main() -> None:
     quad = einattn.compile(a.spec, target="cpu", config={"ALGORITHM": "quadratic"})
     auto = einattn.compile(a.spec, target="cpu")
     form = linear_form(chunked.spec)
-    print(f"| N | chunked ms | ns/token | quadratic ms | chunked vs quadratic | auto picks | eager chunked ms "
-          f"| vs eager |")
+    print("| N | chunked ms | ns/token | quadratic ms | chunked vs quadratic | auto picks | eager chunked ms "
+          "| vs eager |")
     print("|---|---|---|---|---|---|---|---|")
     for n in a.n:
         x = {k: torch.randn(1, a.heads, n, a.dim) * 0.5 for k in "QKV"}

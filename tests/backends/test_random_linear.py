@@ -47,7 +47,7 @@ def linear_case(draw):
              f"  - Fk[b,h,n,d] = {PHI[phi_k].format(x=f'K[b,{kh},n,d]')}",
              "  - S[b,h,m,n] = Fq[b,h,m,d] * Fk[b,h,n,d]" + (f" * {scale}" if scale else "")]
     w = "S[b,h,m,n]" + (f" * {DECAYS[decay]}" if decay else "")
-    lines.append(f"  - A[b,h,m,n] = " + (f"where({MASKS[mask]}, {w}, 0)" if MASKS[mask] else w))
+    lines.append("  - A[b,h,m,n] = " + (f"where({MASKS[mask]}, {w}, 0)" if MASKS[mask] else w))
     if norm:
         lines += ["  - Z[b,h,m] = A[b,h,m,n]", f"  - O[b,h,m,e] = A[b,h,m,n] * V[b,{kh},n,e] / Z[b,h,m]"]
     else:
