@@ -131,8 +131,11 @@ def test_other_dtypes_rejected(dtype, phrase):
 def test_config_errors():
     with pytest.raises(einattn.UnsupportedError, match="BLOCK_K.*accepts: BLOCK_M"):
         einattn.compile("softmax", target="cpu", config={"BLOCK_K": 64})
-    with pytest.raises(einattn.UnsupportedError, match="SCORE_RI=24 must be a multiple"):
-        einattn.compile("softmax", target="cpu", config={"SCORE_RI": 24, "BLOCK_M": 48})
+    # one and a half vectors: not a multiple of this host's lanes (16 with AVX-512, 8 with AVX2)
+    from einattn.backends.cpu.runtime import host
+    ri = host().fp32_lanes * 3 // 2
+    with pytest.raises(einattn.UnsupportedError, match=f"SCORE_RI={ri} must be a multiple"):
+        einattn.compile("softmax", target="cpu", config={"SCORE_RI": ri, "BLOCK_M": 2 * ri})
 
 
 # -- the build cache --------------------------------------------------------------------
