@@ -39,10 +39,11 @@ class LinearArtifact:
     options: dict = field(default_factory=dict)
 
     efficiency: float = 0.35          # the scan's FLOP rate relative to the quadratic kernel's
+    chunk: int = 64                   # the backend's CHUNK when the config leaves it to the cost
 
     def choice(self, sizes: dict, threads: int) -> Choice:
         return choose(self.form, sizes, self.config, self.quadratic is not None, self.refusal, threads,
-                      self.efficiency)
+                      self.efficiency, self.chunk)
 
 
 def split_config(config: dict) -> tuple[dict, dict]:
@@ -77,7 +78,7 @@ class LinearBackend:
             raise UnsupportedError(f"config {sorted(rest)} configures the quadratic kernel, but "
                                    f"ALGORITHM='chunked' never runs it: drop those keys or use ALGORITHM='auto'")
         return LinearArtifact(self.form, plan, quad, refusal, mine, options,
-                              getattr(self.inner, "scan_efficiency", 0.35))
+                              getattr(self.inner, "scan_efficiency", 0.35), getattr(self.inner, "scan_chunk", 64))
 
     def describe(self, art: LinearArtifact, sizes: dict, params: dict | None = None) -> str:
         ch = art.choice(sizes, _threads())

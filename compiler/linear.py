@@ -495,14 +495,15 @@ def scan_flops(form: LinearForm, sizes: dict, chunk: int) -> tuple[float, float]
 
 
 def choose(form: LinearForm, sizes: dict, config: dict, quadratic_ok: bool, refusal: str | None,
-           threads: int, scan_efficiency: float = 0.35) -> Choice:
+           threads: int, scan_efficiency: float = 0.35, default_chunk: int = 64) -> Choice:
     """The algorithm of one call: forced by ``config['ALGORITHM']``, else by cost: the chunked scan
     when its FLOPs, divided by its efficiency relative to the quadratic kernel (measured per
-    backend, ``scan_efficiency``), are fewer. CHUNK 0 picks 64 (32 below 256 keys); SCHEDULE auto
+    backend, ``scan_efficiency``), are fewer. CHUNK 0 picks the backend's ``default_chunk`` (at most
+    32 below 256 keys); SCHEDULE auto
     picks fused when the grid gives every thread two tasks, else materialised."""
     import math
     m, n = sizes[form.query_index], sizes[form.key_index]
-    chunk = config.get("CHUNK", 0) or (64 if n >= 256 else 32)
+    chunk = config.get("CHUNK", 0) or (default_chunk if n >= 256 else min(32, default_chunk))
     g = math.prod(sizes[i] for i in form.grid)
     sched = config.get("SCHEDULE", "auto")
     if sched == "auto":

@@ -84,9 +84,10 @@ class CpuBackend:
                                 output_roles=frozenset({"grid", "query", "value", "contract"}),
                                 row_feature_roles=frozenset({"value", "contract"}), max_row_features=1)
 
-    # the chunked scan of linear cascades (backends/linear.py) and its FLOP rate relative to the
-    # quadratic kernel's, measured on this host (benchmarks/RESULTS.md, "Linear attention")
+    # the chunked scan of linear cascades (backends/linear.py): its FLOP rate relative to the
+    # quadratic kernel's and its best chunk, measured (benchmarks/RESULTS.md, "Linear attention")
     scan_efficiency = 0.35
+    scan_chunk = 32
 
     @staticmethod
     def scan(x, mask: str, chunk: int, schedule: str, state=None):

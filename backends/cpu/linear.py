@@ -93,6 +93,15 @@ def _kernel(cfg: ScanConfig):
     return get_built(key, fields, lambda: render_scan(cfg, vec))
 
 
+def register_rows(width: int, vec: int) -> int:
+    """Rows of a register tile ``rows x width`` (accumulators ``rows * width / vec``) that fit about
+    three quarters of the vector registers (16 with AVX2, 32 with AVX-512): 1, 2 or 4. Measured at
+    N=8192, d=e=64 on an AVX2 host: 4 rows (32 accumulators, spilled) 55 ms, 1 row 33 ms."""
+    regs = 32 if vec >= 16 else 16
+    rows = max(1, min(4, (regs * 3 // 4) * vec // width))
+    return 1 << (rows.bit_length() - 1)          # a power of two: it divides the chunk
+
+
 def _pad(t: torch.Tensor, width: int) -> torch.Tensor:
     if t.shape[-1] == width:
         return t.contiguous()
@@ -105,9 +114,12 @@ def scan_cpu(x, mask: str, chunk: int, schedule: str = "fused",
     vec = host().fp32_lanes
     g, M, D = x.F.shape
     N, E = x.K.shape[1], x.V.shape[-1]
-    Dp, Ep = -(-D // 4) * 4, -(-E // vec) * vec
+    Ep = -(-E // vec) * vec
+    ri, rm = register_rows(chunk, vec), register_rows(Ep, vec)
+    Dp = -(-D // rm) * rm
     decay = x.ad is not None and mask != "none"
-    cfg = ScanConfig(chunk, Dp, Ep, mask, decay, state is not None, schedule if mask != "none" else "fused")
+    cfg = ScanConfig(chunk, Dp, Ep, mask, decay, state is not None, schedule if mask != "none" else "fused",
+                     RI=ri, RM=rm, RD=rm)
     fn = _kernel(cfg)
     args = [_pad(x.F, Dp), _pad(x.K, Dp), _pad(x.V, Ep)]
     if decay:

@@ -35,7 +35,7 @@ class ScanInputs:
     K: torch.Tensor          # [G, N, D]
     V: torch.Tensor          # [G, N, E'] (value columns, then one column of ones per normaliser)
     ad: torch.Tensor | None  # [G, M] float32, a(p) - a(chunk start - 1) (decayed only)
-    R: torch.Tensor          # [grid..., M, E] broadcastable
+    R: torch.Tensor | None   # [grid..., M, E]; None where R = 1
     grid: tuple[int, ...]
     value: tuple[int, ...]
     columns: int             # E (value columns, flattened)
@@ -90,7 +90,7 @@ def scan_inputs(form: LinearForm, inputs: dict, sizes: dict, params: dict, chunk
         start = (torch.arange(M, device=a.device) // chunk) * chunk
         prev = torch.where(start > 0, a[:, (start - 1).clamp(min=0)], am1.to(a.device))
         ad = (a - prev).float().contiguous()
-    R = vals["__R"]
+    R = vals["__R"] if not _is_one(form.features.stmt("__R").expr) else None
     return ScanInputs(F.contiguous(), K.contiguous(), V.contiguous(), ad, R, grid, tuple(
         sizes[i] for i in form.value), esz)
 
@@ -161,4 +161,8 @@ def finish(form: LinearForm, x: ScanInputs, num: torch.Tensor, sizes: dict) -> t
         z = num[..., e + j:e + j + 1]
         o = torch.where((o == 0) & (z == 0), torch.zeros_like(o), o / z)
     o = o.reshape(*x.grid, M, *x.value)
-    return (o * x.R).contiguous()
+    return o.contiguous() if x.R is None else (o * x.R).contiguous()
+
+
+def _is_one(e) -> bool:
+    return e.op is Op.CONST and e.arg == 1.0

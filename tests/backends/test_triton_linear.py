@@ -99,7 +99,7 @@ def _synthetic(G=2, M=45, N=45, D=20, E=24, decay=False, chunk=16, seed=1) -> Sc
         start = (torch.arange(M) // chunk) * chunk
         prev = torch.where(start > 0, a[:, (start - 1).clamp(min=0)], torch.zeros(G, 1, dtype=torch.float64))
         ad = (a - prev).float()
-    return ScanInputs(F, K, V, ad, None, torch.ones(1), (G,), (E,), E)
+    return ScanInputs(F, K, V, ad, torch.ones(1), (G,), (E,), E)
 
 
 @pytest.mark.cpu
@@ -121,8 +121,8 @@ def test_strict_mask_and_an_initial_state(schedule, decay):
 def test_non_causal_state_chains_over_key_halves(schedule):
     x = _synthetic(M=37, N=70)
     full, s_full = scan_torch(x, "none", 16)
-    first = ScanInputs(x.F, x.K[:, :33], x.V[:, :33], None, None, x.R, x.grid, x.value, x.columns)
-    second = ScanInputs(x.F, x.K[:, 33:], x.V[:, 33:], None, None, x.R, x.grid, x.value, x.columns)
+    first = ScanInputs(x.F, x.K[:, :33], x.V[:, :33], None, x.R, x.grid, x.value, x.columns)
+    second = ScanInputs(x.F, x.K[:, 33:], x.V[:, 33:], None, x.R, x.grid, x.value, x.columns)
     _, s1 = scan_triton(first, "none", 32, schedule)
     num, s2 = scan_triton(second, "none", 32, schedule, state=s1, block_e=16)
     assert _rel(num, full) <= 1e-5 and _rel(s2, s_full) <= 1e-5
@@ -147,7 +147,7 @@ def test_no_read_or_write_out_of_bounds(schedule, monkeypatch):
     g = [_guarded(t.shape, bufs) for t in (x.F, x.K, x.V, x.ad)]
     for dst, src in zip(g, (x.F, x.K, x.V, x.ad)):
         dst.copy_(src)
-    x_guarded = ScanInputs(*g, None, x.R, x.grid, x.value, x.columns)
+    x_guarded = ScanInputs(*g, x.R, x.grid, x.value, x.columns)
     s0 = _guarded((2, 20, 24), bufs)
     s0.copy_(torch.randn(2, 20, 24))
     inputs = len(bufs)
@@ -167,9 +167,9 @@ def test_no_read_or_write_out_of_bounds(schedule, monkeypatch):
 @pytest.mark.cpu
 def test_fp16_operands_through_the_dtype_hook():
     x = _synthetic(decay=True)
-    h = ScanInputs(x.F.half(), x.K.half(), x.V.half(), x.ad, None, x.R, x.grid, x.value, x.columns)
+    h = ScanInputs(x.F.half(), x.K.half(), x.V.half(), x.ad, x.R, x.grid, x.value, x.columns)
     num, _ = scan_triton(h, "causal", 32, "fused")
-    want, _ = scan_torch(ScanInputs(h.F.float(), h.K.float(), h.V.float(), x.ad, None, x.R, x.grid, x.value,
+    want, _ = scan_torch(ScanInputs(h.F.float(), h.K.float(), h.V.float(), x.ad, x.R, x.grid, x.value,
                                     x.columns), "causal", 32)
     # the scores and the state are rounded to fp16 as dot operands (measured 2.6e-4)
     assert num.dtype == torch.float32 and _rel(num, want) <= 2e-3
