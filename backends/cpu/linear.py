@@ -84,7 +84,17 @@ def render_scan(cfg: ScanConfig, vec: int) -> str:
     return env.from_string(template_source()).render(k=_View(cfg), cfg=cfg)
 
 
+_BUILT: dict[ScanConfig, object] = {}       # config -> kernel: a call looks up neither disk nor metadata
+
+
 def _kernel(cfg: ScanConfig):
+    fn = _BUILT.get(cfg)
+    if fn is None:
+        fn = _BUILT[cfg] = _build_kernel(cfg)
+    return fn
+
+
+def _build_kernel(cfg: ScanConfig):
     vec = host().fp32_lanes
     fields = {"kind": "linear_scan", "config": dataclasses.asdict(cfg), "target": host().fingerprint(),
               "template": hashlib.sha256(template_source().encode()).hexdigest()[:16], "code": code_hash(),
