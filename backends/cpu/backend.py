@@ -86,7 +86,7 @@ class CpuBackend:
 
     # the chunked scan of linear cascades (backends/linear.py): its FLOP rate relative to the
     # quadratic kernel's and its best chunk, measured (benchmarks/RESULTS.md, "Linear attention")
-    scan_efficiency = 0.6
+    scan_efficiency = 0.85
     scan_chunk = 32
 
     @staticmethod
