@@ -47,6 +47,14 @@ def run(args) -> int:
     import einattn
     spec = einattn.load_spec(args.spec)
     shape = parse_shape(args.shape, spec)
+    if args.shape == DEFAULT_SHAPE:
+        from einattn.compiler.linear import NotLinear, linear_form
+        try:                  # a causal linear cascade compares positions: as many queries as keys
+            f = linear_form(spec)
+            if f.causal and {f.query_index, f.key_index} <= set(shape):
+                shape[f.query_index] = shape[f.key_index]
+        except NotLinear:
+            pass
     params = parse_params(args.param)
     dtype_name = args.dtype or DEFAULT_DTYPE
     dtype = DTYPES[dtype_name]

@@ -181,3 +181,11 @@ def test_training_runs_the_derived_quadratic_backward_or_says_why_not():
     xe = {k: t.clone().requires_grad_() for k, t in inputs("linear_elu", n=40, b=1, h=2).items()}
     with pytest.raises(UnsupportedError, match="computed by a statement"):
         einattn.compile("linear_elu", target="cpu")(**xe)
+
+
+def test_einattn_check_runs_a_causal_linear_spec_at_as_many_queries_as_keys(capsys):
+    from einattn.cli import main
+    assert main(["check", "linear_elu", "--target", "cpu", "--shape", "b=1,h=2,m=50,n=77,d=16,e=16"]) != 0
+    capsys.readouterr()
+    assert main(["check", "linear_elu", "--target", "cpu"]) == 0     # the default shape, with m = n
+    assert "m=131,n=131" in capsys.readouterr().out
