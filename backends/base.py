@@ -11,7 +11,7 @@ from typing import Protocol
 
 import torch
 
-from einattn.ir import Op, UnsupportedError
+from einattn.ir import Op, UnsupportedError, settings
 
 TARGET_KINDS = ("reference", "streaming", "cpu", "cuda", "rocm")
 
@@ -188,3 +188,9 @@ def with_statistics(kp, inputs: dict, sizes: dict, params: dict) -> dict:
         # a value operand is a dot operand: the dtype of its inputs; a statistic stays float32
         out[s.name] = t.to(dts.pop()) if keeps_input_dtype(s) and len(dts) == 1 else t
     return out
+
+
+def threads() -> int:
+    """Threads a kernel call runs on (EINATTN_NUM_THREADS, else torch's): what a split key loop,
+    the row blocks and a linear scan's tasks are spread over. Cheap: asked on every call."""
+    return settings.num_threads() or torch.get_num_threads()

@@ -22,7 +22,7 @@ import torch
 from einattn.compiler.linear import Choice, LinearForm, choose
 from einattn.ir import UnsupportedError
 
-from .base import complete_params
+from .base import complete_params, threads
 from .torch.linear import finish, scan_inputs
 
 KEYS = {"ALGORITHM": ("auto", "quadratic", "chunked"), "CHUNK": (0, 16, 32, 64, 128),
@@ -51,7 +51,7 @@ def split_config(config: dict) -> tuple[dict, dict]:
     for k, v in mine.items():
         if v not in KEYS[k]:
             raise UnsupportedError(f"config {k}={v!r}: expected one of {', '.join(map(repr, KEYS[k]))}")
-    return {k: config[k] for k in KEYS if k in config}, {k: v for k, v in config.items() if k not in KEYS}
+    return mine, {k: v for k, v in config.items() if k not in KEYS}
 
 
 class LinearBackend:
@@ -81,14 +81,14 @@ class LinearBackend:
                               getattr(self.inner, "scan_efficiency", 0.35), getattr(self.inner, "scan_chunk", 64))
 
     def describe(self, art: LinearArtifact, sizes: dict, params: dict | None = None) -> str:
-        ch = art.choice(sizes, _threads())
-        text = f"{ch.describe()}"
+        ch = art.choice(sizes, threads())
+        text = ch.describe()
         if ch.algorithm == "quadratic":
             text += "\n" + self.inner.describe(art.quadratic, sizes, params)
         return text
 
     def launch(self, art: LinearArtifact, inputs: dict, sizes: dict, params: dict) -> dict:
-        ch = art.choice(sizes, _threads())
+        ch = art.choice(sizes, threads())
         if ch.algorithm == "quadratic":
             return self.inner.launch(art.quadratic, inputs, sizes, params)
         out, _ = self.run_scan(art, ch, inputs, sizes, params, None)
@@ -110,7 +110,3 @@ class LinearBackend:
         num, final = self.inner.scan(x, f.mask, ch.chunk, ch.schedule, state, **art.options)
         return finish(f, x, num, sizes).to(dtype), final.reshape(*x.grid, *final.shape[-2:])
 
-
-def _threads() -> int:
-    from einattn.ir import settings
-    return settings.num_threads() or torch.get_num_threads()

@@ -291,8 +291,8 @@ def _scan_lines(plan: Plan, shape: dict | None, params: dict | None) -> list[str
         except UnsupportedError as e:
             quad = str(e)
         try:
-            ch = choose(form, shape, {}, quad is True, None if quad is True else quad,
-                        settings.num_threads() or torch.get_num_threads())
+            from einattn.backends.base import threads
+            ch = choose(form, shape, {}, quad is True, None if quad is True else quad, threads())
             lines.append(f"  at {', '.join(f'{k}={v}' for k, v in shape.items())} (cpu): {ch.describe()}")
         except UnsupportedError as e:
             lines.append(f"  at this shape: no scan: {e}")

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import torch
 
 from einattn.compiler import Capabilities, KernelPlan, check_capabilities, make_kernel_plan
-from einattn.ir import UnsupportedError, settings
+from einattn.ir import UnsupportedError
 
-from ..base import INDEX_LIMIT, Target, check_config, complete_params, hidden_nonfinite, span, with_statistics
+from ..base import (INDEX_LIMIT, Target, check_config, complete_params, hidden_nonfinite, span, threads,
+                    with_statistics)
 from .build import get_kernel
 from .config import CpuConfig, resolve
 from .host import read_cache_sizes
@@ -191,10 +192,6 @@ class CpuBackend:
         return outs
 
 
-def threads() -> int:
-    """Threads a kernel call runs on (EINATTN_NUM_THREADS, else torch's): what a split key loop
-    and the row blocks are spread over. Cheap: asked on every call."""
-    return settings.num_threads() or torch.get_num_threads()
 
 
 # -- inputs --------------------------------------------------------------------------
