@@ -22,7 +22,7 @@ import torch
 from einattn.compiler.linear import Choice, LinearForm, choose
 from einattn.ir import UnsupportedError
 
-from .base import complete_params, threads
+from .base import all_finite, complete_params, threads
 from .torch.linear import finish, scan_inputs
 
 KEYS = {"ALGORITHM": ("auto", "quadratic", "chunked"), "CHUNK": (0, 16, 32, 64, 128),
@@ -44,6 +44,12 @@ class LinearArtifact:
     def choice(self, sizes: dict, threads: int) -> Choice:
         return choose(self.form, sizes, self.config, self.quadratic is not None, self.refusal, threads,
                       self.efficiency, self.chunk)
+
+
+class _HiddenNonfinite(UnsupportedError):
+    """A non-finite value that the causal mask hides from earlier queries: the quadratic kernel
+    reproduces the cascade's 0 * NaN there (it visits every key tile, ``hidden_nonfinite``); a
+    scan cannot."""
 
 
 def split_config(config: dict) -> tuple[dict, dict]:
@@ -89,10 +95,14 @@ class LinearBackend:
 
     def launch(self, art: LinearArtifact, inputs: dict, sizes: dict, params: dict) -> dict:
         ch = art.choice(sizes, threads())
-        if ch.algorithm == "quadratic":
-            return self.inner.launch(art.quadratic, inputs, sizes, params)
-        out, _ = self.run_scan(art, ch, inputs, sizes, params, None)
-        return {art.form.output: out}
+        if ch.algorithm == "chunked":
+            try:
+                out, _ = self.run_scan(art, ch, inputs, sizes, params, None)
+                return {art.form.output: out}
+            except _HiddenNonfinite as e:
+                if art.quadratic is None:
+                    raise UnsupportedError(str(e)) from None
+        return self.inner.launch(art.quadratic, inputs, sizes, params)
 
     def run_scan(self, art: LinearArtifact, ch, inputs: dict, sizes: dict, params: dict, state):
         """``(output, final state)`` of the chunked scan (``state``: the state before position 0)."""
@@ -107,6 +117,12 @@ class LinearBackend:
                                        f"([{', '.join(f.grid)}], D, E'), E' = the value columns"
                                        + (" then one per normaliser" if len(f.jobs) > 1 else ""))
             state = state.reshape(-1, *want[-2:]).float()
+        if f.causal and not all_finite(x.V):
+            raise _HiddenNonfinite(
+                f"{f.output}: a value holds NaN or inf; the cascade as written multiplies it by the 0 of the "
+                f"causal mask for every earlier query (0 * NaN = NaN, the reference's answer), which a scan "
+                f"never does (the keys after a query are not in its state): replace them (torch.nan_to_num) or "
+                f"use target='reference'" + ("" if art.quadratic is None else "; calls run the quadratic kernel"))
         num, final = self.inner.scan(x, f.mask, ch.chunk, ch.schedule, state, **art.options)
         return finish(f, x, num, sizes).to(dtype), final.reshape(*x.grid, *final.shape[-2:])
 

@@ -189,3 +189,21 @@ def test_einattn_check_runs_a_causal_linear_spec_at_as_many_queries_as_keys(caps
     capsys.readouterr()
     assert main(["check", "linear_elu", "--target", "cpu"]) == 0     # the default shape, with m = n
     assert "m=131,n=131" in capsys.readouterr().out
+
+
+def test_a_nonfinite_value_is_never_scanned_past_a_causal_mask():
+    """Found checking NaN inputs: the cascade multiplies V by the mask's 0 for earlier queries, so a
+    NaN value key makes every row NaN in the reference; the scan only spread it to later rows."""
+    for name in ("lightning", "linear_elu"):
+        x = inputs(name, n=40, b=1, h=2)
+        x["V"][0, 0, 25, 3] = float("nan")
+        k = einattn.compile(name, target="cpu", config={"CHUNK": 16})
+        if name == "lightning":                          # the quadratic kernel reproduces the reference
+            want = einattn.compile(name, target="reference")(**{a: t.double() for a, t in x.items()})
+            got = einattn.compile(name, target="cpu", config={"ALGORITHM": "chunked", "CHUNK": 16})(**x)
+            assert torch.equal(got.isnan(), want.isnan()) and got[0, 0, :25, 3].isnan().all()
+        else:                                            # no quadratic kernel: refused, never wrong
+            with pytest.raises(UnsupportedError, match="NaN or inf.*nan_to_num"):
+                k(**x)
+        with pytest.raises(UnsupportedError, match="NaN or inf"):
+            k.scan(**x)
