@@ -214,14 +214,14 @@ class _Inliner:
 # -- the exponent of a decay: a(m) - a(n) + const ---------------------------------------------------
 
 def _linear_parts(x: Expr, deps: _Deps, m: str, n: str):
-    """``x`` as (m-terms, n-terms, constant terms), each a list of (coef, scalars, atom), or None."""
+    """``x`` as (m-terms, n-terms, constant terms), each a list of (coef, scalars, atom), or None.
+
+    Sums, negations and products with a factor free of m and n are split down to their atoms
+    (``G[m] * 0.5`` and ``0.5 * G[n]`` give the same atom, renamed); anything else that depends
+    on one side only is one atom of that side."""
     d = deps(x)
     if not d:
         return [], [], [(1.0, (), x)]
-    if d == {m}:
-        return [(1.0, (), x)], [], []
-    if d == {n}:
-        return [], [(1.0, (), x)], []
     if x.op in (Op.ADD, Op.SUB):
         a, b = _linear_parts(x.src[0], deps, m, n), _linear_parts(x.src[1], deps, m, n)
         if a is None or b is None:
@@ -235,16 +235,19 @@ def _linear_parts(x: Expr, deps: _Deps, m: str, n: str):
         y, z = x.src
         if x.op is Op.MUL and not deps(y):
             y, z = z, y
-        if deps(z):
-            return None
-        a = _linear_parts(y, deps, m, n)
-        if a is None:
-            return None
-        if z.op is Op.CONST:
-            v = z.arg if x.op is Op.MUL else 1.0 / z.arg
-            return tuple([(c * v, k, t) for c, k, t in p] for p in a)
-        zz = z if x.op is Op.MUL else Expr(Op.DIV, (Expr.const(1.0), z))
-        return tuple([(c, k + (zz,), t) for c, k, t in p] for p in a)
+        if not deps(z):
+            a = _linear_parts(y, deps, m, n)
+            if a is None:
+                return None
+            if z.op is Op.CONST:
+                v = z.arg if x.op is Op.MUL else 1.0 / z.arg
+                return tuple([(c * v, k, t) for c, k, t in p] for p in a)
+            zz = z if x.op is Op.MUL else Expr(Op.DIV, (Expr.const(1.0), z))
+            return tuple([(c, k + (zz,), t) for c, k, t in p] for p in a)
+    if d == {m}:
+        return [(1.0, (), x)], [], []
+    if d == {n}:
+        return [], [(1.0, (), x)], []
     return None
 
 

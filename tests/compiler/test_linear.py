@@ -90,3 +90,11 @@ def test_a_normalisers_scale_divides_the_output_and_other_features_are_refused()
         form("  - A[b,h,m,n] = where(n <= m, S[b,h,m,n], 0)\n"
              "  - Z[b,h,m] = where(n <= m, exp(Q[b,h,m,d]) * K[b,h,n,d], 0)\n"
              "  - O[b,h,m,e] = A[b,h,m,n] * V[b,h,n,e] / Z[b,h,m]\n")
+
+
+def test_a_decay_spelled_differently_on_each_side_cancels():
+    """Found by a fresh-seed hunt (EINATTN_LINEAR_SEED=4242): G[m] * 0.5 - 0.5 * G[n] was compared as
+    two different atoms and refused."""
+    f = form("  - O[b,h,m,e] = where(n <= m, S[b,h,m,n] * exp(G[b,h,m] * 0.5 - 0.5 * G[b,h,n]) * lam ** (m - n), 0)"
+             " * V[b,h,n,e]\n")
+    assert f.decay is not None and "G[b, h, m]" in str(f.decay)
