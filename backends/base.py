@@ -190,6 +190,34 @@ def with_statistics(kp, inputs: dict, sizes: dict, params: dict) -> dict:
     return out
 
 
+def dot_dtype(kp, x: dict) -> torch.dtype:
+    """The one dtype of the dot products' operands (Q, K, V...); other inputs may differ (they
+    are read in fp32). Outputs with the value index take this dtype."""
+    from einattn.compiler.kernel_plan import Kind
+    reads = [e for p in kp.passes for op in p.loop
+             for e in ((op.query_read, op.key_read) if op.kind is Kind.SCORE else
+                       (op.value_read,) if op.kind is Kind.VALUE else ())]
+    names = list(dict.fromkeys(e.arg[0] for e in reads if e.arg[0] in x))
+    dts = {n: x[n].dtype for n in names}
+    if len(set(dts.values())) > 1:
+        found = ", ".join(f"{n}: {str(d).replace('torch.', '')}" for n, d in dts.items())
+        raise UnsupportedError(f"'{kp.cascade.name}': the inputs of the dot products must share one dtype, "
+                               f"found {found}; convert them to one (e.g. .half() or .float())")
+    return next(iter(dts.values()), torch.float32)
+
+
+def io_dtypes(kp, x: dict) -> dict[str, torch.dtype]:
+    """The dtype of each input (as given) and output of a call on the inputs ``x``: outputs with a
+    value index (O) take the dot products' dtype (``dot_dtype``), per-row outputs (lse) float32,
+    as SDPA does."""
+    compute = dot_dtype(kp, x)
+    c = kp.cascade
+    out = {t.name: x[t.name].dtype for t in c.inputs if t.name in x}
+    for o in c.outputs:
+        out[o] = compute if any(i in kp.value for i in c.stmt(o).indices) else torch.float32
+    return out
+
+
 def threads() -> int:
     """Threads a kernel call runs on (EINATTN_NUM_THREADS, else torch's): what a split key loop,
     the row blocks and a linear scan's tasks are spread over. Cheap: asked on every call."""

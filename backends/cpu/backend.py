@@ -7,15 +7,18 @@ and sequence lengths stay runtime values, so one build serves every length).
 Builds and their disk cache: ``build.py``; TVM's runtime, threads and fork:
 ``runtime.py``.
 
-Inputs: float32 CPU tensors, passed to the kernel without copies (DLPack).
+Inputs: float32, bfloat16 or float16 CPU tensors, passed to the kernel without
+copies (DLPack; bf16 as its uint16 bit patterns). The kernel computes in float32:
+it widens each element it reads and rounds the outputs with the value index to the
+dot products' dtype (per-row outputs such as lse stay float32, as SDPA does);
+docs/dtypes.md gives the accuracy of each dtype. float64 is rejected with the
+conversion to use.
 Any strides are accepted (views such as ``q.transpose(1, 2)`` of a [b, m, h, d]
 projection, ``expand``ed per-head tensors) except in the last dimension of a
 tensor whose rows are read as vectors (Q, K, V, G: their last index is a
 compiled-in size such as d or e): such a tensor with a strided last dimension is
 rejected with the fix (``.contiguous()``) rather than copied behind the caller's
-back. float16 is rejected (this CPU has no fast fp16 arithmetic); float64 and
-bfloat16 are rejected with the conversion to use. Offsets are 32-bit: a tensor
-spanning 2**31 elements or more is rejected.
+back. Offsets are 32-bit: a tensor spanning 2**31 elements or more is rejected.
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ import torch
 from einattn.compiler import Capabilities, KernelPlan, check_capabilities, make_kernel_plan
 from einattn.ir import UnsupportedError
 
-from ..base import (INDEX_LIMIT, Target, check_config, complete_params, hidden_nonfinite, span, threads,
-                    with_statistics)
+from ..base import (INDEX_LIMIT, Target, check_config, complete_params, hidden_nonfinite, io_dtypes, span,
+                    threads, with_statistics)
 from .build import get_kernel
 from .config import CpuConfig, resolve
 from .host import read_cache_sizes
@@ -164,10 +167,12 @@ class CpuBackend:
         inputs = with_statistics(artifact.kp, inputs, sizes, params)
         args = [_check_input(t.name, inputs[t.name], bool(t.indices) and t.indices[-1] in artifact.static)
                 for t in c.inputs]
+        x = dict(zip([t.name for t in c.inputs], args))
+        dtypes = io_dtypes(artifact.kp, x)
         outs = {}
         for o in c.outputs:
             shape = [int(sizes[i]) for i in c.stmt(o).indices]
-            outs[o] = torch.empty(shape, dtype=torch.float32)
+            outs[o] = torch.empty(shape, dtype=dtypes[o])
         if all(t.numel() == 0 for t in outs.values()):
             return outs                    # no query rows (or an empty batch): nothing to compute
         bucket = tuple((i, int(sizes[i])) for i in artifact.static)
@@ -176,22 +181,25 @@ class CpuBackend:
             raise UnsupportedError(f"{c.name}: sizes {', '.join(zero) or 'that empty an output but not all'} "
                                    f"on the cpu target: the kernel compiles these sizes in and needs them >= 1; "
                                    f"target='reference' gives the empty/zero result")
-        artifact = artifact.concrete(sizes, params).for_inputs(dict(zip([t.name for t in c.inputs], args)),
-                                                               sizes, params)
-        fn = artifact.builds.get(bucket)
+        artifact = artifact.concrete(sizes, params).for_inputs(x, sizes, params)
+        names = {k: str(v).removeprefix("torch.") for k, v in dtypes.items() if v != torch.float32}
+        key = (bucket, tuple(sorted(names.items())))
+        fn = artifact.builds.get(key)
         if fn is None:
-            fn = artifact.builds[bucket] = get_kernel(artifact, dict(bucket))
+            fn = artifact.builds[key] = get_kernel(artifact, dict(bucket), names)
         ws = []
         if artifact.config.KV_SPLITS > 1:       # a slot per (task, part) for the parts' states
             ws = [torch.empty(workspace_numel(artifact.kp, artifact.config, dict(bucket), sizes),
                               dtype=torch.float32)]
-        _check_offsets(list(zip([t.name for t in c.inputs], args)) + list(outs.items())
-                       + [("the KV_SPLITS workspace", w) for w in ws])
-        run_kernel(fn, (*args, *outs.values(), *ws, *[float(params[p.name]) for p in c.params]),
-                   threads())
+        _check_offsets(list(x.items()) + list(outs.items()) + [("the KV_SPLITS workspace", w) for w in ws])
+        run_kernel(fn, (*map(_bits, args), *map(_bits, outs.values()), *ws,
+                        *[float(params[p.name]) for p in c.params]), threads())
         return outs
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """What the kernel is passed for ``t``: bf16 as its uint16 bit patterns (``expr.STORAGE``)."""
+    return t.view(torch.uint16) if t.dtype == torch.bfloat16 else t
 
 
 # -- inputs --------------------------------------------------------------------------
@@ -200,12 +208,11 @@ def _check_input(name: str, t: torch.Tensor, unit_last: bool) -> torch.Tensor:
     if t.device.type != "cpu":
         raise UnsupportedError(f"input '{name}' is on {t.device}; the cpu target runs on CPU tensors "
                                f"(move it with .cpu() or compile for a GPU target)")
-    if t.dtype != torch.float32:
-        fix = {torch.float16: "this CPU has no fast fp16 arithmetic; convert with .float()",
-               torch.bfloat16: "bf16 inputs are not supported yet; convert with .float()",
-               torch.float64: "the kernel computes in float32; convert with .float() "
+    if t.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        fix = {torch.float64: "the kernel computes in float32; convert with .float() "
                               "(or use target='reference' for float64)"}.get(t.dtype, "convert with .float()")
-        raise UnsupportedError(f"input '{name}' is {t.dtype}; the cpu target takes float32 tensors: {fix}")
+        raise UnsupportedError(f"input '{name}' is {t.dtype}; the cpu target takes float32, bfloat16 and "
+                               f"float16 tensors: {fix}")
     if unit_last and t.stride(-1) != 1:
         if t.size(-1) == 1:               # the stride of a size-1 dim is irrelevant: a zero-copy view
             return t.as_strided(t.shape, t.stride()[:-1] + (1,))

@@ -48,8 +48,8 @@ def code_hash() -> str:
     return _CODE_HASH
 
 
-def cache_key(art, static: dict[str, int]) -> tuple[str, dict]:
-    fields = {"spec": art.spec_hash, "shape": sorted(static.items()), "dtype": "float32",
+def cache_key(art, static: dict[str, int], dtypes: dict | None = None) -> tuple[str, dict]:
+    fields = {"spec": art.spec_hash, "shape": sorted(static.items()), "dtype": sorted((dtypes or {}).items()),
               "config": dataclasses.asdict(art.config), "target": host().fingerprint(),
               "code": code_hash(), "tvm": _tvm_version(), "skip": art.skip,
               "layout": 2}        # layout 2: sidecars hold the library's sha256
@@ -65,10 +65,11 @@ def _tvm_version() -> str:
         return "unknown"
 
 
-def get_kernel(art, static: dict[str, int]):
-    """The built kernel for a shape bucket: from memory, else the disk cache, else a build."""
-    key, fields = cache_key(art, static)
-    return get_built(key, fields, lambda: build_source(art, static))
+def get_kernel(art, static: dict[str, int], dtypes: dict | None = None):
+    """The built kernel for a shape bucket and the dtypes of the inputs and outputs that are not
+    float32: from memory, else the disk cache, else a build."""
+    key, fields = cache_key(art, static, dtypes)
+    return get_built(key, fields, lambda: build_source(art, static, dtypes))
 
 
 def get_built(key: str, fields: dict, source):
@@ -114,8 +115,8 @@ def load_library(path: Path):
     return _runtime().load_module(str(path))
 
 
-def build_source(art, static: dict[str, int]) -> str:
-    return render(art.kp, art.config, static, host().fp32_lanes)
+def build_source(art, static: dict[str, int], dtypes: dict | None = None) -> str:
+    return render(art.kp, art.config, static, host().fp32_lanes, dtypes)
 
 
 def build_module(source: str):

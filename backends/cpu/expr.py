@@ -32,7 +32,7 @@ from einattn.backends.printer import ExprPrinter, needs_sub_rule
 from einattn.compiler.infinity import Flags, inf_flags
 from einattn.ir import Expr, Op, UnsupportedError
 
-__all__ = ["Ctx", "Lowered", "fconst", "inf_flags", "lower"]   # inf_flags: re-exported for render.py
+__all__ = ["STORAGE", "Ctx", "Lowered", "fconst", "inf_flags", "load_text", "lower", "store_text"]   # inf_flags: re-exported for render.py
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -78,6 +78,7 @@ class Ctx:
     mask: tuple[Expr, bool] | None = None
     tag: str = "s"
     rows_first: bool = False       # tiles are t_X[row, key] (the decode program) instead of [key, row]
+    loads: Mapping[str, str] = field(default_factory=dict)   # input -> its dtype where not float32
 
 
 @dataclass
@@ -97,6 +98,31 @@ def lower(e: Expr, ctx: Ctx) -> Lowered:
     p = _Printer(ctx)
     v = p.expr(e, ctx)
     return Lowered(p.lines, p.scratch, v)
+
+
+# -- storage dtypes ---------------------------------------------------------------------
+# bf16 tensors reach the kernel as their uint16 bit patterns (TVM 0.27 legalises bfloat16 values
+# to fp32 arithmetic and to uint16 storage, which keeps the dot-product intrinsic from them):
+# a load widens by shifting into the high half of an fp32, a store rounds to nearest even with
+# integer operations (NaN kept quiet). fp16 is TVM's float16: LLVM converts it with F16C.
+STORAGE = {"float32": "float32", "bfloat16": "uint16", "float16": "float16"}
+
+
+def load_text(dtype: str, x: str) -> str:
+    """TIR text of the fp32 value of the element ``x`` of a ``dtype`` tensor."""
+    if dtype == "bfloat16":
+        return f'T.reinterpret("float32", T.shift_left(T.Cast("uint32", {x}), T.uint32(16)))'
+    return f'T.Cast("float32", {x})' if dtype == "float16" else x
+
+
+def store_text(dtype: str, x: str) -> str:
+    """TIR text of the fp32 value ``x`` (a buffer element: it is read more than once) rounded to
+    ``dtype``'s storage."""
+    if dtype == "bfloat16":
+        u = f'T.reinterpret("uint32", {x})'
+        rne = f"T.shift_right({u} + T.uint32(32767) + T.bitwise_and(T.shift_right({u}, T.uint32(16)), T.uint32(1)), T.uint32(16))"
+        return f'T.Select(T.isnan({x}), T.uint16(32704), T.Cast("uint16", {rne}))'
+    return f'T.Cast("float16", {x})' if dtype == "float16" else x
 
 
 def fconst(v: float) -> str:
@@ -166,7 +192,7 @@ class _Printer(ExprPrinter):
                                        f"kernel (available: {', '.join(sorted(c.coords))})")
             x = c.coords[s.index]
             parts.append(x if s.div is None else f"T.floordiv({x}, T.Cast(\"int32\", p_{s.div}))")
-        return f"in_{name}[{', '.join(parts)}]"
+        return load_text(c.loads.get(name, "float32"), f"in_{name}[{', '.join(parts)}]")
 
     # -- what differs from the shared rules -----------------------------------
     def sub(self, e: Expr, at: Ctx) -> str:

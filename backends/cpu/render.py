@@ -41,9 +41,10 @@ def _template():
 
 # -- entry point --------------------------------------------------------------------
 
-def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int) -> str:
-    """TVMScript source of the fused forward kernel (one ``main`` prim_func)."""
+def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int, dtypes=None) -> str:
+    """TVMScript source of the fused forward kernel (one ``main`` prim_func); ``dtypes`` names
+    the inputs and outputs that are not float32 (``io_dtypes``)."""
     cfg.check(vec)
     cfg.check_plan(kp)
-    view = (DecodeView if cfg.decode else KernelView)(kp, cfg, static, vec)
+    view = (DecodeView if cfg.decode else KernelView)(kp, cfg, static, vec, dtypes)
     return _template().render(k=view, cfg=view.cfg, lower=lower, VEC=vec)

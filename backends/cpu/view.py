@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Mapping
 
 from einattn.compiler import Kind, KernelPlan
 from einattn.compiler.infinity import input_flags
@@ -41,7 +42,7 @@ from einattn.compiler.splits import merges as split_merges
 from einattn.ir import Expr, Op, Reduce, Sub
 
 from .config import CpuConfig
-from .expr import Ctx, fconst, inf_flags, lower
+from .expr import STORAGE, Ctx, fconst, inf_flags, lower, store_text
 
 
 # -- the view the template loops over -------------------------------------------------
@@ -84,9 +85,13 @@ class PassView:
 class KernelView:
     """Everything the template needs, derived from a KernelPlan, static sizes and the config."""
 
-    def __init__(self, kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int):
+    def __init__(self, kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int,
+                 dtypes: Mapping[str, str] | None = None):
         self.kp, self.cfg, self.static, self.vec = kp, cfg, dict(static), vec
         c = kp.cascade
+        # the dtype of each input and output where it is not float32 (``io_dtypes``)
+        self.dtypes = {k: v for k, v in (dtypes or {}).items() if v != "float32"}
+        self.loads = {t.name: self.dtypes[t.name] for t in c.inputs if t.name in self.dtypes}
         self.c = c
         # inputs may hold +-inf (and NaN): the masked-row rules are printed wherever an input
         # can reach them (a compare and a blend, small next to the dot products)
@@ -109,9 +114,11 @@ class KernelView:
             unit = bool(t.indices) and t.indices[-1] in self.static
             svars = [f"st_{t.name}_{k}" for k in range(len(t.indices) - (1 if unit else 0))]
             strides = svars + (["1"] if unit else [])
-            self.inputs.append({"name": t.name, "shape": _tup(shape), "stride_vars": svars, "strides": _tup(strides)})
+            self.inputs.append({"name": t.name, "shape": _tup(shape), "stride_vars": svars, "strides": _tup(strides),
+                                "dtype": STORAGE[self.dtypes.get(t.name, "float32")]})
         self.outputs = [{"name": o, "shape": _tup([self.size(i) for i in c.stmt(o).indices]),
-                         "dims": c.stmt(o).indices} for o in c.outputs]
+                         "dims": c.stmt(o).indices, "dtype": STORAGE[self.dtypes.get(o, "float32")]}
+                        for o in c.outputs]
         self.params = [p.name for p in c.params]
         self.operand_at, self.row_valid = self.operand_layout()
         self.splits = cfg.KV_SPLITS
@@ -160,7 +167,7 @@ class KernelView:
             F = self.static[op.contract]
             self.buffers.append({"name": f"a_{op.name}", "shape": _tup(self.operand_shape(F))})
             ctx = Ctx(coords=self.coords(m=f"T.min(m0 + li, {self.size(q)} - 1)", f="lf", fname=op.contract),
-                      local={}, lane="lf", lanes=1, fast=False, tag=f"sa_{op.name}_")
+                      local={}, lane="lf", lanes=1, fast=False, tag=f"sa_{op.name}_", loads=self.loads)
             self.scores.append({"name": op.name, "F": F, "a": op.query_read, "scalars": op.scalars, "ctx": ctx,
                                 "ctx1": dataclasses.replace(ctx, tag=f"sc_{op.name}_")})
         self.prologue = [self.row_op(op, "pro") for op in kp.prologue]
@@ -173,7 +180,7 @@ class KernelView:
             feat = [d for d in dims if d not in self.rowdims]
             self.stores.append({"name": o["name"], "feat": [(f"l_{d}", self.static[d]) for d in feat],
                                 "dst": ", ".join(self.coord_out(d) for d in dims),
-                                "src": self.row_ref(o["name"])})
+                                "src": store_text(self.dtypes.get(o["name"], "float32"), self.row_ref(o["name"]))})
 
     # -- what the decode program (decode.py) changes ------------------------------
     decode = False
@@ -248,7 +255,7 @@ class KernelView:
         local.update(local_extra or {})
         return Ctx(coords=coords, local=local, lane=lane, lanes=lanes, fast=fast, tiles=frozenset(self.tiles),
                    rows=dict(self.rows), flags=self.input_flags | dict(flags), mask=mask, tag=tag, alias=dict(alias or {}),
-                   rows_first=self.rows_first)
+                   rows_first=self.rows_first, loads=self.loads)
 
     def row_op(self, op, where: str, flags: dict | None = None) -> OpView:
         """A per-row statement, computed for the valid rows (epilogue, prologue): elementwise, or

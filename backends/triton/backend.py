@@ -44,11 +44,12 @@ import torch
 
 from einattn.compiler.capabilities import Capabilities, check_capabilities
 from einattn.compiler.decode import pack_refusal, packing
-from einattn.compiler.kernel_plan import Kind, KernelPlan, make_kernel_plan
+from einattn.compiler.kernel_plan import KernelPlan, make_kernel_plan
 from einattn.compiler.splits import split_refusal
 from einattn.ir import BackendUnavailable, EinattnError, UnsupportedError
 
-from ..base import INDEX_LIMIT, Target, Workload, complete_params, hidden_nonfinite, span, with_statistics
+from ..base import (INDEX_LIMIT, Target, Workload, complete_params, dot_dtype, hidden_nonfinite, span,
+                    with_statistics)
 from .abi import constexpr_values, dot_precision, output_dtype, workspace_shapes
 from .aot import check_slice_offsets, compile_kernel
 from .config import TritonConfig, _params, check_compiled, check_config, parse_config
@@ -338,21 +339,6 @@ def check_inputs(artifact: TritonArtifact, inputs: dict, device: torch.device) -
             raise UnsupportedError(f"input '{k}' is {v.dtype}; the {artifact.target} target takes float32, "
                                    f"float16 or bfloat16 tensors: {fix}")
     return dict(inputs)
-
-
-def dot_dtype(kp: KernelPlan, x: dict) -> torch.dtype:
-    """The one dtype of the dot products' operands (Q, K, V...); other inputs may differ (they
-    are read in fp32). Outputs with the value index take this dtype."""
-    reads = [e for p in kp.passes for op in p.loop
-             for e in ((op.query_read, op.key_read) if op.kind is Kind.SCORE else
-                       (op.value_read,) if op.kind is Kind.VALUE else ())]
-    names = list(dict.fromkeys(e.arg[0] for e in reads if e.arg[0] in x))
-    dts = {n: x[n].dtype for n in names}
-    if len(set(dts.values())) > 1:
-        found = ", ".join(f"{n}: {str(d).replace('torch.', '')}" for n, d in dts.items())
-        raise UnsupportedError(f"'{kp.cascade.name}': the inputs of the dot products must share one dtype, "
-                               f"found {found}; convert them to one (e.g. .half() or .float())")
-    return next(iter(dts.values()), torch.float32)
 
 
 def check_offsets(artifact: TritonArtifact, x: dict, outs: dict, grid_n: int) -> None:
