@@ -42,7 +42,7 @@ def code_hash() -> str:
     if _CODE_HASH is None:
         here = Path(__file__).resolve().parent
         h = hashlib.sha256(template_hash().encode())
-        for f in ("render.py", "view.py", "decode.py", "expr.py", "config.py", "../printer.py"):
+        for f in ("render.py", "view.py", "decode.py", "expr.py", "pairs.py", "config.py", "../printer.py"):
             h.update((here / f).read_bytes())
         _CODE_HASH = h.hexdigest()[:16]
     return _CODE_HASH
@@ -50,6 +50,7 @@ def code_hash() -> str:
 
 def cache_key(art, static: dict[str, int], dtypes: dict | None = None) -> tuple[str, dict]:
     fields = {"spec": art.spec_hash, "shape": sorted(static.items()), "dtype": sorted((dtypes or {}).items()),
+              "bf16_dot": host().has_bf16,
               "config": dataclasses.asdict(art.config), "target": host().fingerprint(),
               "code": code_hash(), "tvm": _tvm_version(), "skip": art.skip,
               "layout": 2}        # layout 2: sidecars hold the library's sha256
@@ -116,7 +117,7 @@ def load_library(path: Path):
 
 
 def build_source(art, static: dict[str, int], dtypes: dict | None = None) -> str:
-    return render(art.kp, art.config, static, host().fp32_lanes, dtypes)
+    return render(art.kp, art.config, static, host().fp32_lanes, dtypes, host().has_bf16)
 
 
 def build_module(source: str):

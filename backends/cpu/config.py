@@ -20,6 +20,7 @@ from .host import CacheSizes, HostCpu, read_cache_sizes
 
 RESERVED_REGISTERS = 4        # a register tile leaves these for its operands (broadcast, loads)
 MAX_KV_SPLITS = 64
+DOTS = ("auto", "fp32")       # DOT: the bf16 products on vdpbf16ps where possible, or widened
 MAX_DECODE_ROWS = 64          # PACK x BLOCK_M of a decode row block
 
 
@@ -37,6 +38,9 @@ class CpuConfig:
     BLOCK_M query rows, vectorised along the keys), ``auto`` (chosen per call by the
     query length; in a decode call the keys not given are chosen per call too).
     ``PACK`` heads per decode row block (0: chosen per call, ``compiler.decode.pack_size``).
+    ``DOT`` ``auto``: bf16 score and value products run on vdpbf16ps where the host has it
+    (``pairs.py``: P rounded to bf16); ``fp32``: their operands are widened to fp32 (the tile
+    program; the decode program always widens).
     The defaults keep 16 AVX-512 accumulators per register tile.
     """
     BLOCK_M: int = 64
@@ -48,12 +52,13 @@ class CpuConfig:
     KV_SPLITS: int = 1
     PROGRAM: str = "auto"
     PACK: int = 0
+    DOT: str = "auto"
 
     AUTO_KEYS = ("PACK",)      # ints where 0 means "chosen per call"
 
     @staticmethod
     def keys() -> dict[str, type]:
-        return {f.name: (str if f.name == "PROGRAM" else int) for f in dataclasses.fields(CpuConfig)}
+        return {f.name: (str if f.name in ("PROGRAM", "DOT") else int) for f in dataclasses.fields(CpuConfig)}
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -74,6 +79,7 @@ class CpuConfig:
             (1 <= self.KV_SPLITS <= MAX_KV_SPLITS, f"KV_SPLITS={self.KV_SPLITS} must be in 1..{MAX_KV_SPLITS}"),
             (self.PROGRAM in PROGRAMS, f"PROGRAM={self.PROGRAM!r} must be one of {', '.join(PROGRAMS)}"),
             (0 <= self.PACK <= MAX_PACK, f"PACK={self.PACK} must be in 0..{MAX_PACK} (0: chosen per call)"),
+            (self.DOT in DOTS, f"DOT={self.DOT!r} must be one of {', '.join(DOTS)}"),
         ]
         if self.decode:
             rules += [

@@ -26,12 +26,12 @@ class DecodeView(KernelView):
     decode = True
     rows_first = True
 
-    def __init__(self, kp, cfg: CpuConfig, static: dict[str, int], vec: int, dtypes=None):
+    def __init__(self, kp, cfg: CpuConfig, static: dict[str, int], vec: int, dtypes=None, bf16_dot: bool = False):
         assert cfg.decode and cfg.PACK >= 1, cfg
         self.mq, self.pack = cfg.BLOCK_M, cfg.PACK
         self.packed = packing(kp).index if cfg.PACK > 1 else None
         # the template's rows: the whole row block
-        super().__init__(kp, dataclasses.replace(cfg, BLOCK_M=cfg.rows()), static, vec, dtypes)
+        super().__init__(kp, dataclasses.replace(cfg, BLOCK_M=cfg.rows()), static, vec, dtypes, False)
         for p in self.passes:                     # the score's chunks along the contraction
             for v in p.fast + p.general:
                 if v.kind == "SCORE":

@@ -32,7 +32,7 @@ from einattn.backends.printer import ExprPrinter, needs_sub_rule
 from einattn.compiler.infinity import Flags, inf_flags
 from einattn.ir import Expr, Op, UnsupportedError
 
-__all__ = ["STORAGE", "Ctx", "Lowered", "fconst", "inf_flags", "load_text", "lower", "store_text"]   # inf_flags: re-exported for render.py
+__all__ = ["STORAGE", "Ctx", "Lowered", "fconst", "inf_flags", "input_ref", "load_text", "lower", "store_text"]   # inf_flags: re-exported for render.py
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -106,6 +106,20 @@ def lower(e: Expr, ctx: Ctx) -> Lowered:
 # a load widens by shifting into the high half of an fp32, a store rounds to nearest even with
 # integer operations (NaN kept quiet). fp16 is TVM's float16: LLVM converts it with F16C.
 STORAGE = {"float32": "float32", "bfloat16": "uint16", "float16": "float16"}
+
+
+def input_ref(e: Expr, coords: Mapping[str, str]) -> str:
+    """TIR text of the stored element (not widened: ``load_text``) of the input read ``e`` at the
+    integer ``coords`` of its indices."""
+    name, subs = e.arg
+    parts = []
+    for s in subs:
+        if s.index not in coords:
+            raise UnsupportedError(f"index '{s.index}' of '{e}' is not available in this part of the CPU "
+                                   f"kernel (available: {', '.join(sorted(coords))})")
+        x = coords[s.index]
+        parts.append(x if s.div is None else f"T.floordiv({x}, T.Cast(\"int32\", p_{s.div}))")
+    return f"in_{name}[{', '.join(parts)}]"
 
 
 def load_text(dtype: str, x: str) -> str:
@@ -185,14 +199,7 @@ class _Printer(ExprPrinter):
             return f"r_{name}[{', '.join(idx)}]"
         if e in c.staged:
             return f"{c.staged[e]}[{c.local['__query']}, {c.local['__key']}]"
-        parts = []
-        for s in subs:
-            if s.index not in c.coords:
-                raise UnsupportedError(f"index '{s.index}' of '{e}' is not available in this part of the CPU "
-                                       f"kernel (available: {', '.join(sorted(c.coords))})")
-            x = c.coords[s.index]
-            parts.append(x if s.div is None else f"T.floordiv({x}, T.Cast(\"int32\", p_{s.div}))")
-        return load_text(c.loads.get(name, "float32"), f"in_{name}[{', '.join(parts)}]")
+        return load_text(c.loads.get(name, "float32"), input_ref(e, c.coords))
 
     # -- what differs from the shared rules -----------------------------------
     def sub(self, e: Expr, at: Ctx) -> str:

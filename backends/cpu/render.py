@@ -10,6 +10,7 @@ import importlib.resources
 
 from einattn.compiler import KernelPlan
 
+from . import pairs
 from .config import CpuConfig
 from .decode import DecodeView
 from .expr import lower
@@ -41,10 +42,13 @@ def _template():
 
 # -- entry point --------------------------------------------------------------------
 
-def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int, dtypes=None) -> str:
+def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int, dtypes=None,
+           bf16_dot: bool = False) -> str:
     """TVMScript source of the fused forward kernel (one ``main`` prim_func); ``dtypes`` names
-    the inputs and outputs that are not float32 (``io_dtypes``)."""
+    the inputs and outputs that are not float32 (``io_dtypes``); ``bf16_dot``: the host runs
+    vdpbf16ps (``pairs.py``)."""
     cfg.check(vec)
     cfg.check_plan(kp)
-    view = (DecodeView if cfg.decode else KernelView)(kp, cfg, static, vec, dtypes)
-    return _template().render(k=view, cfg=view.cfg, lower=lower, VEC=vec)
+    view = (DecodeView if cfg.decode else KernelView)(kp, cfg, static, vec, dtypes,
+                                                       pairs.usable(bf16_dot, vec))
+    return _template().render(k=view, cfg=view.cfg, lower=lower, VEC=vec, pairs=pairs)

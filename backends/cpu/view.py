@@ -42,7 +42,8 @@ from einattn.compiler.splits import merges as split_merges
 from einattn.ir import Expr, Op, Reduce, Sub
 
 from .config import CpuConfig
-from .expr import STORAGE, Ctx, fconst, inf_flags, lower, store_text
+from . import pairs
+from .expr import STORAGE, Ctx, fconst, inf_flags, input_ref, lower, store_text
 
 
 # -- the view the template loops over -------------------------------------------------
@@ -65,6 +66,7 @@ class OpView:
     F: int = 0                      # SCORE: contraction size
     reduces: list = dataclasses.field(default_factory=list)     # MAP: ROW_REDUCEs done in its loop
     fused: bool = False             # ROW_REDUCE: done in the preceding MAP's loop
+    pair: dict | None = None        # SCORE, VALUE: the texts of the vdpbf16ps form (pairs.py)
 
 
 @dataclass
@@ -86,8 +88,10 @@ class KernelView:
     """Everything the template needs, derived from a KernelPlan, static sizes and the config."""
 
     def __init__(self, kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int,
-                 dtypes: Mapping[str, str] | None = None):
+                 dtypes: Mapping[str, str] | None = None, bf16_dot: bool = False):
         self.kp, self.cfg, self.static, self.vec = kp, cfg, dict(static), vec
+        # bf16 contractions on vdpbf16ps (pairs.py) where the host has it and the config allows
+        self.pairs = bf16_dot and cfg.DOT == "auto" and not self.decode
         c = kp.cascade
         # the dtype of each input and output where it is not float32 (``io_dtypes``)
         self.dtypes = {k: v for k, v in (dtypes or {}).items() if v != "float32"}
@@ -168,8 +172,16 @@ class KernelView:
             self.buffers.append({"name": f"a_{op.name}", "shape": _tup(self.operand_shape(F))})
             ctx = Ctx(coords=self.coords(m=f"T.min(m0 + li, {self.size(q)} - 1)", f="lf", fname=op.contract),
                       local={}, lane="lf", lanes=1, fast=False, tag=f"sa_{op.name}_", loads=self.loads)
+            pack = None
+            if self.score_pairs(op):
+                self.buffers.append({"name": f"a2_{op.name}", "shape": _tup([str(F // 2), str(cfg.BLOCK_M)]),
+                                     "dtype": "int32"})
+                pack = pairs.pack_rounded(f"a_{op.name}[2 * lf2, li]", f"a_{op.name}[2 * lf2 + 1, li]")
             self.scores.append({"name": op.name, "F": F, "a": op.query_read, "scalars": op.scalars, "ctx": ctx,
-                                "ctx1": dataclasses.replace(ctx, tag=f"sc_{op.name}_")})
+                                "ctx1": dataclasses.replace(ctx, tag=f"sc_{op.name}_"), "pack": pack})
+        self.value_pairs = {op.name: self.add_value_pairs(op) for p in kp.passes for op in p.loop
+                            if op.kind is Kind.VALUE and self.value_pairs_ok(op)}
+        self.dot_ir = repr(pairs.IR) if (any(s["pack"] for s in self.scores) or self.value_pairs) else None
         self.prologue = [self.row_op(op, "pro") for op in kp.prologue]
         self._staged: dict[int, dict] = {}
         self.passes = [self.pass_view(p) for p in kp.passes]
@@ -355,6 +367,9 @@ class KernelView:
             if op.kind is Kind.SCORE:
                 v = OpView("SCORE", op.name, b=op.key_read, bctx=self.score_key_ctx(op, tag, fast, m_c),
                            F=self.static[op.contract])
+                if self.score_pairs(op):
+                    coords = self.score_key_coords(op, fast, m_c, "T.ramp(2 * lf2, 1, 2)")
+                    v.pair = {"k": pairs.pair_load(input_ref(op.key_read, coords))}
                 flags[op.name] = (True, True)            # inputs may be infinite
             elif op.kind is Kind.MAP:
                 e = sub(op.expr)
@@ -387,6 +402,11 @@ class KernelView:
                                                                  extra={e_name: f"{e0} + ee"} | self.key_side())))
                             for e0, ew in self.e_chunks(op.value_index)]
                 v.w_at = self.weight_at()
+                v.pair = self.value_pairs.get(op.name)
+                if v.pair:
+                    w0, w1 = f"{v.weights}[2 * lj2, li]", f"{v.weights}[2 * lj2 + 1, li]"
+                    v.pair = v.pair | {"p": pairs.pack(store_text("bfloat16", w0), f"T.Select(2 * lj2 + 1 < {nkeys}, "
+                                                       f"{store_text('bfloat16', w1)}, T.uint16(0))")}
             if op.kind in (Kind.ROW_REDUCE, Kind.VALUE):
                 for m, base in op.rescale:
                     if m not in corr_done:
@@ -421,12 +441,45 @@ class KernelView:
 
     def score_key_ctx(self, op, tag: str, fast: bool, m_c: str) -> Ctx:
         """The key-side operand of a score: one key's row per ``jj`` of the register tile."""
-        cfg = self.cfg
-        n_k = "n0 + jt * {RJ} + jj".format(RJ=cfg.SCORE_RJ)
+        return self.ctx(tag=tag + "k", lane="ii", lanes=self.cfg.SCORE_RI, fast=True, flags={},
+                        coords=self.score_key_coords(op, fast, m_c, "lf"))
+
+    def score_key_coords(self, op, fast: bool, m_c: str, f: str) -> dict:
+        n_k = "n0 + jt * {RJ} + jj".format(RJ=self.cfg.SCORE_RJ)
         if not fast:
             n_k = f"T.min({n_k}, {self.size(self.kp.key)} - 1)"
-        return self.ctx(tag=tag + "k", lane="ii", lanes=cfg.SCORE_RI, fast=True, flags={},
-                        coords=self.coords(m=m_c, n=n_k, f="lf", fname=op.contract))
+        return self.coords(m=m_c, n=n_k, f=f, fname=op.contract)
+
+    # -- bf16 pair dot products (pairs.py) ------------------------------------------
+    def _bf16_read(self, e: Expr, last: str) -> bool:
+        """``e`` reads a bf16 input whose last index is ``last`` (its pairs adjacent in memory)."""
+        name, subs = e.arg
+        return self.loads.get(name) == "bfloat16" and subs[-1].index == last and subs[-1].div is None
+
+    def score_pairs(self, op) -> bool:
+        """Whether the score ``op`` runs on vdpbf16ps: bf16 operands and an even contraction size."""
+        return (self.pairs and self.static[op.contract] % 2 == 0 and self._bf16_read(op.key_read, op.contract)
+                and self._bf16_read(op.query_read, op.contract))
+
+    def value_pairs_ok(self, op) -> bool:
+        """Whether the value product ``op`` runs on vdpbf16ps: a bf16 value read, register tiles of
+        whole vectors, an even key tile."""
+        return (self.pairs and self._bf16_read(op.value_read, op.value_index) and self.cfg.BLOCK_N % 2 == 0
+                and all(ew % pairs.LANES == 0 for _, ew in self.e_chunks(op.value_index)))
+
+    def add_value_pairs(self, op) -> dict:
+        """The packed V and P tiles of a value product and the texts that fill V's."""
+        cfg, e = self.cfg, op.value_index
+        E = self.static[e]
+        self.buffers.append({"name": f"v2_{op.name}", "shape": _tup([str(cfg.BLOCK_N // 2), str(E)]),
+                             "dtype": "int32"})
+        self.buffers.append({"name": f"p2_{op.name}", "shape": _tup([str(cfg.BLOCK_N // 2), str(cfg.BLOCK_M)]),
+                             "dtype": "int32"})
+
+        def ref(n: str) -> str:
+            return input_ref(op.value_read, self.coords(n=n, extra={e: "ee"}))
+        return {"E": E, "v": pairs.pack(ref("n0 + 2 * lj2"), ref("n0 + 2 * lj2 + 1")),
+                "v_last": f'T.Cast("int32", {ref("n0 + nv - 1")})'}
 
     def key_coord(self, fast: bool) -> str:
         """The key of lane ``lj`` in a tile expression (the loops stop at the last valid key)."""
