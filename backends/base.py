@@ -110,7 +110,15 @@ def all_finite(t) -> bool:
         import numpy as np
         with np.errstate(all="ignore"):      # inf - inf in the sum is the answer, not a warning
             return bool(np.isfinite(np.add.reduce(t.detach().numpy(), axis=None)))
+    if t.device.type == "cpu" and t.dtype in _EXPONENT:
+        # 16-bit floats: the largest magnitude's bits below the all-ones exponent (exact, no sum)
+        import numpy as np
+        bits = t.detach().view(torch.uint16).numpy()
+        return int(np.bitwise_and(bits, 0x7FFF).max()) < _EXPONENT[t.dtype]
     return bool(torch.isfinite(t.detach().sum(dtype=torch.float32)))
+
+
+_EXPONENT = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}     # the bits of +inf
 
 
 def _all_finite_many(ts: list) -> bool:

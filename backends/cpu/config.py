@@ -16,6 +16,7 @@ from einattn.compiler.decode import MAX_PACK, PROGRAMS
 from einattn.compiler.splits import split_refusal
 from einattn.ir import UnsupportedError
 
+from . import pairs
 from .host import CacheSizes, HostCpu, read_cache_sizes
 
 RESERVED_REGISTERS = 4        # a register tile leaves these for its operands (broadcast, loads)
@@ -170,9 +171,11 @@ class CpuConfig:
         and E at most the widest value;
         ``KV_SPLITS`` in 1, 2, 4, 8 only for a splittable plan whose tasks (grid sizes x query
         tiles) are fewer than 4 x the cores and whose key tiles give every part one.
+        ``DOT`` in auto, fp32 for bf16 workloads on a host with vdpbf16ps (``pairs.py``), else auto.
         For query lengths up to ``DECODE_MAX_ROWS`` also the decode program (:func:`decode_space`).
         Every candidate names its PROGRAM; the default is what an untuned call runs (:func:`resolve`).
-        Size: at most 4 x 4 x 3 x 3 = 144 unsplit candidates (long queries, wide values), about
+        Size: at most 4 x 4 x 3 x 3 = 144 unsplit candidates (long queries, wide values; twice that
+        for bf16 with vdpbf16ps), about
         4 x 9 = 36 per split count for decoding shapes (m <= 16); fewer for narrow values.
         """
         caches = caches or read_cache_sizes()
@@ -200,6 +203,9 @@ class CpuConfig:
                 if not splittable or tasks >= 4 * caches.cores or -(-n // bn) < s:
                     continue
             out.append(CpuConfig(bm, bn, rj, ri, rm, pe, s, PROGRAM="tile"))
+        if workload.dtype == "bfloat16" and pairs.usable(host.has_bf16, vec):
+            # the same tiles with the bf16 products widened to fp32 (the vdpbf16ps ones first)
+            out += [dataclasses.replace(c, DOT="fp32") for c in out]
         sizes = workload.as_dict()
         params = workload_params(kp, sizes)
         if m <= DECODE_MAX_ROWS:

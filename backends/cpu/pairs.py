@@ -28,12 +28,22 @@ from .expr import store_text
 
 LANES = 16                   # fp32 lanes of one vdpbf16ps (zmm)
 NAME = "einattn_dpbf16"
+PACK = "einattn_pack_bf16"
+_ZIP = ", ".join(f"i32 {i}, i32 {i + 16}" for i in range(16))     # lo[0], hi[0], lo[1], hi[1], ...
 IR = (f"define <16 x float> @{NAME}(<16 x float> %acc, <16 x i32> %a, <16 x i32> %b) #0 {{\n"
       "  %x = bitcast <16 x i32> %a to <32 x bfloat>\n"
       "  %y = bitcast <16 x i32> %b to <32 x bfloat>\n"
       "  %r = call <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float> %acc, <32 x bfloat> %x, "
       "<32 x bfloat> %y)\n"
       "  ret <16 x float> %r\n"
+      "}\n"
+      # two fp32 vectors rounded to bf16 (vcvtneps2bf16: nearest even, NaN kept) and interleaved
+      f"define <16 x i32> @{PACK}(<16 x float> %lo, <16 x float> %hi) #0 {{\n"
+      "  %a = fptrunc <16 x float> %lo to <16 x bfloat>\n"
+      "  %b = fptrunc <16 x float> %hi to <16 x bfloat>\n"
+      f"  %z = shufflevector <16 x bfloat> %a, <16 x bfloat> %b, <32 x i32> <{_ZIP}>\n"
+      "  %r = bitcast <32 x bfloat> %z to <16 x i32>\n"
+      "  ret <16 x i32> %r\n"
       "}\n"
       "declare <16 x float> @llvm.x86.avx512bf16.dpbf16ps.512(<16 x float>, <32 x bfloat>, <32 x bfloat>)\n"
       "attributes #0 = { alwaysinline nounwind }\n")
@@ -52,6 +62,11 @@ def pack(lo: str, hi: str) -> str:
 def pack_rounded(lo: str, hi: str) -> str:
     """The slot of two fp32 buffer elements rounded to bf16 (nearest even)."""
     return pack(store_text("bfloat16", lo), store_text("bfloat16", hi))
+
+
+def pack_vector(lo: str, hi: str) -> str:
+    """TIR text of 16 int32 slots of two float32x16 values rounded to bf16 and interleaved."""
+    return f'T.call_pure_extern("int32x{LANES}", "{PACK}", {lo}, {hi})'
 
 
 def pair_load(ref: str) -> str:

@@ -404,9 +404,10 @@ class KernelView:
                 v.w_at = self.weight_at()
                 v.pair = self.value_pairs.get(op.name)
                 if v.pair:
-                    w0, w1 = f"{v.weights}[2 * lj2, li]", f"{v.weights}[2 * lj2 + 1, li]"
-                    v.pair = v.pair | {"p": pairs.pack(store_text("bfloat16", w0), f"T.Select(2 * lj2 + 1 < {nkeys}, "
-                                                       f"{store_text('bfloat16', w1)}, T.uint16(0))")}
+                    lanes = "T.ramp(iv * 16, 1, 16)"
+                    w0, w1 = f"{v.weights}[2 * lj2, {lanes}]", f"{v.weights}[2 * lj2 + 1, {lanes}]"
+                    v.pair = v.pair | {"p": pairs.pack_vector(w0, f"T.Select(2 * lj2 + 1 < {nkeys}, {w1}, "
+                                                                  f"T.Broadcast(T.float32(0.0), 16))")}
             if op.kind in (Kind.ROW_REDUCE, Kind.VALUE):
                 for m, base in op.rescale:
                     if m not in corr_done:

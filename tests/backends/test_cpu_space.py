@@ -53,6 +53,20 @@ def test_default_is_todays_config_on_avx512():
     assert CpuConfig.default(AVX2).validate(AVX2) == []
 
 
+def test_bf16_workloads_time_both_products():
+    """bf16 on a host with vdpbf16ps: each tile config with the pair products and widened (DOT=fp32);
+    fp32 workloads and hosts without AVX512_BF16 get only the default DOT."""
+    kp = kplan("softmax")
+    bf16 = dataclasses.replace(PREFILL, dtype="bfloat16")
+    zen5 = dataclasses.replace(AVX512, mcpu="znver5", has_bf16=True)
+    space = CpuConfig.space(kp, bf16, zen5, CACHES)
+    assert space[0].DOT == "auto"
+    assert {c.DOT for c in space} == {"auto", "fp32"}
+    assert {dataclasses.replace(c, DOT="auto") for c in space if c.DOT == "fp32"} == {c for c in space if c.DOT == "auto"}
+    assert {c.DOT for c in CpuConfig.space(kp, PREFILL, zen5, CACHES)} == {"auto"}
+    assert {c.DOT for c in CpuConfig.space(kp, bf16, AVX512, CACHES)} == {"auto"}
+
+
 def test_decoding_gets_splits_many_tasks_do_not():
     kp = kplan("softmax")
     decode = CpuConfig.space(kp, DECODE, AVX512, CACHES)
