@@ -1,0 +1,115 @@
+"""bf16 on the CPU: einattn's bf16 kernel (``vdpbf16ps`` where the host has it) against its own
+fp32 kernel, SDPA in bf16 and FlexAttention in bf16 (under torch.compile), called round-robin in
+one process.
+
+For each shape (B=1, H=8, N=M, d=e) and each 1-pass zoo variant: median ms and GFLOP/s (useful
+FLOPs, ``einattn.bench.flops.count_flops``: a causal mask halves them) of each implementation,
+einattn bf16's speedup over each, and its share of the bf16 dot-product peak, measured first by
+a probe (``torch.matmul`` 2048^3 in bf16, which oneDNN runs on vdpbf16ps; also the fp32 probe).
+Every output is checked against the float64 reference on the same bf16 inputs (max rel error
+printed). Peers that cannot express a variant are "n/a".
+
+    python benchmarks/bf16.py                                  # N = 2048, 8192; d = 64, 128
+    python benchmarks/bf16.py --n 2048 --d 64 --variants softmax,causal --reps 5
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import einattn
+from einattn.bench.flops import count_flops
+from einattn.bench.harness import bench_inputs
+from einattn.bench.peers import make_peers
+from einattn.bench.timing import time_round_robin
+from einattn.ir import bind_sizes, eval_params
+
+
+def probe(dtype) -> float:
+    a, b = torch.randn(2048, 2048).to(dtype), torch.randn(2048, 2048).to(dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(5))
+    return 2 * 2048 ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def one_pass_variants() -> list[str]:
+    return [n for n in einattn.zoo_names() if einattn.compile(n, target="reference").plan.passes == 1
+            and not n.startswith("linear")]
+
+
+def rel_err(out, want) -> float:
+    out = out[0] if isinstance(out, tuple) else out
+    want = want[0] if isinstance(want, tuple) else want
+    return float((out.double() - want).abs().max() / want.abs().max())
+
+
+def row(name: str, n: int, d: int, reps: int, against: list[str]) -> str:
+    spec = einattn.load_spec(name)
+    shape = {"b": 1, "h": 8, "m": n, "n": n, "d": d, "e": d} | ({"g": 2} if name.endswith("gqa") else {})
+    xb = bench_inputs(spec, shape, torch.bfloat16)
+    x32 = {k: v.float() for k, v in xb.items()}
+    sizes = bind_sizes(spec, {k: tuple(v.shape) for k, v in xb.items()})
+    params = eval_params(spec, sizes, {"W": 256} if name == "sliding_window" else {})
+    over = {"W": 256} if name == "sliding_window" else {}
+    kern = einattn.compile(spec, target="cpu", **over)
+    impls = [{"name": "einattn bf16", "fn": lambda: kern(**xb), "note": ""},
+             {"name": "einattn fp32", "fn": lambda: kern(**x32), "note": ""}]
+    impls += [dict(p, name=f"{p['name']} bf16") for p in make_peers(against, spec, xb, params)]
+    time_round_robin(impls, 1, reps)
+    flops = count_flops(spec, sizes, params)["flops"]
+    ms = {im["name"]: statistics.median(im["times_ms"]) if im.get("times_ms") else None for im in impls}
+    ref = einattn.compile(spec, target="reference", **over)(**{k: v.double() for k, v in xb.items()}) if n <= 2048 else None
+    err = rel_err(impls[0]["out"], ref) if ref is not None else None
+    ours = ms["einattn bf16"]
+    cells = [name]
+    for im in impls:
+        m = ms[im["name"]]
+        cells.append("n/a" if m is None else f"{m:.1f} ({flops / m / 1e6:.0f})")
+    cells += [f"{ms[k] / ours:.2f}x" if ms[k] else "n/a" for k in list(ms)[1:]]
+    cells += [f"{100 * flops / ours / 1e6 / PEAK_BF16:.0f}%", f"{err:.1e}" if err is not None else "-"]
+    return "| " + " | ".join(cells) + " |"
+
+
+PEAK_BF16 = 0.0
+
+
+def main() -> None:
+    global PEAK_BF16
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="*", default=[2048, 8192])
+    ap.add_argument("--d", type=int, nargs="*", default=[64, 128])
+    ap.add_argument("--variants", default="", help="comma-separated zoo names (default: every 1-pass variant)")
+    ap.add_argument("--variants-8192", default="softmax,causal",
+                    help="the variants run at N > 2048 (default softmax,causal; 'all' for every one)")
+    ap.add_argument("--against", default="sdpa,flex")
+    ap.add_argument("--reps", type=int, default=5)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    names = a.variants.split(",") if a.variants else one_pass_variants()
+    against = [p for p in a.against.split(",") if p and p != "none"]
+    for d in a.d:
+        for n in a.n:
+            PEAK_BF16 = probe(torch.bfloat16)
+            print(f"\n### N={n}, d=e={d} (B=1, H=8), threads {torch.get_num_threads()}: torch.matmul 2048^3 "
+                  f"probe {PEAK_BF16:.0f} GFLOP/s bf16, {probe(torch.float32):.0f} GFLOP/s fp32\n")
+            cols = ["einattn bf16", "einattn fp32"] + [f"{p} bf16" for p in against]
+            print("| variant | " + " | ".join(f"{c} ms (GFLOP/s)" for c in cols) + " | "
+                  + " | ".join(f"vs {c}" for c in cols[1:]) + " | of bf16 probe | rel err |")
+            print("|" + " --- |" * (2 * len(cols) + 2))
+            todo = names if n <= 2048 or a.variants_8192 == "all" else \
+                [v for v in a.variants_8192.split(",") if v in names]
+            for name in todo:
+                print(row(name, n, d, a.reps, against), flush=True)
+
+
+if __name__ == "__main__":
+    main()
