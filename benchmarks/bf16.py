@@ -15,17 +15,24 @@ printed). Peers that cannot express a variant are "n/a".
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import torch
+# thread pools that sleep after a call, as `einattn bench` sets them (before torch is loaded):
+# a pool left spinning takes the cores from whichever implementation is timed next
+os.environ.update({"OMP_WAIT_POLICY": "PASSIVE", "TVM_THREAD_POOL_SPIN_COUNT": "0"})
 
-import einattn
-from einattn.bench.flops import count_flops
-from einattn.bench.harness import bench_inputs
-from einattn.bench.peers import make_peers
-from einattn.bench.timing import time_round_robin
-from einattn.ir import bind_sizes, eval_params
+import torch  # noqa: E402
+
+import einattn  # noqa: E402
+from einattn.bench.flops import count_flops  # noqa: E402
+from einattn.bench.harness import bench_inputs  # noqa: E402
+from einattn.bench.peers import make_peers  # noqa: E402
+from einattn.bench.timing import ENV, time_round_robin  # noqa: E402
+from einattn.ir import bind_sizes, eval_params  # noqa: E402
+
+assert ENV.items() <= os.environ.items(), ENV
 
 
 def probe(dtype) -> float:
@@ -42,8 +49,18 @@ def _timed(fn) -> float:
 
 
 def one_pass_variants() -> list[str]:
-    return [n for n in einattn.zoo_names() if einattn.compile(n, target="reference").plan.passes == 1
-            and not n.startswith("linear")]
+    """The zoo's 1-pass variants that run the attention kernel (linear ones run the scan:
+    benchmarks/linear.py)."""
+    from einattn.compiler.linear import NotLinear, linear_form
+    out = []
+    for n in einattn.zoo_names():
+        if einattn.compile(n, target="reference").plan.passes != 1:
+            continue
+        try:
+            linear_form(einattn.load_spec(n))
+        except NotLinear:
+            out.append(n)
+    return out
 
 
 def rel_err(out, want) -> float:

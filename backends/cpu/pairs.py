@@ -6,9 +6,10 @@ therefore takes two consecutive values of its summed index in one 32-bit slot of
 (low half the even one):
 
 - the score ``S = Q K^T`` (summed over the contraction index f): the query-side operand
-  ``a_S[f, i]`` (the template's, scale folded in) is rounded to bf16 and packed once per task
-  to ``a2_S[f / 2, i]``; a key row's pair ``K[n, 2f'], K[n, 2f' + 1]`` is adjacent in memory:
-  one 32-bit load broadcast to the 16 lanes. f must be even.
+  ``a_S[f, i]`` (the template's, without the scalars: bf16 exactly) is packed once per task to
+  ``a2_S[f / 2, i]``; a key row's pair ``K[n, 2f'], K[n, 2f' + 1]`` is adjacent in memory: one
+  32-bit load broadcast to the 16 lanes. The products are exact in fp32; the score's scalars
+  (the softmax scale) multiply the accumulated tile. f must be even.
 - the value product ``O += P V`` (summed over the keys n): per key tile, V's rows ``2n', 2n'+1``
   are interleaved to ``v2[n', e]`` (the bits as given), and P is rounded to bf16 (as
   FlashAttention does on GPUs) and packed to ``p2[n', i]``, one pair broadcast per row; an odd

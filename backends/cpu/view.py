@@ -176,6 +176,7 @@ class KernelView:
             if self.score_pairs(op):
                 self.buffers.append({"name": f"a2_{op.name}", "shape": _tup([str(F // 2), str(cfg.BLOCK_M)]),
                                      "dtype": "int32"})
+                self.buffers.append({"name": f"s_{op.name}", "shape": "(1,)"})
                 pack = pairs.pack_rounded(f"a_{op.name}[2 * lf2, li]", f"a_{op.name}[2 * lf2 + 1, li]")
             self.scores.append({"name": op.name, "F": F, "a": op.query_read, "scalars": op.scalars, "ctx": ctx,
                                 "ctx1": dataclasses.replace(ctx, tag=f"sc_{op.name}_"), "pack": pack})

@@ -97,3 +97,11 @@ def test_extreme_values(name, value):
         want = ref(**{n: t.double() for n, t in y.items()})
         for g, w in zip(as_tuple(k(**y)), as_tuple(want)):
             assert (msg := ieee_mismatch(g, w, BF16)) is None, f"{name} {inp}={value}: {msg}"
+
+
+def test_signed_weights_keep_their_signs():
+    """Regression (benchmarks/bf16.py, d=128, N=2048): the query operand with the softmax scale
+    folded in was rounded to bf16 once more, which flipped the sign of scores near zero, and
+    signed attention's sign(S) weights with them (rel error 6.1e-2). The scale now multiplies
+    the score tile: the products of bf16 values are exact."""
+    check("signed", b=1, h=4, m=512, n=2048, d=128, e=128)

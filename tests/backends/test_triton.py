@@ -20,6 +20,7 @@ import torch
 
 import einattn
 from einattn.backends import get_backend, parse_target
+from einattn.backends.torch.check import TOLERANCE
 from einattn.backends.torch.reference import run_reference
 from einattn.compiler import make_plan
 from einattn.ir import bind_sizes, eval_params
@@ -86,6 +87,30 @@ def test_zoo_fp16_within_eager_error(name):
     got = as_tuple(_interp(name, 32, 32)(**x))
     assert got[0].dtype == torch.float16
     assert _rel(got, want) <= max(5 * eager_err, 1e-3), (name, eager_err)
+
+
+@pytest.mark.cpu
+@pytest.mark.parametrize("name", ZOO_NAMES)
+def test_zoo_bf16_within_tolerance(name):
+    """bf16 in the interpreter (run on fp32 copies, outputs rounded to bf16): the documented bf16
+    tolerance (docs/dtypes.md) of the float64 reference on the same inputs."""
+    x = zoo_inputs(name, dtype=torch.bfloat16, **_sizes(name, 37, 53))
+    want = as_tuple(einattn.compile(name, target="reference")(**x))
+    got = as_tuple(_interp(name, 32, 32)(**x))
+    assert got[0].dtype == torch.bfloat16
+    assert _rel(got, want) <= TOLERANCE[torch.bfloat16], name
+
+
+@pytest.mark.parametrize("target", ["cuda:sm_90", "cuda:sm_80", "rocm:gfx942"])
+def test_bf16_compiles_ahead_of_time(target):
+    """The bf16 kernels (bf16 tl.dot operands, fp32 accumulators) compile for the GPU targets."""
+    t = parse_target(target)
+    art = _prepare("causal", target, AOT_CONFIG)
+    ck = get_backend(t).build(art, AOT_SIZES, torch.bfloat16)
+    text = ck.files.get("ptx") or ck.files["amdgcn"]
+    assert ("bf16" in text) if t.kind == "cuda" else ("mfma" in text and "bf16" in text), target
+    r = ck.resources
+    assert r.get("spill_stores", r.get("spill_vgprs")) == 0, (target, r)
 
 
 @pytest.mark.cpu
