@@ -74,6 +74,15 @@ def test_both_products_within_tolerance(name, dot):
     check(name, {"DOT": dot}, b=1, h=4, m=45, n=67, d=64, e=64)
 
 
+@pytest.mark.parametrize("name", ["softmax", "gqa", "sinks"])
+@pytest.mark.parametrize("config, m", [({"PROGRAM": "decode"}, 1), ({"PROGRAM": "decode"}, 5),
+                                       ({"KV_SPLITS": 3}, 40), ({"KV_SPLITS": 2, "PROGRAM": "decode"}, 2)])
+def test_decode_and_split_programs(name, config, m):
+    """bf16 through the decode program (always widened) and split key loops (the workspace and
+    the merge stay fp32)."""
+    check(name, config, b=1, h=4, m=m, n=300, d=64, e=64)
+
+
 @pytest.mark.parametrize("sizes", [dict(d=15, e=16), dict(d=16, e=24), dict(d=2, e=16), dict(n=1), dict(n=2),
                                    dict(n=3, m=1), dict(n=65), dict(n=129, m=130)])
 def test_tails(sizes):
