@@ -32,7 +32,8 @@ from einattn.backends.printer import ExprPrinter, needs_sub_rule
 from einattn.compiler.infinity import Flags, inf_flags
 from einattn.ir import Expr, Op, UnsupportedError
 
-__all__ = ["STORAGE", "Ctx", "Lowered", "fconst", "inf_flags", "input_ref", "load_text", "lower", "store_text"]   # inf_flags: re-exported for render.py
+# inf_flags: re-exported for render.py
+__all__ = ["STORAGE", "Ctx", "Lowered", "fconst", "inf_flags", "input_ref", "load_text", "lower", "store_text"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
