@@ -34,7 +34,10 @@ def test_compile_writes_files_and_report(tmp_path, capsys, target, suffixes, mar
     assert rep["target"]["target"] == target and rep["dtype"] == "float16"
     assert rep["plan"]["passes"] == 1 and rep["plan"]["schedule"][0]["mask"] == "n <= m"
     assert rep["resources"]["shared_memory"] > 0 and rep["resources"]["registers"] > 0
-    assert "shared memory" in capsys.readouterr().out
+    # the key loops of the machine code (full tiles, diagonal tiles) with their instruction counts
+    assert len(rep["loops"]) == 2 and all(lp["instructions"] > 0 and lp["mma"] > 0 for lp in rep["loops"])
+    printed = capsys.readouterr().out
+    assert "shared memory" in printed and "loop 1:" in printed and "matrix-multiply" in printed
 
 
 def test_compile_default_dtype_is_float16_and_says_so(tmp_path, capsys):

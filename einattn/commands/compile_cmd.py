@@ -3,7 +3,8 @@
 Writes ``kernel.py`` (the rendered Triton source), the compiled files
 (``<name>.ptx`` + ``<name>.cubin`` for CUDA, ``<name>.amdgcn`` + ``<name>.hsaco``
 for ROCm, and ``<name>.ttgir``) and ``report.json`` (plan, config, resources,
-target). No GPU is needed. The default dtype is float16: the dtype GPU attention
+target, and each loop of the machine code with its instruction counts:
+``backends/triton/sass.py``). No GPU is needed. The default dtype is float16: the dtype GPU attention
 kernels are run in, and the one tensor cores serve at full rate (float32 products
 run on the FMA units); ``einattn check`` defaults to float32 instead because it
 asks for the strictest comparison with the float64 reference. Example::
@@ -121,11 +122,14 @@ def run(args) -> int:
         if data:
             _write(out / f"{ck.name}.{suffix}", data)
             files.append(f"{ck.name}.{suffix}")
+    from einattn.backends.triton.sass import kernel_loops
+    loops = kernel_loops(ck)
     report = {
         "target": {**art.hardware.to_json(), "target": str(art.target)},
         "config": art.config.to_json(), "dtype": str(dtype).replace("torch.", ""), "shape": sizes,
         "params": params, "plan": plan_summary(art.plan), "kernel": ck.name, "resources": ck.resources,
-        "metadata": ck.metadata, "compile_seconds": round(ck.compile_seconds, 3), "files": files + ["report.json"],
+        "loops": loops, "metadata": ck.metadata, "compile_seconds": round(ck.compile_seconds, 3),
+        "files": files + ["report.json"],
     }
     _write(out / "report.json", json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     r = ck.resources
@@ -135,4 +139,7 @@ def run(args) -> int:
           f"{dtype_name}{'' if args.dtype else ' (default --dtype)'}, config {art.config.to_json()}: "
           f"{r.get('shared_memory')} B shared memory, {regs}, spills {spills}; "
           f"{len(files) + 1} files in {out}")
+    for k, lp in enumerate(loops):
+        print(f"  loop {k}: {lp['instructions']} instructions per iteration, {lp['mma']} matrix-multiply, "
+              f"{lp['ex2']} exp2, {lp['async_copies']} async copies, {lp['tma_loads']} TMA loads")
     return 0
