@@ -5,7 +5,8 @@ one process.
 For each shape (B=1, H=8, N=M, d=e) and each 1-pass zoo variant: median ms and GFLOP/s (useful
 FLOPs, ``einattn.bench.flops.count_flops``: a causal mask halves them) of each implementation,
 einattn bf16's speedup over each, and its share of the bf16 dot-product peak, measured first by
-a probe (``torch.matmul`` 2048^3 in bf16, which oneDNN runs on vdpbf16ps; also the fp32 probe).
+a probe (``torch.matmul`` 2048^3 in bf16, which oneDNN runs on vdpbf16ps; also the fp32 probe);
+the instruction's own peak (``dot_peak``: independent accumulators, no loads) is printed once.
 Every output is checked against the float64 reference on the same bf16 inputs (max rel error
 printed). Peers that cannot express a variant are "n/a".
 
@@ -40,6 +41,41 @@ def probe(dtype) -> float:
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(5))
     return 2 * 2048 ** 3 / best / 1e9
+
+
+def dot_peak(accumulators: int = 24, threads: int | None = None) -> float:
+    """GFLOP/s of vdpbf16ps alone: a TVM kernel keeping ``accumulators`` independent zmm
+    accumulators busy per thread (as shared/STACK.md measured the fp32 FMA peak), through the
+    same LLVM IR wrapper the kernels call (``backends/cpu/pairs.py``)."""
+    import tvm
+
+    from einattn.backends.cpu import pairs
+    from einattn.backends.cpu.runtime import host
+    threads = threads or torch.get_num_threads()
+    ramp = "T.ramp(0, 1, 16)"
+    body = "\n".join(f"                acc[{r}, {ramp}] = "
+                     + pairs.dot(f"acc[{r}, {ramp}]", f"T.Broadcast(T.int32({0x3F803F80 + r}), 16)",
+                                 "T.Broadcast(T.int32(1065369472), 16)") for r in range(accumulators))
+    src = f"""
+# from tvm.script import tirx as T
+@T.prim_func
+def main(h_o: T.handle, n: T.int32):
+    o = T.match_buffer(h_o, ({threads}, 16), "float32")
+    for t in T.parallel({threads}):
+        acc = T.alloc_buffer(({accumulators}, 16), "float32", scope="local")
+        with T.attr(0, "pragma_import_llvm", {pairs.IR!r}):
+            for r in range({accumulators}):
+                acc[r, {ramp}] = T.Broadcast(T.float32(0), 16)
+        for it in range(n):
+{body}
+        for r in range({accumulators}):
+            o[t, {ramp}] = o[t, {ramp}] + acc[r, {ramp}]
+"""
+    fn = tvm.compile(tvm.script.from_source(src), tvm.target.Target(host().tvm_target()))["main"]
+    out, n = torch.zeros(threads, 16), 200_000
+    fn(out, 1000)
+    best = min(_timed(lambda: fn(out, n)) for _ in range(5))
+    return threads * n * accumulators * 16 * 4 / best / 1e9       # 16 lanes x 2 pairs x (mul + add)
 
 
 def _timed(fn) -> float:
@@ -113,6 +149,10 @@ def main() -> None:
     torch.manual_seed(0)
     names = a.variants.split(",") if a.variants else one_pass_variants()
     against = [p for p in a.against.split(",") if p and p != "none"]
+    from einattn.backends.cpu.runtime import host
+    if host().has_bf16:
+        print(f"vdpbf16ps peak (24 independent zmm accumulators per thread, {torch.get_num_threads()} threads): "
+              f"{dot_peak():.0f} GFLOP/s")
     for d in a.d:
         for n in a.n:
             PEAK_BF16 = probe(torch.bfloat16)
