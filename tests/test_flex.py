@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import einattn
+from einattn.backends.torch.check import TOLERANCE
 from einattn import flex as F
 from einattn.flex import flex_attention
 
@@ -268,15 +269,19 @@ def test_captured_tensor_too_short():
 
 
 @pytest.mark.cpu
-def test_dtypes():
-    """fp16 on the reference target comes back fp16 (lse fp32); the cpu target takes fp32 only."""
-    q, k, v = (t.half() for t in qkv(l=9, s=13))
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_dtypes(target, dtype):
+    """fp16 and bf16 come back in their dtype (lse fp32) on the reference and cpu targets, within
+    the dtype's tolerance (docs/dtypes.md); float64 is refused on cpu with the conversion."""
+    q, k, v = (t.to(dtype) for t in qkv(l=9, s=13))
     ref, ref_lse = flex_ref(q.float(), k.float(), v.float())
-    out, lse = flex_attention(q, k, v, return_lse=True, target="reference")
-    assert out.dtype == torch.float16 and lse.dtype == torch.float32
-    assert rel_err(out, ref) < 1e-3
-    with pytest.raises(einattn.UnsupportedError, match="float32"):
-        flex_attention(q, k, v, target="cpu")
+    out, lse = flex_attention(q, k, v, return_lse=True, target=target)
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    assert rel_err(out, ref) < TOLERANCE[dtype] and rel_err(lse, ref_lse) < TOLERANCE[dtype]
+    if target == "cpu":
+        with pytest.raises(einattn.UnsupportedError, match="float32"):
+            flex_attention(q.double(), k.double(), v.double(), target="cpu")
 
 
 @pytest.mark.parametrize("target", ["cpu", "streaming"])

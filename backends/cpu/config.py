@@ -16,8 +16,8 @@ from einattn.compiler.decode import MAX_PACK, PROGRAMS
 from einattn.compiler.splits import split_refusal
 from einattn.ir import UnsupportedError
 
-from . import pairs
 from .host import CacheSizes, HostCpu, read_cache_sizes
+from .pairs import usable as bf16_dot_usable
 
 RESERVED_REGISTERS = 4        # a register tile leaves these for its operands (broadcast, loads)
 MAX_KV_SPLITS = 64
@@ -203,7 +203,7 @@ class CpuConfig:
                 if not splittable or tasks >= 4 * caches.cores or -(-n // bn) < s:
                     continue
             out.append(CpuConfig(bm, bn, rj, ri, rm, pe, s, PROGRAM="tile"))
-        if workload.dtype == "bfloat16" and pairs.usable(host.has_bf16, vec):
+        if workload.dtype == "bfloat16" and bf16_dot_usable(host.has_bf16, vec):
             # the same tiles with the bf16 products widened to fp32 (the vdpbf16ps ones first)
             out += [dataclasses.replace(c, DOT="fp32") for c in out]
         sizes = workload.as_dict()

@@ -10,10 +10,10 @@ import importlib.resources
 
 from einattn.compiler import KernelPlan
 
-from . import pairs
 from .config import CpuConfig
 from .decode import DecodeView
 from .expr import lower
+from .pairs import dot, usable
 from .view import KernelView, split_layout, workspace_numel
 
 __all__ = ["render", "split_layout", "template_hash", "template_source", "workspace_numel"]
@@ -50,5 +50,5 @@ def render(kp: KernelPlan, cfg: CpuConfig, static: dict[str, int], vec: int, dty
     cfg.check(vec)
     cfg.check_plan(kp)
     view = (DecodeView if cfg.decode else KernelView)(kp, cfg, static, vec, dtypes,
-                                                       pairs.usable(bf16_dot, vec))
-    return _template().render(k=view, cfg=view.cfg, lower=lower, VEC=vec, pairs=pairs)
+                                                       usable(bf16_dot, vec))
+    return _template().render(k=view, cfg=view.cfg, lower=lower, VEC=vec, dot=dot)

@@ -42,8 +42,8 @@ from einattn.compiler.splits import merges as split_merges
 from einattn.ir import Expr, Op, Reduce, Sub
 
 from .config import CpuConfig
-from . import pairs
 from .expr import STORAGE, Ctx, fconst, inf_flags, input_ref, lower, store_text
+from .pairs import IR, LANES, pack, pack_rounded, pack_vector, pair_load
 
 
 # -- the view the template loops over -------------------------------------------------
@@ -177,12 +177,12 @@ class KernelView:
                 self.buffers.append({"name": f"a2_{op.name}", "shape": _tup([str(F // 2), str(cfg.BLOCK_M)]),
                                      "dtype": "int32"})
                 self.buffers.append({"name": f"s_{op.name}", "shape": "(1,)"})
-                pack = pairs.pack_rounded(f"a_{op.name}[2 * lf2, li]", f"a_{op.name}[2 * lf2 + 1, li]")
+                pack = pack_rounded(f"a_{op.name}[2 * lf2, li]", f"a_{op.name}[2 * lf2 + 1, li]")
             self.scores.append({"name": op.name, "F": F, "a": op.query_read, "scalars": op.scalars, "ctx": ctx,
                                 "ctx1": dataclasses.replace(ctx, tag=f"sc_{op.name}_"), "pack": pack})
         self.value_pairs = {op.name: self.add_value_pairs(op) for p in kp.passes for op in p.loop
                             if op.kind is Kind.VALUE and self.value_pairs_ok(op)}
-        self.dot_ir = repr(pairs.IR) if (any(s["pack"] for s in self.scores) or self.value_pairs) else None
+        self.dot_ir = repr(IR) if (any(s["pack"] for s in self.scores) or self.value_pairs) else None
         self.prologue = [self.row_op(op, "pro") for op in kp.prologue]
         self._staged: dict[int, dict] = {}
         self.passes = [self.pass_view(p) for p in kp.passes]
@@ -370,7 +370,7 @@ class KernelView:
                            F=self.static[op.contract])
                 if self.score_pairs(op):
                     coords = self.score_key_coords(op, fast, m_c, "T.ramp(2 * lf2, 1, 2)")
-                    v.pair = {"k": pairs.pair_load(input_ref(op.key_read, coords))}
+                    v.pair = {"k": pair_load(input_ref(op.key_read, coords))}
                 flags[op.name] = (True, True)            # inputs may be infinite
             elif op.kind is Kind.MAP:
                 e = sub(op.expr)
@@ -407,7 +407,7 @@ class KernelView:
                 if v.pair:
                     lanes = "T.ramp(iv * 16, 1, 16)"
                     w0, w1 = f"{v.weights}[2 * lj2, {lanes}]", f"{v.weights}[2 * lj2 + 1, {lanes}]"
-                    v.pair = v.pair | {"p": pairs.pack_vector(w0, f"T.Select(2 * lj2 + 1 < {nkeys}, {w1}, "
+                    v.pair = v.pair | {"p": pack_vector(w0, f"T.Select(2 * lj2 + 1 < {nkeys}, {w1}, "
                                                                   f"T.Broadcast(T.float32(0.0), 16))")}
             if op.kind in (Kind.ROW_REDUCE, Kind.VALUE):
                 for m, base in op.rescale:
@@ -467,7 +467,7 @@ class KernelView:
         """Whether the value product ``op`` runs on vdpbf16ps: a bf16 value read, register tiles of
         whole vectors, an even key tile."""
         return (self.pairs and self._bf16_read(op.value_read, op.value_index) and self.cfg.BLOCK_N % 2 == 0
-                and all(ew % pairs.LANES == 0 for _, ew in self.e_chunks(op.value_index)))
+                and all(ew % LANES == 0 for _, ew in self.e_chunks(op.value_index)))
 
     def add_value_pairs(self, op) -> dict:
         """The packed V and P tiles of a value product and the texts that fill V's."""
@@ -480,7 +480,7 @@ class KernelView:
 
         def ref(n: str) -> str:
             return input_ref(op.value_read, self.coords(n=n, extra={e: "ee"}))
-        return {"E": E, "v": pairs.pack(ref("n0 + 2 * lj2"), ref("n0 + 2 * lj2 + 1")),
+        return {"E": E, "v": pack(ref("n0 + 2 * lj2"), ref("n0 + 2 * lj2 + 1")),
                 "v_last": f'T.Cast("int32", {ref("n0 + nv - 1")})'}
 
     def key_coord(self, fast: bool) -> str:
