@@ -4,8 +4,9 @@ Each variant is compiled ahead of time (fp16, b=1 h=8 m=n=4096) for sm_90 at the
 Triton's fused-attention tutorial (BLOCK_M=128, BLOCK_N=64, 8 warps, 3 stages) and the loops of
 its SASS are counted (``backends/triton/sass.py``): instructions issued per iteration (NOPs
 excluded), matrix-multiply (HGMMA) and MUFU.EX2 instructions, asynchronous copies and TMA
-loads, and the registers ptxas gives a thread. Loop 0 is the key loop over full tiles (the
-only one without a mask), loop 1 the diagonal tiles where a causal mask has them.
+loads, and the registers ptxas gives a thread. Loops are listed in address order: for a causal
+kernel loop 0 is the key loop over full tiles and loop 1 the diagonal one; other masks may give
+one loop (the tiles' two bodies inside it) or three.
 
     python benchmarks/sass_loops.py                      # d = 64 and 128
     python benchmarks/sass_loops.py --d 64 --variants softmax,causal --target rocm:gfx942
