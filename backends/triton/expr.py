@@ -21,6 +21,8 @@ from einattn.backends.printer import ExprPrinter
 from einattn.compiler.infinity import Flags, cascade_inf_flags
 from einattn.ir import Cascade, Expr, Op, UnsupportedError
 
+LOG2E = 1.4426950408889634
+
 __all__ = ["NEG_INF", "Printer", "const_text"]
 
 
@@ -52,6 +54,8 @@ class Printer(ExprPrinter):
     key_mask: bool = True
     per_row: dict[str, str] = field(default_factory=dict)
     shared: bool = False
+    # running maxima that stabilise an online softmax -> the expression each is the max of
+    online: dict[str, Expr] = field(default_factory=dict)
 
     TARGET = "Triton"
     FOLD_CONSTANTS = True         # literals are Python floats in the source: fold, don't compute
@@ -65,6 +69,23 @@ class Printer(ExprPrinter):
            Op.TANH: "_tanh({})", Op.SOFTPLUS: "_softplus({})", Op.SIGN: "_sign({})",
            Op.SQUARE: "_square({})"}
     PRIMS = {"floor": "tl.floor({})"}
+
+    def apply(self, op: Op, args: list[str], e: Expr, at) -> str:
+        # exp of the online form y - max(y): exp2 with log2(e) folded in. tl.exp is a multiply and
+        # a non-flush-to-zero ex2 that ptxas expands to 5 instructions; tl.exp2 flushes results
+        # under 2**-126 to zero, harmless where the row's largest term is exp(0) = 1
+        if op is Op.EXP and self.online_form(e.src[0]):
+            return f"tl.exp2(({args[0]}) * {LOG2E!r})"
+        return super().apply(op, args, e, at)
+
+    def online_form(self, x: Expr) -> bool:
+        """``x`` is ``y - m`` with ``m`` a running max of ``y`` (so ``x <= 0``, 0 at the row's max)."""
+        if x.op is not Op.SUB:
+            return False
+        y, m = x.src
+        while m.op is Op.RUNNING:
+            m = m.src[0]
+        return m.op is Op.READ and m.arg[0] in self.online and self.online[m.arg[0]] == y
 
     def __post_init__(self):
         # per statement: (may be -inf, may be +inf): max reductions start at -inf, masks put it there

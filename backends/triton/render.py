@@ -40,7 +40,7 @@ from einattn.ir import Expr, Op, Reduce
 
 from einattn.compiler.infinity import inf_flags
 
-from .expr import NEG_INF, Printer, const_text
+from .expr import LOG2E, NEG_INF, Printer, const_text
 
 TEMPLATE = ("triton", "attention.py.jinja")
 
@@ -142,8 +142,10 @@ class _Body:
             key = (m, base)
             if key not in self.alpha:
                 var = f"alpha_{m}" if base == "exp" else f"alpha2_{m}"
-                fn = "tl.exp" if base == "exp" else "tl.exp2"
-                self.lines.append(f"{var} = {fn}(_sub_rule(prev_{m}, r_{m}))")
+                # prev <= m: exp2 (flushing to zero under 2**-126) with log2(e) folded, as the tiles'
+                # online form (expr.Printer.apply)
+                scale = f" * {LOG2E!r}" if base == "exp" else ""
+                self.lines.append(f"{var} = tl.exp2(_sub_rule(prev_{m}, r_{m}){scale})")
                 self.alpha[key] = var
             factors.append(self.alpha[key])
         return " * ".join(factors)
@@ -213,7 +215,10 @@ class Renderer:
     def __init__(self, kp: KernelPlan):
         self.kp = kp
         self.roles = dict(kp.roles)
-        self.printer = Printer(kp.cascade, self.roles, rows=set(kp.rows))
+        self.printer = Printer(kp.cascade, self.roles, rows=set(kp.rows),
+                               online={op.name: op.expr for p in kp.passes for op in p.loop
+                                       if op.kind is Kind.ROW_REDUCE and op.reduce is Reduce.MAX
+                                       and op.name in p.stabilisers})
         self.neg_inf = dict(self.printer.neg_inf)
         self.qa: dict[Expr, str] = {}
 
