@@ -28,7 +28,7 @@ import torch  # noqa: E402
 
 import einattn  # noqa: E402
 from einattn.bench.flops import count_flops  # noqa: E402
-from einattn.bench.harness import bench_inputs  # noqa: E402
+from einattn.bench.harness import attention_variants, bench_inputs  # noqa: E402
 from einattn.bench.peers import make_peers  # noqa: E402
 from einattn.bench.timing import ENV, time_round_robin  # noqa: E402
 from einattn.ir import bind_sizes, eval_params  # noqa: E402
@@ -84,21 +84,6 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def one_pass_variants() -> list[str]:
-    """The zoo's 1-pass variants that run the attention kernel (linear ones run the scan:
-    benchmarks/linear.py)."""
-    from einattn.compiler.linear import NotLinear, linear_form
-    out = []
-    for n in einattn.zoo_names():
-        if einattn.compile(n, target="reference").plan.passes != 1:
-            continue
-        try:
-            linear_form(einattn.load_spec(n))
-        except NotLinear:
-            out.append(n)
-    return out
-
-
 def rel_err(out, want) -> float:
     out = out[0] if isinstance(out, tuple) else out
     want = want[0] if isinstance(want, tuple) else want
@@ -147,7 +132,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     a = ap.parse_args()
     torch.manual_seed(0)
-    names = a.variants.split(",") if a.variants else one_pass_variants()
+    names = a.variants.split(",") if a.variants else attention_variants()
     against = [p for p in a.against.split(",") if p and p != "none"]
     from einattn.backends.cpu.runtime import host
     if host().has_bf16:

@@ -20,22 +20,10 @@ import torch
 import einattn
 from einattn.backends import get_backend, parse_target
 from einattn.backends.triton.sass import kernel_loops
+from einattn.bench.harness import attention_variants
 from einattn.compiler import make_plan
 
 TUTORIAL_TILES = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
-
-
-def one_pass_variants() -> list[str]:
-    from einattn.compiler.linear import NotLinear, linear_form
-    out = []
-    for n in einattn.zoo_names():
-        if einattn.compile(n, target="reference").plan.passes != 1:
-            continue
-        try:
-            linear_form(einattn.load_spec(n))
-        except NotLinear:
-            out.append(n)
-    return out
 
 
 def main() -> None:
@@ -46,7 +34,7 @@ def main() -> None:
     a = ap.parse_args()
     t = parse_target(a.target)
     backend = get_backend(t)
-    names = a.variants.split(",") if a.variants else one_pass_variants()
+    names = a.variants.split(",") if a.variants else attention_variants()
     config = TUTORIAL_TILES if t.kind == "cuda" else {}
     for d in a.d:
         print(f"\n### {a.target}, fp16, d=e={d}, config {config or 'default'}\n")

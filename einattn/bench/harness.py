@@ -86,6 +86,22 @@ def bench_inputs(spec, shape: dict, dtype, seed: int = 0) -> dict:
     return x
 
 
+def attention_variants() -> list[str]:
+    """The zoo's 1-pass variants that run the attention kernel (the linear ones run the chunked
+    scan: benchmarks/linear.py)."""
+    import einattn
+    from einattn.compiler.linear import NotLinear, linear_form
+    out = []
+    for n in einattn.zoo_names():
+        if einattn.compile(n, target="reference").plan.passes != 1:
+            continue
+        try:
+            linear_form(einattn.load_spec(n))
+        except NotLinear:
+            out.append(n)
+    return out
+
+
 def setup(opts: BenchOptions, shape_text: str):
     """Load the spec and build its inputs at ``shape_text``; sets the thread count first.
 
