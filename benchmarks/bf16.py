@@ -96,8 +96,8 @@ def row(name: str, n: int, d: int, reps: int, against: list[str]) -> str:
     xb = bench_inputs(spec, shape, torch.bfloat16)
     x32 = {k: v.float() for k, v in xb.items()}
     sizes = bind_sizes(spec, {k: tuple(v.shape) for k, v in xb.items()})
-    params = eval_params(spec, sizes, {"W": 256} if name == "sliding_window" else {})
-    over = {"W": 256} if name == "sliding_window" else {}
+    over = {"W": 256} if name == "sliding_window" else {}      # the window the issues' goals name
+    params = eval_params(spec, sizes, over)
     kern = einattn.compile(spec, target="cpu", **over)
     impls = [{"name": "einattn bf16", "fn": lambda: kern(**xb), "note": ""},
              {"name": "einattn fp32", "fn": lambda: kern(**x32), "note": ""}]

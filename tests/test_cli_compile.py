@@ -80,3 +80,18 @@ def test_compile_a_decoding_shape_writes_the_decode_program(tmp_path):
     assert rep["config"]["PROGRAM"] == "decode" and rep["config"]["PACK"] == 4
     assert rep["config"]["KV_SPLITS"] > 1
     assert "combine" in (out / "kernel.py").read_text()
+
+
+def test_compile_without_cuobjdump_reports_instead_of_failing(tmp_path, capsys, monkeypatch):
+    """A Triton install without its bundled cuobjdump: the kernel is still written, exit 0, and the
+    report says why its loops were not counted."""
+    from pathlib import Path
+
+    import einattn.backends.triton.sass as sass
+    monkeypatch.setattr(sass, "cuobjdump_path", lambda: Path("/nonexistent/cuobjdump"))
+    out = tmp_path / "k"
+    rc = main(["compile", "softmax", "--target", "cuda:sm_90", "--shape", SHAPE, "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert "FileNotFoundError" in rep["loops"][0]["error"]
+    assert "loops not counted" in capsys.readouterr().out

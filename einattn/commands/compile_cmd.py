@@ -123,7 +123,10 @@ def run(args) -> int:
             _write(out / f"{ck.name}.{suffix}", data)
             files.append(f"{ck.name}.{suffix}")
     from einattn.backends.triton.sass import kernel_loops
-    loops = kernel_loops(ck)
+    try:
+        loops = kernel_loops(ck)
+    except (OSError, RuntimeError) as e:        # no cuobjdump beside Triton, or it failed: report why
+        loops = [{"error": f"{type(e).__name__}: {e}"}]
     report = {
         "target": {**art.hardware.to_json(), "target": str(art.target)},
         "config": art.config.to_json(), "dtype": str(dtype).replace("torch.", ""), "shape": sizes,
@@ -140,6 +143,9 @@ def run(args) -> int:
           f"{r.get('shared_memory')} B shared memory, {regs}, spills {spills}; "
           f"{len(files) + 1} files in {out}")
     for k, lp in enumerate(loops):
+        if "error" in lp:
+            print(f"  loops not counted: {lp['error']}")
+            continue
         print(f"  loop {k}: {lp['instructions']} instructions per iteration, {lp['mma']} matrix-multiply, "
               f"{lp['ex2']} exp2, {lp['async_copies']} async copies, {lp['tma_loads']} TMA loads")
     return 0
