@@ -47,6 +47,20 @@ def test_compile_default_dtype_is_float16_and_says_so(tmp_path, capsys):
     assert json.loads((out / "report.json").read_text())["dtype"] == "float16"
 
 
+def test_compile_reports_the_constexprs_the_params_and_lengths_set(tmp_path, capsys):
+    """A launcher of the files needs the specialisation: EVEN_N from the key length, FOLD_S from the
+    sign of the scale (--param); a negative scale compiles the unfolded kernel."""
+    got = {}
+    for shape, param in ((SHAPE, []), ("b=1,h=4,m=128,n=100,d=64,e=64", ["--param", "scale=-0.5"])):
+        out = tmp_path / f"k{len(got)}"
+        assert main(["compile", "causal", "--target", "cuda:sm_90", "--shape", shape, *param,
+                     "--out", str(out)]) == 0, capsys.readouterr().err
+        rep = json.loads((out / "report.json").read_text())
+        got[bool(param)] = (rep["constexprs"]["EVEN_N"], rep["constexprs"]["FOLD_S"], rep["loops"][0]["instructions"])
+    assert got[False][:2] == (True, True) and got[True][:2] == (False, False), got
+    assert got[True][2] > got[False][2]          # the score keeps its multiply
+
+
 def test_compile_rejects_config_that_cannot_fit(tmp_path, capsys):
     rc = main(["compile", "softmax", "--target", "rocm:gfx90a", "--shape", SHAPE,
                "--config", "BLOCK_N=1024,num_stages=4", "--out", str(tmp_path / "x")])

@@ -9,14 +9,18 @@ import math
 import torch
 
 from .config import TritonConfig
-from .render import Rendered
+from .render import Rendered, scalar_value
 
 
 def next_pow2(x: int, floor: int = 16) -> int:
     return max(floor, 1 << max(0, math.ceil(math.log2(max(x, 1)))))
 
 
-def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precision: str) -> dict:
+def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precision: str,
+                     params: dict | None = None) -> dict:
+    """The compile-time constants of a call. ``FOLD_<score>`` (render.ScoreFold) is the sign of the
+    score's scalars at ``params``; without params (ahead of time) the scalars are taken as positive,
+    as every zoo scale is."""
     out = {}
     for i in (*r.contract, *r.value):
         out[f"SIZE_{i}"] = int(sizes[i])
@@ -27,6 +31,10 @@ def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precisi
         out["BLOCK_Q"], out["BLOCK_M"] = decode_rows(int(sizes[r.query]), config.BLOCK_M, config.PACK)
         out["PACK"] = config.PACK
     out["DOT_PRECISION"] = dot_precision
+    out["EVEN_N"] = int(sizes[r.key]) % config.BLOCK_N == 0
+    for flag, scalars in r.folds:
+        c = 1.0 if params is None else scalar_value(scalars, params)
+        out[flag] = bool(0.0 < c < math.inf)
     if "KV_SPLITS" in r.constexprs:
         out["KV_SPLITS"] = config.KV_SPLITS
     return out

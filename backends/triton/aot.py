@@ -47,7 +47,7 @@ class CompiledKernel:
     combine: "CompiledKernel | None" = None     # the merge kernel of a split key loop
 
 
-def signature(artifact, sizes: dict, dtype: torch.dtype):
+def signature(artifact, sizes: dict, dtype: torch.dtype, params: dict | None = None):
     """(signature, constexprs, attrs) for ``ASTSource``."""
     r = artifact.rendered
     sig, consts, attrs = {}, {}, {}
@@ -78,7 +78,7 @@ def signature(artifact, sizes: dict, dtype: torch.dtype):
                     attrs[(j,)] = [["tt.divisibility", 16]]
         else:
             sig[a.name] = "i32" if a.dtype == "i32" else "fp32"
-    ce = constexpr_values(r, sizes, artifact.config, dot_precision([dtype]))
+    ce = constexpr_values(r, sizes, artifact.config, dot_precision([dtype]), params)
     for k in r.constexprs:
         sig[k] = "constexpr"
         consts[k] = ce[k]
@@ -100,11 +100,12 @@ def check_slice_offsets(artifact, sizes: dict) -> None:
                                    f"with 32-bit offsets (< 2**31): use shorter sequences per call")
 
 
-def compile_kernel(fn, artifact, sizes: dict, dtype: torch.dtype, combine=None) -> CompiledKernel:
+def compile_kernel(fn, artifact, sizes: dict, dtype: torch.dtype, combine=None,
+                   params: dict | None = None) -> CompiledKernel:
     """Compile ``fn`` (and ``combine``, the merge kernel of a split artifact, with the same signature)."""
-    ck = _compile_one(fn, artifact, sizes, dtype)
+    ck = _compile_one(fn, artifact, sizes, dtype, params)
     if combine is not None:
-        cc = _compile_one(combine, artifact, sizes, dtype)
+        cc = _compile_one(combine, artifact, sizes, dtype, params)
         ck.combine = cc
         ck.files.update({f"combine.{k}": v for k, v in cc.files.items()})
         ck.resources["combine"] = dict(cc.resources)
@@ -112,14 +113,14 @@ def compile_kernel(fn, artifact, sizes: dict, dtype: torch.dtype, combine=None) 
     return ck
 
 
-def _compile_one(fn, artifact, sizes: dict, dtype: torch.dtype) -> CompiledKernel:
+def _compile_one(fn, artifact, sizes: dict, dtype: torch.dtype, params: dict | None = None) -> CompiledKernel:
     try:
         import triton
         from triton.compiler import ASTSource
     except ImportError as e:  # pragma: no cover - triton is installed with the GPU extra
         raise BackendUnavailable(f"the Triton backend needs the triton package ({e}); pip install triton==3.9.0") from None
     hw = artifact.hardware
-    sig, consts, attrs = signature(artifact, sizes, dtype)
+    sig, consts, attrs = signature(artifact, sizes, dtype, params)
     # explicit fp fusion (FMA contraction): Triton 3.9 warns when it falls back to its default
     opts = {"num_warps": artifact.config.num_warps, "num_stages": artifact.config.num_stages,
             "enable_fp_fusion": True}

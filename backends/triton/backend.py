@@ -172,17 +172,20 @@ class TritonBackend:
                                 artifact.hardware)
 
     # -- ahead of time --------------------------------------------------------------
-    def build(self, artifact: TritonArtifact, sizes: dict, dtype: torch.dtype = torch.float16):
-        """Compile for the artifact's architecture at these sizes (head dims) and input dtype."""
-        artifact = artifact.at(sizes)
+    def build(self, artifact: TritonArtifact, sizes: dict, dtype: torch.dtype = torch.float16,
+              params: dict | None = None):
+        """Compile for the artifact's architecture at these sizes (head dims) and input dtype;
+        ``params`` set the constexprs that depend on them (``FOLD_<score>``; None: positive scales)."""
+        artifact = artifact.at(sizes, params)
         check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=dtype)
         check_slice_offsets(artifact, sizes)
-        key = (tuple(sorted(constexpr_values(artifact.rendered, sizes, artifact.config, "").items())), dtype)
+        key = (tuple(sorted(constexpr_values(artifact.rendered, sizes, artifact.config, "", params).items())),
+               dtype)
         if key not in artifact.compiled:
             r = artifact.rendered
             fn = load_kernel(artifact.path, r.kernel_name, interpret=False)
             combine = load_kernel(artifact.path, r.combine_name, interpret=False) if r.split else None
-            ck = compile_kernel(fn, artifact, sizes, dtype, combine=combine)
+            ck = compile_kernel(fn, artifact, sizes, dtype, combine=combine, params=params)
             check_compiled(ck.resources, artifact.hardware, artifact.config)
             if ck.combine is not None:
                 check_compiled(ck.combine.resources, artifact.hardware, artifact.config)
@@ -240,7 +243,7 @@ class TritonBackend:
             else:
                 v = params[a.of]
                 args.append(int(v) if a.dtype == "i32" else float(v))
-        ce = constexpr_values(r, sizes, artifact.config, dot_precision(dts))
+        ce = constexpr_values(r, sizes, artifact.config, dot_precision(dts), params)
         if not artifact.interpret:
             check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=compute)
         grid = launch_grid(artifact.plan, artifact.config, sizes)

@@ -56,6 +56,9 @@ class Printer(ExprPrinter):
     shared: bool = False
     # running maxima that stabilise an online softmax -> the expression each is the max of
     online: dict[str, Expr] = field(default_factory=dict)
+    # tiles that hold raw products whose score scalars were folded out (render.ScoreFold):
+    # tile name -> the factor variable that scales them back (1.0 where the fold is off)
+    fold: dict[str, str] = field(default_factory=dict)
 
     TARGET = "Triton"
     FOLD_CONSTANTS = True         # literals are Python floats in the source: fold, don't compute
@@ -70,13 +73,46 @@ class Printer(ExprPrinter):
            Op.SQUARE: "_square({})"}
     PRIMS = {"floor": "tl.floor({})"}
 
-    def apply(self, op: Op, args: list[str], e: Expr, at) -> str:
-        # exp of the online form y - max(y): exp2 with log2(e) folded in. tl.exp is a multiply and
-        # a non-flush-to-zero ex2 that ptxas expands to 5 instructions; tl.exp2 flushes results
-        # under 2**-126 to zero, harmless where the row's largest term is exp(0) = 1
-        if op is Op.EXP and self.online_form(e.src[0]):
-            return f"tl.exp2(({args[0]}) * {LOG2E!r})"
-        return super().apply(op, args, e, at)
+    def expr(self, e: Expr, at) -> str:
+        if e.op is Op.EXP and self.online_form(e.src[0]):
+            return self.online_exp(e.src[0], at)
+        return super().expr(e, at)
+
+    def online_exp(self, x: Expr, ctx: str) -> str:
+        """exp of the online form ``y - m``, ``m`` the running max of ``y``, as one FMA and an ex2:
+        ``exp2(y * log2(e) - m2)`` with ``m2 = log2(e) * (0 if m == -inf else m)`` once per row.
+
+        - exp2: ``tl.exp`` is a multiply and a non-flush-to-zero ex2 that ptxas expands to 5
+          instructions; exp2 flushes results under 2**-126 to zero, harmless where the row's
+          largest term is exp(0) = 1.
+        - The masked-row rule ``(-inf) - (-inf) = -inf`` per row, not per element: ``m`` is at least
+          every ``y`` of its row the kernel keeps, so ``m = -inf`` means those ``y`` are -inf (or NaN),
+          and ``y - 0`` gives them the rule's -inf (NaN) at no per-element cost; columns past the key
+          bound are zeroed by the reductions' key mask either way.
+        - A tile of raw products (``fold``) takes its score scalars in the same FMA.
+        Scores past FLT_MAX / log2(e) (about 2.4e38) overflow where ``y - m`` would not."""
+        y, m = x.src
+        k = repr(LOG2E)
+        if y.op is Op.READ and y.arg[0] in self.fold:
+            k = f"({self.fold[y.arg[0]]} * {LOG2E!r})"
+        m2 = self.log2_max(self.expr(m, "row"))
+        if ctx != "row":
+            m2 += "[:, None]"
+        return f"tl.exp2({self.expr(y, ctx)} * {k} - {m2})"
+
+    @staticmethod
+    def log2_max(m: str) -> str:
+        """The row value an online exp subtracts in log2 units (-inf taken as 0, see ``online_exp``)."""
+        return f"(tl.where({m} == {Printer.NEG_INF}, 0.0, {m}) * {LOG2E!r})"
+
+    @staticmethod
+    def online_rescale(old: str, new: str) -> str:
+        """``exp(old - new)`` for the running max of an online exp, from the same rounded log2 values
+        the exps subtracted (``log2_max``): each term then carries the same factor ``2**-eps``, ``eps``
+        the rounding of ``log2_max``, which cancels in every ratio; ``old = -inf`` (nothing kept yet)
+        gives 0. With FMA contraction on a GPU the exps' products are exact and ``eps`` is up to half
+        an ulp of ``log2_max``: P stays in range while |max score| * log2(e) < 2**31 (fp16 P: 2**28)."""
+        return f"tl.exp2({old} * {LOG2E!r} - {Printer.log2_max(new)})"
 
     def online_form(self, x: Expr) -> bool:
         """``x`` is ``y - m`` with ``m`` a running max of ``y`` (so ``x <= 0``, 0 at the row's max)."""

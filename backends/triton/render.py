@@ -30,7 +30,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.resources
+import math
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from einattn.compiler.kernel_plan import Kind, KernelPass, KernelPlan, TileOp
 from einattn.compiler.lowering import hoist_key_free_reads
@@ -70,6 +73,7 @@ class Rendered:
     outputs: tuple[tuple[str, tuple[str, ...]], ...]
     combine_name: str = ""          # the merge kernel of a split key loop (same arguments), "" unsplit
     workspaces: tuple[tuple[str, str | None], ...] = ()   # (state, its value index or None) when split
+    folds: tuple[tuple[str, Expr], ...] = ()   # (FOLD_<score> constexpr, the scalars whose sign sets it)
 
     @property
     def split(self) -> bool:
@@ -91,6 +95,79 @@ class PassView:
     after: list[str] = field(default_factory=list)
     epilogue: list[str] = field(default_factory=list)
     mask: str = ""
+
+
+@dataclass(frozen=True)
+class ScoreFold:
+    """A score whose scalars leave the tile (issue 15, rule 2): where a score ``S = dot * c`` feeds only
+    ``where(pred, S, -inf)`` maps, the online stabiliser ``M = max S`` and the online form
+    ``exp(S - M)``, and ``c > 0``, the kernel keeps the raw products: ``max(dot * c) = c * max(dot)``
+    once per row, and ``exp(dot * c - M)`` takes ``c`` in its FMA (one multiply per score less).
+    ``c``'s sign is a run-time fact (params): the constexpr ``FOLD_<S>`` (launch: ``0 < c < inf``)
+    picks ``sf_<S> = c, sk_<S> = 1`` or ``sf_<S> = 1, sk_<S> = c``; the compiler folds the 1s away."""
+    score: str
+    scalars: Expr
+    raw: frozenset          # tiles holding raw products: the score and its where-maps
+    maxes: frozenset        # stabilisers over them (reduced raw, then scaled by sf_<S>)
+
+    @property
+    def flag(self) -> str:
+        return f"FOLD_{self.score}"
+
+
+SCALAR_OPS = {Op.CONST, Op.PARAM, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG, Op.SQRT, Op.RSQRT}
+
+
+def scalar_value(e: Expr, params: dict) -> float:
+    """A score's scalars at these params (the ops of ``SCALAR_OPS``)."""
+    v = [scalar_value(x, params) for x in e.src]
+    if e.op is Op.CONST:
+        return float(e.arg)
+    if e.op is Op.PARAM:
+        return float(params[e.arg])
+    with np.errstate(all="ignore"):
+        a = np.float64(v[0])
+        return float({Op.ADD: lambda: a + v[1], Op.SUB: lambda: a - v[1], Op.MUL: lambda: a * v[1],
+                      Op.DIV: lambda: a / v[1], Op.NEG: lambda: -a, Op.SQRT: lambda: np.sqrt(a),
+                      Op.RSQRT: lambda: 1 / np.sqrt(a)}[e.op]())
+
+
+def score_folds(kpass: KernelPass, online: dict[str, Expr]) -> list[ScoreFold]:
+    """The scores of a pass whose scalars fold out (:class:`ScoreFold`): every read of the raw tiles
+    is a where-map's value, a stabiliser's whole operand or the ``y`` of an online ``exp(y - M)``."""
+    ops = kpass.loop
+    out = []
+    for sc in ops:
+        if sc.kind is not Kind.SCORE or (sc.scalars.op is Op.CONST and sc.scalars.arg == 1.0) \
+                or any(x.op not in SCALAR_OPS for x in sc.scalars.walk()):
+            continue
+        raw, allowed = {sc.name}, 0
+        for op in ops:
+            e = getattr(op, "expr", None)
+            if op.kind is Kind.MAP and e.op is Op.WHERE and e.src[0].op is not Op.CONST:
+                for val, other in ((e.src[1], e.src[2]), (e.src[2], e.src[1])):
+                    if val.op is Op.READ and val.arg[0] in raw and other.op is Op.CONST \
+                            and other.arg == -math.inf:
+                        raw.add(op.name)
+                        allowed += 1
+                        break
+        maxes = {op.name for op in ops if op.kind is Kind.ROW_REDUCE and op.reduce is Reduce.MAX
+                 and op.name in online and op.expr.op is Op.READ and op.expr.arg[0] in raw}
+        allowed += len(maxes)
+        total = 0
+        for op in ops:
+            for e in op.exprs:
+                for x in e.walk():
+                    total += x.op is Op.READ and x.arg[0] in raw
+                    if x.op is Op.EXP and x.src[0].op is Op.SUB:
+                        y, m = x.src[0].src
+                        while m.op is Op.RUNNING:
+                            m = m.src[0]
+                        allowed += y.op is Op.READ and y.arg[0] in raw and m.op is Op.READ \
+                            and m.arg[0] in maxes and online[m.arg[0]] == y
+        if maxes and total == allowed:
+            out.append(ScoreFold(sc.name, sc.scalars, frozenset(raw), frozenset(maxes)))
+    return out
 
 
 def _num(v: float) -> str:
@@ -120,6 +197,7 @@ class _Body:
         self.lines: list[str] = []
         self.kb: dict[tuple, str] = {}      # (read, layout) -> its tile variable
         self.alpha: dict[tuple[str, str], str] = {}
+        self.folds = r.folds
 
     def expr(self, e: Expr) -> Expr:
         if self.fast and self.kpass.mask is not None:
@@ -142,10 +220,14 @@ class _Body:
             key = (m, base)
             if key not in self.alpha:
                 var = f"alpha_{m}" if base == "exp" else f"alpha2_{m}"
-                # prev <= m: exp2 (flushing to zero under 2**-126) with log2(e) folded, as the tiles'
-                # online form (expr.Printer.apply)
-                scale = f" * {LOG2E!r}" if base == "exp" else ""
-                self.lines.append(f"{var} = tl.exp2(_sub_rule(prev_{m}, r_{m}){scale})")
+                if base == "exp" and m in self.r.printer.online:
+                    # the tiles' own rounded maxima (expr.Printer.online_rescale)
+                    code = self.r.printer.online_rescale(f"prev_{m}", f"r_{m}")
+                else:
+                    # prev <= m: exp2 (flushing to zero under 2**-126) with log2(e) folded
+                    scale = f" * {LOG2E!r}" if base == "exp" else ""
+                    code = f"tl.exp2(_sub_rule(prev_{m}, r_{m}){scale})"
+                self.lines.append(f"{var} = {code}")
                 self.alpha[key] = var
             factors.append(self.alpha[key])
         return " * ".join(factors)
@@ -174,14 +256,17 @@ class _Body:
                     pr.neg_inf[op.name] = inf_flags(self.expr(op.expr), pr.neg_inf)
         self.lines.append("offs_n = start_n + tl.arange(0, BLOCK_N)")
         if not self.fast:
-            self.lines.append("mask_n = offs_n < size_n")
+            # EVEN_N (constexpr: size_n % BLOCK_N == 0) makes the key bound true: the compiler drops it
+            self.lines.append("mask_n = (offs_n < size_n) | EVEN_N")
         for m in self.kpass.stabilisers:
             self.lines.append(f"prev_{m} = r_{m}")
         for op in self.kpass.loop:
             if op.kind is Kind.SCORE:
                 kb = self.cached_load(op.key_read, {op.contract: "rows", kp.key: "cols"}, "kb")
                 code = f"tl.dot({r.qa[op.query_read]}, {kb}, input_precision=DOT_PRECISION)"
-                if not (op.scalars.op is Op.CONST and op.scalars.arg == 1.0):
+                if op.name in self.folds:
+                    code += f" * sk_{op.name}"
+                elif not (op.scalars.op is Op.CONST and op.scalars.arg == 1.0):
                     code += f" * {pr(op.scalars, 'tile')}"
                 self.lines.append(f"t_{op.name} = {code}")
             elif op.kind is Kind.MAP:
@@ -190,7 +275,11 @@ class _Body:
                 ident = const_text(op.reduce.identity)
                 val = self.bounded(self.tile(self.expr(op.expr)), ident)
                 if op.reduce is Reduce.MAX:
-                    self.lines.append(f"r_{op.name} = _max_nan(r_{op.name}, tl.reduce({val}, 1, _max_nan))")
+                    tile_max = f"tl.reduce({val}, 1, _max_nan)"
+                    fold = next((f for f in self.folds.values() if op.name in f.maxes), None)
+                    if fold is not None:
+                        tile_max += f" * sf_{fold.score}"
+                    self.lines.append(f"r_{op.name} = _max_nan(r_{op.name}, {tile_max})")
                 elif op.reduce is Reduce.MIN:
                     self.lines.append(f"r_{op.name} = _min_nan(r_{op.name}, tl.reduce({val}, 1, _min_nan))")
                 else:
@@ -221,6 +310,8 @@ class Renderer:
                                        and op.name in p.stabilisers})
         self.neg_inf = dict(self.printer.neg_inf)
         self.qa: dict[Expr, str] = {}
+        self.folds: dict[str, ScoreFold] = {}          # of the pass being rendered
+        self.fold_flags: dict[str, Expr] = {}          # FOLD_<score> -> scalars, over all passes
 
     # -- pieces -------------------------------------------------------------------
     def row_ctx(self, dims) -> str:
@@ -375,6 +466,13 @@ class Renderer:
                 view.init.append(f"r_{op.name} = tl.zeros([BLOCK_M, BLOCK_{op.value_index}], tl.float32)")
             else:
                 view.init.append(f"r_{op.name} = tl.full([BLOCK_M], {NEG_INF}, tl.float32)")
+        self.folds = {f.score: f for f in score_folds(kpass, pr.online)}
+        for f in self.folds.values():
+            self.fold_flags[f.flag] = f.scalars
+            c = pr(f.scalars, "row")
+            view.init += [f"sf_{f.score} = {c} if {f.flag} else 1.0      # the scale of the raw tiles",
+                          f"sk_{f.score} = 1.0 if {f.flag} else {c}      # the scale kept in the score"]
+        pr.fold = {t: f"sf_{f.score}" for f in self.folds.values() for t in f.raw}
         # the printer loads each read of the rule once, before the key loop, and names it ld_*
         hoist: dict[str, str] = {}
         pr.hoist = hoist if hoist_key_free_reads(kp, kpass) else None
@@ -383,7 +481,7 @@ class Renderer:
         view.after = [f"r_{op.name} = {self.row_value(op)}" for op in kpass.loop if op.kind is Kind.RUNNING]
         pr.hoist = None
         view.hoisted = [f"{var} = {code}" for code, var in hoist.items()]
-        pr.tiles = set()
+        pr.tiles, pr.fold, self.folds = set(), {}, {}
         view.epilogue = [f"r_{op.name} = {self.row_value(op)}" for op in kpass.epilogue]
         if not self.intervals(kpass, view):
             view.mode = "classify"
@@ -434,7 +532,10 @@ class Renderer:
                 # the tile loop's correction base(m_old - m) with m_old the part's stabiliser
                 fn = "tl.exp" if base == "exp" else "tl.exp2"
                 m_part = f"tl.load(ws_{m}_ptr + {row}, mask=mask_m, other=0.0)"
-                factors.append(f"{fn}(_sub_rule({m_part}, r_{m}))")
+                if base == "exp" and m in pr.online:     # as the parts' tiles rounded it
+                    factors.append(pr.online_rescale(m_part, f"r_{m}"))
+                else:
+                    factors.append(f"{fn}(_sub_rule({m_part}, r_{m}))")
             scale = ""
             if factors:
                 f = " * ".join(factors)
@@ -475,7 +576,7 @@ class Renderer:
     def constexprs(self, split: bool) -> tuple[str, ...]:
         feats = self.features
         return tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
-                     + ["DOT_PRECISION"] + (["KV_SPLITS"] if split else []))
+                     + ["DOT_PRECISION", "EVEN_N", *self.fold_flags] + (["KV_SPLITS"] if split else []))
 
     def packed_index(self) -> str | None:
         """A grid index whose programs take ``PACK`` of its values each (the decode program's heads)."""
@@ -531,7 +632,7 @@ class Renderer:
                     constexprs=self.constexprs(split), grid=kp.grid, grid_lines=self.grid_lines(), query=kp.query,
                     key=kp.key, contract=kp.contract, value=kp.value, features=self.features, qa_lines=qa_lines, prologue=prologue,
                     passes=passes, stores=stores, n_passes=len(passes), split=split, combine_name=combine_name,
-                    workspaces=workspaces, **split_parts)
+                    workspaces=workspaces, folds=list(self.fold_flags), **split_parts)
 
     def render(self, split: bool = False) -> Rendered:
         kp = self.kp
@@ -541,7 +642,8 @@ class Renderer:
                           lstrip_blocks=True)
         src = env.from_string(template_source(self.TEMPLATE)).render(**parts)
         return Rendered(src, parts["name"], tuple(parts["args"]), parts["constexprs"], kp.grid, kp.query, kp.key,
-                        kp.contract, kp.value, tuple(kp.outputs), parts["combine_name"], parts["workspaces"])
+                        kp.contract, kp.value, tuple(kp.outputs), parts["combine_name"], parts["workspaces"],
+                        tuple(self.fold_flags.items()))
 
 
 @functools.lru_cache(maxsize=4)

@@ -114,7 +114,7 @@ def run(args) -> int:
     backend = get_backend(target)
     # the program and config a call at this shape runs (PROGRAM="auto": decode for short queries)
     art = backend.prepare(make_plan(spec), target, parse_assignments(args.config, "config", False)).at(sizes, params)
-    ck = backend.build(art, sizes, dtype)
+    ck = backend.build(art, sizes, dtype, params)
     out = make_out(args.out)
     _write(out / "kernel.py", art.source)
     files = ["kernel.py"]
@@ -127,8 +127,12 @@ def run(args) -> int:
         loops = kernel_loops(ck)
     except (OSError, RuntimeError) as e:        # no cuobjdump beside Triton, or it failed: report why
         loops = [{"error": f"{type(e).__name__}: {e}"}]
+    from einattn.backends.triton.abi import constexpr_values, dot_precision
+    # what a launcher of these files must pass (EVEN_N: key lengths that are a multiple of BLOCK_N;
+    # FOLD_<score>: the sign of the score scale at these params)
+    constexprs = constexpr_values(art.rendered, sizes, art.config, dot_precision([dtype]), params)
     report = {
-        "target": {**art.hardware.to_json(), "target": str(art.target)},
+        "target": {**art.hardware.to_json(), "target": str(art.target)}, "constexprs": constexprs,
         "config": art.config.to_json(), "dtype": str(dtype).replace("torch.", ""), "shape": sizes,
         "params": params, "plan": plan_summary(art.plan), "kernel": ck.name, "resources": ck.resources,
         "loops": loops, "metadata": ck.metadata, "compile_seconds": round(ck.compile_seconds, 3),

@@ -77,6 +77,11 @@ def test_one_huge_score(target, big):
     k[0, 0, 0, 0] = big
     v = torch.randn(1, 1, 64, 1)
     out = kernel("softmax", target)(q, k, v)
+    if target == "cuda" and big * math.log2(math.e) > 3.4e38:
+        # the documented limit of the Triton kernels' one-FMA exp (docs/dtypes.md): a score past
+        # FLT_MAX / log2(e) overflows in log2 units, loudly
+        assert torch.isnan(out).all()
+        return
     torch.testing.assert_close(out, v[:, :, :1], rtol=1e-6, atol=0)
 
 

@@ -76,6 +76,27 @@ def test_zoo_fp32_matches_reference(name):
 
 
 @pytest.mark.cpu
+@pytest.mark.parametrize("name", ["causal", "differential", "lse"])
+@pytest.mark.parametrize("scale", [-0.7, 0.0, 2.5, math.inf])
+def test_score_scale_fold_off_for_a_scale_not_positive(name, scale):
+    """A folded score scale (render.ScoreFold) is a specialisation for 0 < scale < inf; any other
+    scale runs the kernel with the scale kept in the score (FOLD_<S> false), and both agree with
+    the reference, with key lengths that fill the last tile (EVEN_N) and that do not."""
+    ref = einattn.compile(name, target="reference", scale=scale)
+    k = _interp(name, 16, 16, scale=scale)
+    assert "FOLD_S" in k._artifact.source
+    for n in (37, 48):
+        x = zoo_inputs(name, dtype=torch.float32, **_sizes(name, n, n))
+        got, want = as_tuple(k(**x)), as_tuple(ref(**{a: v.double() for a, v in x.items()}))
+        for g, w in zip(got, want):
+            assert torch.equal(torch.isnan(g), torch.isnan(w)), (name, scale, n)
+            fin = torch.isfinite(w)
+            assert fin.any() or scale == math.inf
+            if fin.any():
+                assert _rel(g[fin], w[fin]) <= 1e-4, (name, scale, n)
+
+
+@pytest.mark.cpu
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_zoo_fp16_within_eager_error(name):
     x = zoo_inputs(name, dtype=torch.float16, **_sizes(name, 37, 53))
