@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from einattn.backends.printer import ExprPrinter
+from einattn.backends.printer import ExprPrinter, needs_div_rule
 from einattn.compiler.infinity import Flags, cascade_inf_flags
 from einattn.ir import Cascade, Expr, Op, UnsupportedError
 
@@ -54,8 +54,9 @@ class Printer(ExprPrinter):
     key_mask: bool = True
     per_row: dict[str, str] = field(default_factory=dict)
     shared: bool = False
-    # running maxima that stabilise an online softmax -> the expression each is the max of
-    online: dict[str, Expr] = field(default_factory=dict)
+    # running maxima that stabilise an online softmax -> the expressions each is at least
+    # (render.online_bounds): a max reduction's operand; a running max(a, b) bounds a, b and theirs
+    online: dict[str, frozenset] = field(default_factory=dict)
     # tiles that hold raw products whose score scalars were folded out (render.ScoreFold):
     # tile name -> the factor variable that scales them back (1.0 where the fold is off)
     fold: dict[str, str] = field(default_factory=dict)
@@ -66,7 +67,7 @@ class Printer(ExprPrinter):
            Op.NEG: "(-{})", Op.NOT: "({} == 0)", Op.AND: "({} & {})", Op.OR: "({} | {})",
            Op.WHERE: "tl.where({}, {}, {})", Op.POW: "_pow({}, {})",
            Op.EXP: "tl.exp({})", Op.EXP2: "tl.exp2({})", Op.LOG: "tl.log({})", Op.LOG2: "tl.log2({})",
-           Op.SQRT: "tl.sqrt({})", Op.RSQRT: "tl.rsqrt({})", Op.SIGMOID: "tl.sigmoid({})",
+           Op.SQRT: "tl.sqrt({})", Op.RSQRT: "tl.rsqrt({})", Op.SIGMOID: "_sigmoid({})",
            Op.ABS: "tl.abs({})",
            # helpers of the template (exact at +-inf, log1p-accurate, ...)
            Op.TANH: "_tanh({})", Op.SOFTPLUS: "_softplus({})", Op.SIGN: "_sign({})",
@@ -76,7 +77,21 @@ class Printer(ExprPrinter):
     def expr(self, e: Expr, at) -> str:
         if e.op is Op.EXP and self.online_form(e.src[0]):
             return self.online_exp(e.src[0], at)
+        if e.op is Op.DIV and at != "row" and not needs_div_rule(e.src[1]) and self.key_free(e.src[1]):
+            # a tile divided by a scalar or a row value: one reciprocal per row, a multiply per element
+            # (div.full.f32 is itself a reciprocal and a multiply, so the result is as close)
+            return f"({self.expr(e.src[0], at)} * (1.0 / {self.expr(e.src[1], at)}))"
         return super().expr(e, at)
+
+    def key_free(self, e: Expr) -> bool:
+        """``e`` is the same for every key of a tile row (no tile, key index or key-indexed input)."""
+        for x in e.walk():
+            if x.op is Op.INDEX and self.roles.get(x.arg) in ("key", "value", "contract"):
+                return False
+            if x.op is Op.READ and (x.arg[0] in self.tiles or any(self.roles.get(s.index) == "key"
+                                                                  for s in x.arg[1])):
+                return False
+        return True
 
     def online_exp(self, x: Expr, ctx: str) -> str:
         """exp of the online form ``y - m``, ``m`` the running max of ``y``, as one FMA and an ex2:
@@ -84,7 +99,9 @@ class Printer(ExprPrinter):
 
         - exp2: ``tl.exp`` is a multiply and a non-flush-to-zero ex2 that ptxas expands to 5
           instructions; exp2 flushes results under 2**-126 to zero, harmless where the row's
-          largest term is exp(0) = 1.
+          largest term is exp(0) = 1 (a max of ``y``). Where ``m`` also covers other values (a sink
+          logit) and exceeds every ``y`` by more than 87, the row's terms are flushed to 0 where
+          ``tl.exp`` would keep subnormals (docs/dtypes.md).
         - The masked-row rule ``(-inf) - (-inf) = -inf`` per row, not per element: ``m`` is at least
           every ``y`` of its row the kernel keeps, so ``m = -inf`` means those ``y`` are -inf (or NaN),
           and ``y - 0`` gives them the rule's -inf (NaN) at no per-element cost; columns past the key
@@ -115,13 +132,13 @@ class Printer(ExprPrinter):
         return f"tl.exp2({old} * {LOG2E!r} - {Printer.log2_max(new)})"
 
     def online_form(self, x: Expr) -> bool:
-        """``x`` is ``y - m`` with ``m`` a running max of ``y`` (so ``x <= 0``, 0 at the row's max)."""
+        """``x`` is ``y - m`` with ``m`` a running max at least ``y`` (so ``x <= 0``)."""
         if x.op is not Op.SUB:
             return False
         y, m = x.src
         while m.op is Op.RUNNING:
             m = m.src[0]
-        return m.op is Op.READ and m.arg[0] in self.online and self.online[m.arg[0]] == y
+        return m.op is Op.READ and m.arg[0] in self.online and y in self.online[m.arg[0]]
 
     def __post_init__(self):
         # per statement: (may be -inf, may be +inf): max reductions start at -inf, masks put it there

@@ -132,7 +132,48 @@ def scalar_value(e: Expr, params: dict) -> float:
                       Op.RSQRT: lambda: 1 / np.sqrt(a)}[e.op]())
 
 
-def score_folds(kpass: KernelPass, online: dict[str, Expr]) -> list[ScoreFold]:
+def online_bounds(kp: KernelPlan) -> dict[str, frozenset]:
+    """The maxima an online-form exp may subtract (expr.Printer.online) and what each is at least:
+    a max reduction over the keys its operand; a per-row ``max(a, b, ..)`` over one of them (a sink
+    logit beside the tiles' max) its operands and their bounds."""
+    def leaves(e: Expr) -> list[Expr]:
+        while e.op is Op.RUNNING:
+            e = e.src[0]
+        return leaves(e.src[0]) + leaves(e.src[1]) if e.op is Op.MAX else [e]
+    out: dict[str, frozenset] = {}
+    for p in kp.passes:
+        for op in (*p.loop, *p.epilogue):
+            if op.kind is Kind.ROW_REDUCE and op.reduce is Reduce.MAX:
+                out[op.name] = frozenset({op.expr})
+            elif op.kind in (Kind.RUNNING, Kind.ROW) and op.expr.op is Op.MAX and not getattr(op, "reduced", ()):
+                ls = leaves(op.expr)
+                named = [out[x.arg[0]] for x in ls if x.op is Op.READ and x.arg[0] in out]
+                if named:
+                    out[op.name] = frozenset(ls).union(*named)
+    return out
+
+
+def log2_rescaled(kpass: KernelPass, online: dict[str, frozenset]) -> set[str]:
+    """Stabilisers whose online rescale may use the exps' own rounded row max (expr.Printer
+    .online_rescale): every exp of the pass that reads one subtracts it in the online form."""
+    out = {m for m in kpass.stabilisers if m in online}
+    for op in kpass.loop:
+        for e in op.exprs:
+            for x in e.walk():
+                if x.op is not Op.EXP:
+                    continue
+                a = x.src[0]
+                y, m = a.src if a.op is Op.SUB else (a, None)
+                while m is not None and m.op is Op.RUNNING:
+                    m = m.src[0]
+                ok = m is not None and m.op is Op.READ and m.arg[0] in online and y in online[m.arg[0]]
+                reads = {r.arg[0] for r in x.walk() if r.op is Op.READ}
+                if not ok or len(reads & out) > 1:
+                    out -= reads
+    return out
+
+
+def score_folds(kpass: KernelPass, online: dict[str, frozenset]) -> list[ScoreFold]:
     """The scores of a pass whose scalars fold out (:class:`ScoreFold`): every read of the raw tiles
     is a where-map's value, a stabiliser's whole operand or the ``y`` of an online ``exp(y - M)``."""
     ops = kpass.loop
@@ -164,8 +205,8 @@ def score_folds(kpass: KernelPass, online: dict[str, Expr]) -> list[ScoreFold]:
                         while m.op is Op.RUNNING:
                             m = m.src[0]
                         allowed += y.op is Op.READ and y.arg[0] in raw and m.op is Op.READ \
-                            and m.arg[0] in maxes and online[m.arg[0]] == y
-        if maxes and total == allowed:
+                            and m.arg[0] in online and y in online[m.arg[0]]
+        if total and total == allowed:
             out.append(ScoreFold(sc.name, sc.scalars, frozenset(raw), frozenset(maxes)))
     return out
 
@@ -220,7 +261,7 @@ class _Body:
             key = (m, base)
             if key not in self.alpha:
                 var = f"alpha_{m}" if base == "exp" else f"alpha2_{m}"
-                if base == "exp" and m in self.r.printer.online:
+                if base == "exp" and m in self.r.log2_rescaled:
                     # the tiles' own rounded maxima (expr.Printer.online_rescale)
                     code = self.r.printer.online_rescale(f"prev_{m}", f"r_{m}")
                 else:
@@ -304,13 +345,11 @@ class Renderer:
     def __init__(self, kp: KernelPlan):
         self.kp = kp
         self.roles = dict(kp.roles)
-        self.printer = Printer(kp.cascade, self.roles, rows=set(kp.rows),
-                               online={op.name: op.expr for p in kp.passes for op in p.loop
-                                       if op.kind is Kind.ROW_REDUCE and op.reduce is Reduce.MAX
-                                       and op.name in p.stabilisers})
+        self.printer = Printer(kp.cascade, self.roles, rows=set(kp.rows), online=online_bounds(kp))
         self.neg_inf = dict(self.printer.neg_inf)
         self.qa: dict[Expr, str] = {}
         self.folds: dict[str, ScoreFold] = {}          # of the pass being rendered
+        self.log2_rescaled: set[str] = set()           # of the pass being rendered
         self.fold_flags: dict[str, Expr] = {}          # FOLD_<score> -> scalars, over all passes
 
     # -- pieces -------------------------------------------------------------------
@@ -467,6 +506,7 @@ class Renderer:
             else:
                 view.init.append(f"r_{op.name} = tl.full([BLOCK_M], {NEG_INF}, tl.float32)")
         self.folds = {f.score: f for f in score_folds(kpass, pr.online)}
+        self.log2_rescaled = log2_rescaled(kpass, pr.online)
         for f in self.folds.values():
             self.fold_flags[f.flag] = f.scalars
             c = pr(f.scalars, "row")
@@ -532,7 +572,7 @@ class Renderer:
                 # the tile loop's correction base(m_old - m) with m_old the part's stabiliser
                 fn = "tl.exp" if base == "exp" else "tl.exp2"
                 m_part = f"tl.load(ws_{m}_ptr + {row}, mask=mask_m, other=0.0)"
-                if base == "exp" and m in pr.online:     # as the parts' tiles rounded it
+                if base == "exp" and m in log2_rescaled(kpass, pr.online):     # as the parts' tiles rounded it
                     factors.append(pr.online_rescale(m_part, f"r_{m}"))
                 else:
                     factors.append(f"{fn}(_sub_rule({m_part}, r_{m}))")

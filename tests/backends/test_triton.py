@@ -76,7 +76,7 @@ def test_zoo_fp32_matches_reference(name):
 
 
 @pytest.mark.cpu
-@pytest.mark.parametrize("name", ["causal", "differential", "lse"])
+@pytest.mark.parametrize("name", ["causal", "differential", "lse", "sinks", "prefix_lm"])
 @pytest.mark.parametrize("scale", [-0.7, 0.0, 2.5, math.inf])
 def test_score_scale_fold_off_for_a_scale_not_positive(name, scale):
     """A folded score scale (render.ScoreFold) is a specialisation for 0 < scale < inf; any other

@@ -65,26 +65,51 @@ def source(name: str, target: str = "cuda:sm_90") -> str:
 
 
 def test_online_softmax_exp_is_one_fma_and_an_exp2():
-    """The online form exp(y - max y) prints as exp2(y * log2e - m2), m2 the row max in log2 units
-    with -inf taken as 0 (the masked-row rule once per row), and its rescale from the same m2; an
-    exp that is not of that form keeps tl.exp and the per-element rule (sinks: the max also covers
-    the sink logit)."""
+    """The online form exp(y - m), m a max at least y, prints as exp2(y * log2e - m2), m2 the row
+    max in log2 units with -inf taken as 0 (the masked-row rule once per row), and its rescale from
+    the same m2. Sinks: m = max(max_n S, sink) bounds both the scores and the sink logit, so the
+    tiles' exp and the sink's term in the epilogue take the same m2; an exp of anything else keeps
+    tl.exp."""
     causal = source("causal")
     m2 = '(tl.where(r_M == float("-inf"), 0.0, r_M) * 1.4426950408889634)'
     assert f"t_P = tl.exp2(t_Sm * (sf_S * 1.4426950408889634) - {m2}[:, None])" in causal
     assert f"alpha_M = tl.exp2(prev_M * 1.4426950408889634 - {m2})" in causal
     assert "_sub_rule(t_Sm" not in causal
-    assert "t_P = tl.exp(_sub_rule(t_S, r_M[:, None]))" in source("sinks")
+    sinks = source("sinks")
+    assert f"t_P = tl.exp2(t_S * (sf_S * 1.4426950408889634) - {m2}[:, None])" in sinks
+    assert f"stride_t_0).to(tl.float32) * 1.4426950408889634 - {m2}))" in sinks      # the sink's term
+    assert "tl.exp(_sub_rule(" not in sinks
+    # an exp of something else than y - (a max at least y) keeps tl.exp; its score keeps the scale
+    t = parse_target("cuda:sm_90")
+    other = get_backend(t).prepare(make_plan(einattn.load_spec(EXP_OF_SCORES)), t, {}).source
+    assert "tl.exp((-1.0 * tl.abs(t_S)))" in other and "FOLD_" not in other and "tl.exp2(" not in other.split("def einattn_")[1]
+
+
+EXP_OF_SCORES = """einattn: 1
+name: exp_of_scores
+inputs:
+  Q: [b, h, m, d]
+  K: [b, h, n, d]
+  V: [b, h, n, e]
+params:
+  scale: 1 / sqrt(d)
+cascade:
+  - S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] * scale
+  - O[b,h,m,e] = exp(-abs(S[b,h,m,n])) * V[b,h,n,e]
+outputs: [O]
+"""
 
 
 @pytest.mark.parametrize("name, folds", [("causal", True), ("softmax", True), ("sliding_window", True),
                                          ("gqa", True), ("lse", True), ("differential", True),
-                                         ("alibi", False), ("softcap", False), ("sinks", False),
+                                         ("sinks", True), ("prefix_lm", True),
+                                         ("alibi", False), ("softcap", False),
                                          ("sigmoid", False)])
 def test_score_scale_folds_only_where_the_scores_feed_the_online_max_and_exp(name, folds):
     """Rule 2: the max on raw products and the scale in the exp's FMA, for every score read only by
-    -inf where-maps, the online max and the online exp; a score read otherwise (alibi adds a bias,
-    softcap takes tanh, sinks' max also covers the sink) keeps its scale."""
+    -inf where-maps, max reductions and online exps (sinks: the max beside the sink logit;
+    prefix_lm: tiles classified at run time); a score read otherwise (alibi adds a bias, softcap
+    takes tanh) keeps its scale."""
     src = source(name)
     assert ("FOLD_S" in src) is folds, name
     if folds:
