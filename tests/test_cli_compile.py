@@ -49,7 +49,7 @@ def test_compile_default_dtype_is_float16_and_says_so(tmp_path, capsys):
 
 def test_compile_reports_the_constexprs_the_params_and_lengths_set(tmp_path, capsys):
     """A launcher of the files needs the specialisation: EVEN_N from the key length, FOLD_S from the
-    sign of the scale (--param); a negative scale compiles the unfolded kernel."""
+    sign of the scale (--param), TMA from the layout; a negative scale compiles the unfolded kernel."""
     got = {}
     for shape, param in ((SHAPE, []), ("b=1,h=4,m=128,n=100,d=64,e=64", ["--param", "scale=-0.5"])):
         out = tmp_path / f"k{len(got)}"
@@ -57,6 +57,7 @@ def test_compile_reports_the_constexprs_the_params_and_lengths_set(tmp_path, cap
                      "--out", str(out)]) == 0, capsys.readouterr().err
         rep = json.loads((out / "report.json").read_text())
         got[bool(param)] = (rep["constexprs"]["EVEN_N"], rep["constexprs"]["FOLD_S"], rep["loops"][0]["instructions"])
+        assert rep["constexprs"]["TMA"] is True      # sm_90, contiguous fp16 rows of 128 bytes
     assert got[False][:2] == (True, True) and got[True][:2] == (False, False), got
     assert got[True][2] > got[False][2]          # the score keeps its multiply
 

@@ -17,10 +17,10 @@ def next_pow2(x: int, floor: int = 16) -> int:
 
 
 def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precision: str,
-                     params: dict | None = None) -> dict:
+                     params: dict | None = None, tma: bool = False) -> dict:
     """The compile-time constants of a call. ``FOLD_<score>`` (render.ScoreFold) is the sign of the
     score's scalars at ``params``; without params (ahead of time) the scalars are taken as positive,
-    as every zoo scale is."""
+    as every zoo scale is. ``TMA``: :func:`tma_usable`."""
     out = {}
     for i in (*r.contract, *r.value):
         out[f"SIZE_{i}"] = int(sizes[i])
@@ -35,9 +35,39 @@ def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precisi
     for flag, scalars in r.folds:
         c = 1.0 if params is None else scalar_value(scalars, params)
         out[flag] = bool(0.0 < c < math.inf)
+    if "TMA" in r.constexprs:
+        out["TMA"] = bool(tma)
     if "KV_SPLITS" in r.constexprs:
         out["KV_SPLITS"] = config.KV_SPLITS
     return out
+
+
+TMA_ALIGN = 16      # bytes: tensor-descriptor base addresses and strides (but the innermost, 1)
+
+
+def tma_usable(r: Rendered, capability: int | None, sizes: dict, dims: dict, tensors: dict | None = None,
+               dtype: torch.dtype | None = None) -> bool:
+    """Whether the key-side tiles load through tensor descriptors (TMA): a Hopper or later GPU
+    (``capability`` >= 90) and, for every read ``r.tma`` lists, the feature dim innermost (stride
+    1), a 16-byte key stride and 16-byte base addresses (grid strides along dims longer than 1).
+    ``tensors`` are the call's; without them (ahead of time), contiguous ``dtype`` tensors of
+    ``sizes`` over ``dims`` (input name -> its indices) at an aligned address."""
+    if not r.tma or (capability or 0) < 90:
+        return False
+    for name, jk, jf in r.tma:
+        if tensors is None:
+            strides = [contiguous_stride(dims[name], j, sizes) for j in range(len(dims[name]))]
+            shape, ptr, size = [int(sizes[i]) for i in dims[name]], 0, torch.empty((), dtype=dtype).element_size()
+        else:
+            t = tensors[name]
+            strides, shape, ptr, size = t.stride(), t.shape, t.data_ptr(), t.element_size()
+        if strides[jf] != 1 or ptr % TMA_ALIGN:
+            return False
+        # the key stride is the descriptor's; a grid stride moves the base (not along a dim of size 1)
+        if any((shape[j] > 1 or j == jk) and (strides[j] * size) % TMA_ALIGN for j in range(len(strides))
+               if j != jf):
+            return False
+    return True
 
 
 def dot_precision(dtypes) -> str:

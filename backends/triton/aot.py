@@ -30,7 +30,7 @@ from einattn.ir import BackendUnavailable, UnsupportedError
 from einattn.compiler.statistics import keeps_input_dtype
 
 from ..base import INDEX_LIMIT, span
-from .abi import constexpr_values, contiguous_stride, dot_precision, output_dtype
+from .abi import constexpr_values, contiguous_stride, dot_precision, output_dtype, tma_usable
 
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32"}
 
@@ -78,11 +78,21 @@ def signature(artifact, sizes: dict, dtype: torch.dtype, params: dict | None = N
                     attrs[(j,)] = [["tt.divisibility", 16]]
         else:
             sig[a.name] = "i32" if a.dtype == "i32" else "fp32"
-    ce = constexpr_values(r, sizes, artifact.config, dot_precision([dtype]), params)
+    ce = aot_constexprs(artifact, sizes, dtype, params)
     for k in r.constexprs:
         sig[k] = "constexpr"
         consts[k] = ce[k]
     return sig, consts, attrs
+
+
+def aot_constexprs(artifact, sizes: dict, dtype: torch.dtype, params: dict | None = None) -> dict:
+    """The compile-time constants of an ahead-of-time build: what a launcher of its files must pass
+    (TMA assumes contiguous inputs at 16-byte aligned addresses)."""
+    r = artifact.rendered
+    dims = {t.name: t.indices for t in artifact.plan.cascade.inputs}
+    cc = artifact.hardware.compute_capability if artifact.hardware.kind == "cuda" else None
+    tma = tma_usable(r, cc, sizes, dims, dtype=dtype)
+    return constexpr_values(r, sizes, artifact.config, dot_precision([dtype]), params, tma)
 
 
 def check_slice_offsets(artifact, sizes: dict) -> None:

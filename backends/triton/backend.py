@@ -50,7 +50,7 @@ from einattn.ir import BackendUnavailable, EinattnError, UnsupportedError
 
 from ..base import (INDEX_LIMIT, Target, Workload, complete_params, dot_dtype, hidden_nonfinite, span,
                     with_statistics)
-from .abi import constexpr_values, dot_precision, output_dtype, workspace_shapes
+from .abi import constexpr_values, dot_precision, output_dtype, tma_usable, workspace_shapes
 from .aot import check_slice_offsets, compile_kernel
 from .config import TritonConfig, _params, check_compiled, check_config, parse_config
 from .config import resolve
@@ -111,6 +111,21 @@ class TritonArtifact:
     @property
     def source(self) -> str:
         return self.rendered.source
+
+
+def _tma_allocator() -> None:
+    """Tensor descriptors made in a kernel (``tl.make_tensor_descriptor``) need global scratch
+    memory for the descriptors, which Triton asks of the allocator ``triton.set_allocator`` set (a
+    context variable): where none is set in this context, einattn sets one of torch's; an
+    allocator the caller set is kept."""
+    import triton
+    from triton.runtime import _allocation
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_torch_scratch)
+
+
+def _torch_scratch(size: int, alignment: int, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
 def device_kind() -> str | None:
@@ -180,7 +195,7 @@ class TritonBackend:
         check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=dtype)
         check_slice_offsets(artifact, sizes)
         key = (tuple(sorted(constexpr_values(artifact.rendered, sizes, artifact.config, "", params).items())),
-               dtype)
+               dtype)      # (TMA follows from the sizes, dtype and architecture)
         if key not in artifact.compiled:
             r = artifact.rendered
             fn = load_kernel(artifact.path, r.kernel_name, interpret=False)
@@ -243,7 +258,11 @@ class TritonBackend:
             else:
                 v = params[a.of]
                 args.append(int(v) if a.dtype == "i32" else float(v))
-        ce = constexpr_values(r, sizes, artifact.config, dot_precision(dts), params)
+        tma = tma_usable(r, artifact.hardware.compute_capability if artifact.hardware.kind == "cuda" else None,
+                         sizes, {}, tensors=x)
+        if tma and not artifact.interpret:
+            _tma_allocator()
+        ce = constexpr_values(r, sizes, artifact.config, dot_precision(dts), params, tma)
         if not artifact.interpret:
             check_config(artifact.plan, artifact.config, artifact.hardware, sizes=sizes, dtype=compute)
         grid = launch_grid(artifact.plan, artifact.config, sizes)

@@ -74,6 +74,7 @@ class Rendered:
     combine_name: str = ""          # the merge kernel of a split key loop (same arguments), "" unsplit
     workspaces: tuple[tuple[str, str | None], ...] = ()   # (state, its value index or None) when split
     folds: tuple[tuple[str, Expr], ...] = ()   # (FOLD_<score> constexpr, the scalars whose sign sets it)
+    tma: tuple[tuple[str, int, int], ...] = ()  # descriptor loads: (input, its key dim, its feature dim)
 
     @property
     def split(self) -> bool:
@@ -280,7 +281,14 @@ class _Body:
         if key not in self.kb:
             var = f"{prefix}{len(self.kb)}"
             self.r.printer.shared = True
-            self.lines.append(f"{var} = {self.r.printer.load(read, 'tile', axes, cast=False)}")
+            code = self.r.printer.load(read, 'tile', axes, cast=False)
+            desc = self.r.descriptor(read)
+            if desc is not None:
+                # a tensor-descriptor (TMA) load of the [BLOCK_N, BLOCK_f] block where TMA is set (launch:
+                # Hopper or later, the feature dim innermost, 16-byte strides); zero past the bounds
+                block = f"{desc}.load([start_n, 0])" + (".T" if axes[self.r.kp.key] == "cols" else "")
+                code = f"{block} if TMA else {code}"
+            self.lines.append(f"{var} = {code}")
             self.r.printer.shared = False
             self.kb[key] = var
         return self.kb[key]
@@ -350,9 +358,36 @@ class Renderer:
         self.qa: dict[Expr, str] = {}
         self.folds: dict[str, ScoreFold] = {}          # of the pass being rendered
         self.log2_rescaled: set[str] = set()           # of the pass being rendered
+        self.descs: dict[Expr, tuple[str, str]] = {}   # key-side read -> (descriptor, its line)
+        self.tma_reads: list[tuple[str, int, int]] = []   # (input, its key dim, its feature dim)
         self.fold_flags: dict[str, Expr] = {}          # FOLD_<score> -> scalars, over all passes
 
     # -- pieces -------------------------------------------------------------------
+    def descriptor(self, read: Expr) -> str | None:
+        """The tensor descriptor of a key-side read ``X[grid.., key, feature]`` (any order of the
+        subscripts; grid ones may be divided), made once per program; None for any other read."""
+        name, subs = read.arg
+        roles = [self.roles.get(s.index) for s in subs]
+        rest = [r for r in roles if r != "grid"]
+        if sorted(rest) not in (["contract", "key"], ["key", "value"]) or \
+                any(s.div for s, r in zip(subs, roles) if r != "grid"):
+            return None
+        if read not in self.descs:
+            pr = self.printer
+            jk = roles.index("key")
+            jf = next(j for j, r in enumerate(roles) if r in ("contract", "value"))
+            f = subs[jf].index
+            pr.shared = True
+            base = " + ".join([f"{name}_ptr"] + [f"{pr.coord(s.index, 'row', s.div)} * stride_{name}_{j}"
+                                                 for j, s in enumerate(subs) if roles[j] == "grid"])
+            pr.shared = False
+            var = f"desc{len(self.descs)}"
+            self.descs[read] = (var, f"{var} = tl.make_tensor_descriptor({base}, shape=[size_n, SIZE_{f}], "
+                                     f"strides=[stride_{name}_{jk}, 1], block_shape=[BLOCK_N, BLOCK_{f}]) "
+                                     f"if TMA else 0")
+            self.tma_reads.append((name, jk, jf))
+        return self.descs[read][0]
+
     def row_ctx(self, dims) -> str:
         return "rowval" if any(self.roles.get(i) == "value" for i in dims) else "row"
 
@@ -616,7 +651,8 @@ class Renderer:
     def constexprs(self, split: bool) -> tuple[str, ...]:
         feats = self.features
         return tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
-                     + ["DOT_PRECISION", "EVEN_N", *self.fold_flags] + (["KV_SPLITS"] if split else []))
+                     + ["DOT_PRECISION", "EVEN_N", *self.fold_flags] + (["TMA"] if self.descs else [])
+                     + (["KV_SPLITS"] if split else []))
 
     def packed_index(self) -> str | None:
         """A grid index whose programs take ``PACK`` of its values each (the decode program's heads)."""
@@ -655,6 +691,7 @@ class Renderer:
                 qa_lines.append(f"{var} = {pr.load(op.query_read, 'tile', {op.contract: 'cols'}, cast=False)}")
         prologue = [f"r_{op.name} = {self.row_value(op)}" for op in kp.prologue]
         passes = [self.pass_view(p) for p in kp.passes]
+        descs = [line for _, line in self.descs.values()]
         stores = []
         for o, dims in kp.outputs:
             ctx = self.row_ctx(dims)
@@ -670,7 +707,7 @@ class Renderer:
             if split else {}
         return dict(name=name, spec=c.name, structural_hash=c.structural_hash(), args=args,
                     constexprs=self.constexprs(split), grid=kp.grid, grid_lines=self.grid_lines(), query=kp.query,
-                    key=kp.key, contract=kp.contract, value=kp.value, features=self.features, qa_lines=qa_lines, prologue=prologue,
+                    key=kp.key, contract=kp.contract, value=kp.value, features=self.features, qa_lines=qa_lines, descs=descs, prologue=prologue,
                     passes=passes, stores=stores, n_passes=len(passes), split=split, combine_name=combine_name,
                     workspaces=workspaces, folds=list(self.fold_flags), **split_parts)
 
@@ -683,7 +720,7 @@ class Renderer:
         src = env.from_string(template_source(self.TEMPLATE)).render(**parts)
         return Rendered(src, parts["name"], tuple(parts["args"]), parts["constexprs"], kp.grid, kp.query, kp.key,
                         kp.contract, kp.value, tuple(kp.outputs), parts["combine_name"], parts["workspaces"],
-                        tuple(self.fold_flags.items()))
+                        tuple(self.fold_flags.items()), tuple(self.tma_reads))
 
 
 @functools.lru_cache(maxsize=4)

@@ -100,7 +100,13 @@ def amdgcn_loops(text: str) -> list[Loop]:
 
 def _loops(ins: list, latch: dict, nop: str, classes: dict, first: bool) -> list[Loop]:
     """One Loop per header (a loop with two backward branches is counted to the last one);
-    ``first``: the header itself is an instruction (an address), not a label's line."""
+    ``first``: the header itself is an instruction (an address), not a label's line.
+
+    A branch back into the middle of a loop from code placed after it (the out-of-line retry of
+    a TMA barrier wait) is no loop: of two ranges that overlap without nesting, the one that
+    starts later is dropped. Such waits spin in loops of their own, reported like any other."""
+    spans = sorted(latch.items())
+    latch = {s: e for s, e in spans if not any(s2 < s <= e2 < e for s2, e2 in spans)}
     out = []
     for start, end in sorted(latch.items()):
         body = [o for j, o, _ in ins if (start <= j if first else start < j) and j <= end and o != nop]
@@ -118,7 +124,9 @@ def _classify(ops: list[str], classes: dict) -> dict:
 
 
 def kernel_loops(ck) -> list[dict]:
-    """The loops of a ``CompiledKernel`` (``aot.compile_kernel``) as JSON-able dicts."""
-    if "cubin" in ck.files:
-        return [l.to_json() for l in sass_loops(sass(ck.files["cubin"]))]
-    return [l.to_json() for l in amdgcn_loops(ck.files["amdgcn"])]
+    """The key loops of a ``CompiledKernel`` (``aot.compile_kernel``) as JSON-able dicts: the loops
+    that issue matrix-multiply instructions (not the spin loops of barrier waits), or every loop
+    where none does."""
+    loops = sass_loops(sass(ck.files["cubin"])) if "cubin" in ck.files else amdgcn_loops(ck.files["amdgcn"])
+    keyed = [lp for lp in loops if lp.counts.get("mma")]
+    return [lp.to_json() for lp in (keyed or loops)]

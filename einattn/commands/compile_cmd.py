@@ -127,10 +127,10 @@ def run(args) -> int:
         loops = kernel_loops(ck)
     except (OSError, RuntimeError) as e:        # no cuobjdump beside Triton, or it failed: report why
         loops = [{"error": f"{type(e).__name__}: {e}"}]
-    from einattn.backends.triton.abi import constexpr_values, dot_precision
+    from einattn.backends.triton.aot import aot_constexprs
     # what a launcher of these files must pass (EVEN_N: key lengths that are a multiple of BLOCK_N;
-    # FOLD_<score>: the sign of the score scale at these params)
-    constexprs = constexpr_values(art.rendered, sizes, art.config, dot_precision([dtype]), params)
+    # FOLD_<score>: the sign of the score scale at these params; TMA: contiguous, aligned K and V)
+    constexprs = aot_constexprs(art, sizes, dtype, params)
     report = {
         "target": {**art.hardware.to_json(), "target": str(art.target)}, "constexprs": constexprs,
         "config": art.config.to_json(), "dtype": str(dtype).replace("torch.", ""), "shape": sizes,

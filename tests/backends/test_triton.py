@@ -97,6 +97,32 @@ def test_score_scale_fold_off_for_a_scale_not_positive(name, scale):
 
 
 @pytest.mark.cpu
+@pytest.mark.parametrize("name", ["causal", "gqa", "sinks", "differential"])
+def test_tensor_descriptor_and_pointer_loads_agree(name):
+    """K and V load through tensor descriptors (TMA) where the layout allows it (Hopper targets;
+    the feature dim innermost; 16-byte strides and base), by pointers otherwise; the interpreter
+    runs both: contiguous inputs take descriptors, a key stride of 20 fp32 (80 bytes: aligned) too,
+    one of 17 (68 bytes) the pointers; sm_80 never takes them."""
+    from einattn.backends.triton.abi import tma_usable
+    x = zoo_inputs(name, dtype=torch.float32, **_sizes(name, 37, 45, d=16, e=16))
+    want = einattn.compile(name, target="reference")(**{k: v.double() for k, v in x.items()})
+    k = _interp(name, 16, 16)
+    r = k._artifact.rendered
+    assert "TMA" in r.constexprs and r.tma
+
+    def padded(t, extra):       # the same values, the last dim inside a wider row
+        w = torch.zeros(*t.shape[:-1], t.shape[-1] + extra)
+        w[..., :t.shape[-1]] = t
+        return w[..., :t.shape[-1]]
+    keyed = [n for n, _, _ in r.tma]
+    for extra, tma in ((0, True), (4, True), (1, False)):
+        y = {n: (padded(v, extra) if n in keyed else v) for n, v in x.items()}
+        assert tma_usable(r, 90, {}, {}, tensors=y) is tma
+        assert _rel(k(**y), want) <= 1e-4, (name, extra)
+    assert tma_usable(r, 80, {}, {}, tensors=x) is False
+
+
+@pytest.mark.cpu
 @pytest.mark.parametrize("name", ZOO_NAMES)
 def test_zoo_fp16_within_eager_error(name):
     x = zoo_inputs(name, dtype=torch.float16, **_sizes(name, 37, 53))
@@ -312,3 +338,25 @@ def test_zoo_on_gpu(name, dtype):
     err = _rel(tuple(g.cpu() for g in as_tuple(got)), ref(**x))
     assert err <= (1e-4 if dtype == torch.float32 else 1e-2), err
     assert math.isfinite(err)
+
+
+def test_tma_allocator_set_once_and_the_callers_kept():
+    """Descriptor kernels need Triton's allocator (no GPU here: the choice is checked, not run)."""
+    import contextvars
+
+    import triton
+    from triton.runtime import _allocation
+
+    from einattn.backends.triton.backend import _tma_allocator, _torch_scratch
+
+    def fresh():
+        _tma_allocator()
+        return _allocation._allocator.get()
+
+    def users():
+        mine = lambda size, alignment, stream: None     # noqa: E731
+        triton.set_allocator(mine)
+        _tma_allocator()
+        return _allocation._allocator.get() is mine
+    assert contextvars.Context().run(fresh) is _torch_scratch
+    assert contextvars.Context().run(users)

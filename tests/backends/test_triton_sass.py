@@ -26,8 +26,8 @@ TUTORIAL_TILES = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3
 # (target, d) -> (full-tile loop, diagonal loop) instructions per iteration, mma per loop
 # (538 / 748, 606 / 851, 700 / 975 and 792 / 1084 before the online form's exp became exp2;
 # 436 / 648, 504 / 740, 535 / 761 and 636 / 897 before the one-FMA exp, the folded score scale
-# and EVEN_N)
-BUDGETS = {("cuda:sm_90", 64): ((311, 392), 8), ("cuda:sm_90", 128): ((375, 452), 12),
+# and EVEN_N; 311 / 392 and 375 / 452 on sm_90 before the tensor-descriptor loads)
+BUDGETS = {("cuda:sm_90", 64): ((307, 386), 8), ("cuda:sm_90", 128): ((356, 434), 12),
            ("rocm:gfx942", 64): ((403, 501), 24), ("rocm:gfx942", 128): ((504, 601), 48)}
 
 
@@ -50,13 +50,23 @@ def test_causal_loops_within_budget(target, d):
         assert lp["mma"] == mma, lp               # the same matrix work in both loops
         assert lp["ex2"] >= 16, lp                # the thread's share of the tile's exponentials
     assert loops[1]["instructions"] > loops[0]["instructions"]     # the diagonal loop masks
+    if target == "cuda:sm_90":      # K and V through tensor descriptors: two TMA loads an iteration
+        assert all(lp["tma_loads"] == 2 and lp["async_copies"] == 0 for lp in loops), loops
 
 
-def test_causal_d64_fits_two_blocks_per_sm():
+def test_causal_registers():
     """The issue's register goal: at most 128 registers a thread at d=64 (2 blocks of 8 warps per
-    SM), no spills; 180 before the folded scale and EVEN_N."""
-    r = compiled("causal", "cuda:sm_90", 64).resources
-    assert r["registers"] <= 128 and r.get("spill_stores", 0) == 0, r
+    SM), no spills (180 before the folded scale and EVEN_N); at d=128 at most 164 (192 before the
+    tensor-descriptor loads; the tutorial's kernel: 151)."""
+    for d, most in ((64, 128), (128, 164)):
+        r = compiled("causal", "cuda:sm_90", d).resources
+        assert r["registers"] <= most and r.get("spill_stores", 0) == 0, (d, r)
+
+
+def test_sm80_loads_by_pointers():
+    """No TMA before Hopper: the same source compiles its pointer loads (cp.async) for sm_80."""
+    loops = kernel_loops(compiled("causal", "cuda:sm_80", 64))
+    assert loops and all(lp["tma_loads"] == 0 and lp["async_copies"] > 0 for lp in loops), loops
 
 
 def source(name: str, target: str = "cuda:sm_90") -> str:
@@ -133,6 +143,18 @@ def test_parsers_on_small_texts():
     assert (lp.start, lp.end, lp.instructions, lp.counts["ex2"], lp.counts["mma"]) == (0x10, 0x50, 4, 1, 1)
     amd = ".LBB0_1:\n\tv_exp_f32_e32 v1, v1\n\ts_nop 0\n\tv_mfma_f32_32x32x8f16 a[0:15], v[0:1], v[2:3], a[0:15]\n" \
           "\ts_cbranch_scc1 .LBB0_1\n\ts_endpgm\n"
+    # a branch back into a loop from an out-of-line barrier retry after it is no loop of its own
+    tma = ("        /*0000*/  MOV R1, c[0x0][0x28] ;\n"
+           "        /*0010*/  HGMMA.64x64x16.F32 R24, gdesc[UR4], R24 ;\n"
+           "        /*0020*/  SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR8], R3 ;\n"
+           "        /*0030*/  @!P0 BRA 0x60 ;\n"
+           "        /*0040*/  @P1 BRA 0x10 ;\n"
+           "        /*0050*/  EXIT ;\n"
+           "        /*0060*/  SYNCS.PHASECHK.TRANS64 P0, [UR8], R3 ;\n"
+           "        /*0070*/  @!P0 BRA 0x60 ;\n"
+           "        /*0080*/  BRA 0x30 ;\n")
+    spans = [(lp.start, lp.end) for lp in sass_loops(tma)]
+    assert spans == [(0x10, 0x40), (0x60, 0x70)], spans
     [lp] = amdgcn_loops(amd)
     assert (lp.instructions, lp.counts["ex2"], lp.counts["mma"]) == (3, 1, 1)
     assert sass_loops("        /*0000*/  BRA 0x40 ;\n        /*0040*/  EXIT ;\n") == []     # forward only
