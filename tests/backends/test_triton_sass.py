@@ -19,6 +19,7 @@ import einattn
 from einattn.backends import get_backend, parse_target
 from einattn.backends.triton.sass import amdgcn_loops, kernel_loops, sass_loops
 from einattn.compiler import make_plan
+from tests.helpers import SOFTMAX
 
 pytest.importorskip("triton")
 
@@ -95,15 +96,8 @@ def test_online_softmax_exp_is_one_fma_and_an_exp2():
     assert "tl.exp((-1.0 * tl.abs(t_S)))" in other and "FOLD_" not in other and "tl.exp2(" not in other.split("def einattn_")[1]
 
 
-EXP_OF_SCORES = """einattn: 1
-name: exp_of_scores
-inputs:
-  Q: [b, h, m, d]
-  K: [b, h, n, d]
-  V: [b, h, n, e]
-params:
-  scale: 1 / sqrt(d)
-cascade:
+# softmax's declarations, weights exp(-|S|) without a max
+EXP_OF_SCORES = SOFTMAX.split("cascade:")[0].replace("name: softmax", "name: exp_of_scores") + """cascade:
   - S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] * scale
   - O[b,h,m,e] = exp(-abs(S[b,h,m,n])) * V[b,h,n,e]
 outputs: [O]
