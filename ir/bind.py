@@ -42,6 +42,28 @@ def bind_sizes(c: Cascade, shapes: dict[str, tuple[int, ...]]) -> dict[str, int]
     return {i: n for i, (n, _) in sizes.items()}
 
 
+def _apply(op: Op, args: list):
+    fn = _FN.get(op) or _BIN.get(op)
+    if fn is None:
+        raise ValueError(f"'{op.value}' has no numeric value")
+    v = fn(*args)
+    if isinstance(v, complex):
+        raise ValueError("the result is a complex number")
+    return v
+
+
+def eval_scalar(e: Expr, params: dict, sizes: dict | None = None) -> float:
+    """The value of a tile-free expression of constants, params and sizes (a score's scalars).
+    A math error (ValueError, ZeroDivisionError, OverflowError) propagates."""
+    if e.op is Op.CONST:
+        return e.arg
+    if e.op is Op.PARAM:
+        return params[e.arg]
+    if e.op is Op.INDEX and sizes is not None:
+        return sizes[e.arg]
+    return _apply(e.op, [eval_scalar(x, params, sizes) for x in e.src])
+
+
 def eval_params(c: Cascade, sizes: dict[str, int], overrides: dict | None = None) -> dict[str, float]:
     """Values of every param: overrides first, then the spec's expressions."""
     overrides = dict(overrides or {})
@@ -61,13 +83,7 @@ def eval_params(c: Cascade, sizes: dict[str, int], overrides: dict | None = None
             return get(e.arg)
         args = [ev(s, owner) for s in e.src]
         try:
-            fn = _FN.get(e.op) or _BIN.get(e.op)
-            if fn is None:
-                raise ValueError(f"'{e.op.value}' has no numeric value")
-            v = fn(*args)
-            if isinstance(v, complex):
-                raise ValueError("the result is a complex number")
-            return v
+            return _apply(e.op, args)
         except (ValueError, ZeroDivisionError, OverflowError, TypeError) as err:
             raise SpecError(f"param '{owner}' cannot be evaluated", loc=known[owner].loc,
                             found=f"{err} in '{e}' with sizes {sizes}") from None

@@ -8,8 +8,10 @@ import math
 
 import torch
 
+from einattn.ir import eval_scalar
+
 from .config import TritonConfig
-from .render import Rendered, scalar_value
+from .render import Rendered
 
 
 def next_pow2(x: int, floor: int = 16) -> int:
@@ -33,7 +35,10 @@ def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precisi
     out["DOT_PRECISION"] = dot_precision
     out["EVEN_N"] = int(sizes[r.key]) % config.BLOCK_N == 0
     for flag, scalars in r.folds:
-        c = 1.0 if params is None else scalar_value(scalars, params)
+        try:
+            c = 1.0 if params is None else float(eval_scalar(scalars, params))
+        except (ValueError, ZeroDivisionError, OverflowError):      # no number: keep the scale
+            c = math.nan
         out[flag] = bool(0.0 < c < math.inf)
     if "TMA" in r.constexprs:
         out["TMA"] = bool(tma)

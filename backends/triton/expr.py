@@ -23,7 +23,37 @@ from einattn.ir import Cascade, Expr, Op, UnsupportedError
 
 LOG2E = 1.4426950408889634
 
-__all__ = ["NEG_INF", "Printer", "const_text"]
+__all__ = ["NEG_INF", "Printer", "const_text", "deps", "online_max", "unwrap"]
+
+
+def unwrap(e: Expr) -> Expr:
+    """``e`` without its RUNNING marks (a running row value is the same variable)."""
+    while e.op is Op.RUNNING:
+        e = e.src[0]
+    return e
+
+
+def online_max(x: Expr, online: dict[str, frozenset]) -> str | None:
+    """The max ``m`` when ``x`` is the online form ``y - m`` (``online[m]`` holds ``y``: m >= y), else None."""
+    if x.op is not Op.SUB:
+        return None
+    y, m = x.src[0], unwrap(x.src[1])
+    return m.arg[0] if m.op is Op.READ and m.arg[0] in online and y in online[m.arg[0]] else None
+
+
+def deps(e: Expr, roles: dict[str, str], tiles: set[str]) -> set[str]:
+    """Roles an expression varies along (tile values vary along query and key)."""
+    out: set[str] = set()
+    for x in e.walk():
+        if x.op is Op.INDEX:
+            out.add(roles.get(x.arg, "?"))
+        elif x.op is Op.READ:
+            if x.arg[0] in tiles:
+                out |= {"query", "key"}
+            else:
+                out |= {roles.get(s.index, "?") for s in x.arg[1]}
+    out.discard("grid")
+    return out
 
 
 @dataclass
@@ -77,21 +107,12 @@ class Printer(ExprPrinter):
     def expr(self, e: Expr, at) -> str:
         if e.op is Op.EXP and self.online_form(e.src[0]):
             return self.online_exp(e.src[0], at)
-        if e.op is Op.DIV and at != "row" and not needs_div_rule(e.src[1]) and self.key_free(e.src[1]):
+        if e.op is Op.DIV and at != "row" and not needs_div_rule(e.src[1]) \
+                and not deps(e.src[1], self.roles, self.tiles) & {"key", "value", "contract"}:
             # a tile divided by a scalar or a row value: one reciprocal per row, a multiply per element
             # (div.full.f32 is itself a reciprocal and a multiply, so the result is as close)
             return f"({self.expr(e.src[0], at)} * (1.0 / {self.expr(e.src[1], at)}))"
         return super().expr(e, at)
-
-    def key_free(self, e: Expr) -> bool:
-        """``e`` is the same for every key of a tile row (no tile, key index or key-indexed input)."""
-        for x in e.walk():
-            if x.op is Op.INDEX and self.roles.get(x.arg) in ("key", "value", "contract"):
-                return False
-            if x.op is Op.READ and (x.arg[0] in self.tiles or any(self.roles.get(s.index) == "key"
-                                                                  for s in x.arg[1])):
-                return False
-        return True
 
     def online_exp(self, x: Expr, ctx: str) -> str:
         """exp of the online form ``y - m``, ``m`` the running max of ``y``, as one FMA and an ex2:
@@ -133,12 +154,7 @@ class Printer(ExprPrinter):
 
     def online_form(self, x: Expr) -> bool:
         """``x`` is ``y - m`` with ``m`` a running max at least ``y`` (so ``x <= 0``)."""
-        if x.op is not Op.SUB:
-            return False
-        y, m = x.src
-        while m.op is Op.RUNNING:
-            m = m.src[0]
-        return m.op is Op.READ and m.arg[0] in self.online and y in self.online[m.arg[0]]
+        return online_max(x, self.online) is not None
 
     def __post_init__(self):
         # per statement: (may be -inf, may be +inf): max reductions start at -inf, masks put it there

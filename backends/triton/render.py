@@ -33,17 +33,15 @@ import importlib.resources
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from einattn.compiler.kernel_plan import Kind, KernelPass, KernelPlan, TileOp
 from einattn.compiler.lowering import hoist_key_free_reads
 from einattn.compiler.masks import atom, substitute, tile_decision
 from einattn.compiler.splits import merges
-from einattn.ir import Expr, Op, Reduce
+from einattn.ir import Expr, Op, Reduce, eval_scalar
 
 from einattn.compiler.infinity import inf_flags
 
-from .expr import LOG2E, NEG_INF, Printer, const_text
+from .expr import LOG2E, NEG_INF, Printer, const_text, deps, online_max, unwrap
 
 TEMPLATE = ("triton", "attention.py.jinja")
 
@@ -116,21 +114,8 @@ class ScoreFold:
         return f"FOLD_{self.score}"
 
 
+# the ops of scalars whose sign abi.constexpr_values evaluates (ir.eval_scalar) to set FOLD_<S>
 SCALAR_OPS = {Op.CONST, Op.PARAM, Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.NEG, Op.SQRT, Op.RSQRT}
-
-
-def scalar_value(e: Expr, params: dict) -> float:
-    """A score's scalars at these params (the ops of ``SCALAR_OPS``)."""
-    v = [scalar_value(x, params) for x in e.src]
-    if e.op is Op.CONST:
-        return float(e.arg)
-    if e.op is Op.PARAM:
-        return float(params[e.arg])
-    with np.errstate(all="ignore"):
-        a = np.float64(v[0])
-        return float({Op.ADD: lambda: a + v[1], Op.SUB: lambda: a - v[1], Op.MUL: lambda: a * v[1],
-                      Op.DIV: lambda: a / v[1], Op.NEG: lambda: -a, Op.SQRT: lambda: np.sqrt(a),
-                      Op.RSQRT: lambda: 1 / np.sqrt(a)}[e.op]())
 
 
 def online_bounds(kp: KernelPlan) -> dict[str, frozenset]:
@@ -138,8 +123,7 @@ def online_bounds(kp: KernelPlan) -> dict[str, frozenset]:
     a max reduction over the keys its operand; a per-row ``max(a, b, ..)`` over one of them (a sink
     logit beside the tiles' max) its operands and their bounds."""
     def leaves(e: Expr) -> list[Expr]:
-        while e.op is Op.RUNNING:
-            e = e.src[0]
+        e = unwrap(e)
         return leaves(e.src[0]) + leaves(e.src[1]) if e.op is Op.MAX else [e]
     out: dict[str, frozenset] = {}
     for p in kp.passes:
@@ -163,13 +147,8 @@ def log2_rescaled(kpass: KernelPass, online: dict[str, frozenset]) -> set[str]:
             for x in e.walk():
                 if x.op is not Op.EXP:
                     continue
-                a = x.src[0]
-                y, m = a.src if a.op is Op.SUB else (a, None)
-                while m is not None and m.op is Op.RUNNING:
-                    m = m.src[0]
-                ok = m is not None and m.op is Op.READ and m.arg[0] in online and y in online[m.arg[0]]
                 reads = {r.arg[0] for r in x.walk() if r.op is Op.READ}
-                if not ok or len(reads & out) > 1:
+                if online_max(x.src[0], online) is None or len(reads & out) > 1:
                     out -= reads
     return out
 
@@ -201,12 +180,9 @@ def score_folds(kpass: KernelPass, online: dict[str, frozenset]) -> list[ScoreFo
             for e in op.exprs:
                 for x in e.walk():
                     total += x.op is Op.READ and x.arg[0] in raw
-                    if x.op is Op.EXP and x.src[0].op is Op.SUB:
-                        y, m = x.src[0].src
-                        while m.op is Op.RUNNING:
-                            m = m.src[0]
-                        allowed += y.op is Op.READ and y.arg[0] in raw and m.op is Op.READ \
-                            and m.arg[0] in online and y in online[m.arg[0]]
+                    if x.op is Op.EXP and online_max(x.src[0], online) is not None:
+                        y = x.src[0].src[0]
+                        allowed += y.op is Op.READ and y.arg[0] in raw
         if total and total == allowed:
             out.append(ScoreFold(sc.name, sc.scalars, frozenset(raw), frozenset(maxes)))
     return out
@@ -214,21 +190,6 @@ def score_folds(kpass: KernelPass, online: dict[str, frozenset]) -> list[ScoreFo
 
 def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
-
-
-def _deps(e: Expr, kp: KernelPlan, roles: dict[str, str], tiles: set[str]) -> set[str]:
-    """Roles an expression varies along (tile values vary along query and key)."""
-    out: set[str] = set()
-    for x in e.walk():
-        if x.op is Op.INDEX:
-            out.add(roles.get(x.arg, "?"))
-        elif x.op is Op.READ:
-            if x.arg[0] in tiles:
-                out |= {"query", "key"}
-            else:
-                out |= {roles.get(s.index, "?") for s in x.arg[1]}
-    out.discard("grid")
-    return out
 
 
 class _Body:
@@ -249,7 +210,7 @@ class _Body:
     def tile(self, e: Expr) -> str:
         """A full [BLOCK_M, BLOCK_N] value of a tile expression."""
         code = self.r.printer(e, "tile")
-        if _deps(e, self.r.kp, self.r.roles, self.r.printer.tiles) != {"query", "key"}:
+        if deps(e, self.r.roles, self.r.printer.tiles) != {"query", "key"}:
             code = f"({code} + tl.zeros([BLOCK_M, BLOCK_N], tl.float32))"
         return code
 
@@ -396,11 +357,11 @@ class Renderer:
             return self.row_reduction(op)
         ctx = self.row_ctx(op.dims)
         code = self.printer(op.expr, ctx)
-        deps = _deps(op.expr, self.kp, self.roles, set())
+        varies = deps(op.expr, self.roles, set())
         want = {"query", "value"} if ctx == "rowval" else {"query"}
         if self.kp.query not in op.dims:
             want.discard("query")
-        if not want <= deps:
+        if not want <= varies:
             e = next((i for i in op.dims if self.roles.get(i) == "value"), None)
             shape = f"[BLOCK_M, BLOCK_{e}]" if ctx == "rowval" else "[BLOCK_M]"
             code = f"({code} + tl.zeros({shape}, tl.float32))"
@@ -428,7 +389,7 @@ class Renderer:
     def const(self, e: Expr) -> str:
         """A scalar (params and numbers), folded to a number when it has no params."""
         if not e.params():
-            return _num(_eval_number(e))
+            return _num(eval_scalar(e, {}))
         return self.printer(e, "row")
 
     @staticmethod
@@ -585,6 +546,7 @@ class Renderer:
         ops = {op.name: op for op in kpass.state}
         pr, out = self.printer, []
         pr.tiles, pr.hoist = set(), None
+        rescaled = log2_rescaled(kpass, pr.online)
         for mg in merges(self.kp):
             op = ops[mg.name]
             row = "s * ws_part + ws_row"
@@ -607,7 +569,7 @@ class Renderer:
                 # the tile loop's correction base(m_old - m) with m_old the part's stabiliser
                 fn = "tl.exp" if base == "exp" else "tl.exp2"
                 m_part = f"tl.load(ws_{m}_ptr + {row}, mask=mask_m, other=0.0)"
-                if base == "exp" and m in log2_rescaled(kpass, pr.online):     # as the parts' tiles rounded it
+                if base == "exp" and m in rescaled:     # as the parts' tiles rounded it
                     factors.append(pr.online_rescale(m_part, f"r_{m}"))
                 else:
                     factors.append(f"{fn}(_sub_rule({m_part}, r_{m}))")
@@ -731,14 +693,6 @@ def template_source(which: tuple[str, str] = TEMPLATE) -> str:
 def template_hash() -> str:
     """A short hash of the kernel template: part of a tuning record's target fingerprint."""
     return hashlib.sha256(template_source().encode()).hexdigest()[:16]
-
-
-def _eval_number(e: Expr) -> float:
-    if e.op is Op.CONST:
-        return e.arg
-    v = [_eval_number(x) for x in e.src]
-    return {Op.ADD: lambda: v[0] + v[1], Op.SUB: lambda: v[0] - v[1], Op.MUL: lambda: v[0] * v[1],
-            Op.NEG: lambda: -v[0]}[e.op]()
 
 
 def _ident(s: str) -> str:
