@@ -98,6 +98,9 @@ def schedule(c: Cascade) -> tuple[tuple[Step, ...], tuple[PassPlan, ...], dict[s
 
 
 def make_plan(c: Cascade) -> Plan:
+    if c.selects:
+        raise UnsupportedError(f"{c.name} selects key blocks (spec v1.1): it is planned in two stages, "
+                               f"compiler.selection.split, and its attention stage is planned on its own")
     new, fired, stages = rewrite(c)
     prologue, passes, pl = schedule(new)
     return Plan(c, new, count_passes(c), count_passes(new), fired, passes, prologue, pl,

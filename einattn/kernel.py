@@ -207,8 +207,15 @@ def explain(spec) -> Plan:
 
     >>> p = explain("softmax"); (p.naive_passes, p.passes)
     (3, 1)
+
+    A block-sparse spec (v1.1) gives its two stages (``compiler/selection.Stages``) and
+    ``stages.plan``, the pass plan of the attention stage.
     """
-    return make_plan(load_spec(spec))
+    c = load_spec(spec)
+    if c.selects:
+        from einattn.compiler.selection import split
+        return split(c)
+    return make_plan(c)
 
 
 def explain_backward(spec, wrt=None):
@@ -334,6 +341,9 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
             raise SpecError(f"unknown param '{k}'", loc=Loc(c.file),
                             expected="one of: " + (", ".join(sorted(known)) or "(this spec has no params)"))
     t = parse_target(target)
+    if c.selects:                            # spec v1.1: select key blocks, then attend
+        from .sparse import compile_sparse
+        return compile_sparse(c, t, tune, dict(config or {}), params)
     if interpret is None:
         interpret = settings.interpret() and t.kind in ("cuda", "rocm")
     if interpret and t.kind not in ("cuda", "rocm"):

@@ -103,3 +103,16 @@ def eval_params(c: Cascade, sizes: dict[str, int], overrides: dict | None = None
     for p in c.params:
         get(p.name)
     return values
+
+
+def bind_blocks(c: Cascade, sizes: dict[str, int], params: dict) -> dict[str, int]:
+    """``sizes`` with every block index (spec v1.1): ceil(size(index) / size). The block size must
+    be a positive integer at the call."""
+    out = dict(sizes)
+    for b in c.blocks:
+        bs = params[b.size]
+        if isinstance(bs, bool) or not float(bs).is_integer() or bs < 1:
+            raise SpecError(f"block size '{b.size}' of block index '{b.name}' must be a positive integer",
+                            loc=b.loc or Loc(c.file), found=repr(bs), fix=f"set {b.size} to 64, 512, ...")
+        out[b.name] = -(-sizes[b.index] // int(bs))
+    return out

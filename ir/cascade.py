@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import Loc
 from .expr import Expr
@@ -46,6 +46,26 @@ class ParamDecl:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockDecl:
+    """Block index ``name`` of ``index`` in blocks of ``size`` (a param): coordinate j stands for
+    the values j*size .. j*size + size - 1 of ``index``; its size is ceil(size(index) / size).
+    A tensor with a block dim is read along ``index`` as ``T[.., index // size, ..]``."""
+    name: str
+    index: str
+    size: str
+    loc: Loc | None = field(default=None, compare=False)
+
+    def to_json(self):
+        return {"name": self.name, "index": self.index, "size": self.size}
+
+    def __str__(self) -> str:
+        return f"{self.name} = {self.index} // {self.size}"
+
+
+SELECTIONS = ("topk", "topp")
+
+
+@dataclass(frozen=True, slots=True)
 class Stmt:
     """``name[indices] <reduce> expr``; indices on the right only are reduced."""
     name: str
@@ -56,6 +76,9 @@ class Stmt:
     # set by the online-rescaling rewrite on running sums: ((stabiliser, "exp"|"exp2"), ...);
     # the accumulator is multiplied by base**(old - new) whenever the stabiliser moves
     rescale: tuple[tuple[str, str], ...] = ()
+    # a selection statement (spec v1.1): ("topk" | "topp", amount); the value is 1.0 at the kept
+    # coordinates of the last left-hand index (a block index) and 0.0 elsewhere (docs/spec.md)
+    select: tuple = ()
 
     @property
     def reduced(self) -> tuple[str, ...]:
@@ -70,10 +93,13 @@ class Stmt:
                "expr": self.expr.to_json()}
         if self.rescale:
             out["rescale"] = [list(r) for r in self.rescale]
+        if self.select:
+            out["select"] = [self.select[0], self.select[1].to_json()]
         return out
 
     def __str__(self) -> str:
-        s = f"{self.name}[{','.join(self.indices)}] {self.reduce.value} {self.expr}"
+        rhs = f"{self.select[0]}({self.expr}, {self.select[1]})" if self.select else str(self.expr)
+        s = f"{self.name}[{','.join(self.indices)}] {self.reduce.value} {rhs}"
         for m, base in self.rescale:
             s += f"    (running sum, rescaled by {base}(old {m} - new {m}))"
         return s
@@ -89,6 +115,7 @@ class Cascade:
     name: str = field(default="cascade", compare=False)
     doc: str = field(default="", compare=False)
     file: str = field(default="<spec>", compare=False)
+    blocks: tuple[BlockDecl, ...] = ()          # block indices (spec v1.1)
 
     # -- lookups --------------------------------------------------------------
     def input(self, name: str) -> TensorDecl | None:
@@ -109,25 +136,35 @@ class Cascade:
         seen: dict[str, None] = {}
         for t in self.inputs:
             seen.update(dict.fromkeys(t.indices))
+        seen.update(dict.fromkeys(b.name for b in self.blocks))
         for s in self.stmts:
             seen.update(dict.fromkeys(s.all_indices))
         return tuple(seen)
 
+    def block(self, name: str) -> BlockDecl | None:
+        return next((b for b in self.blocks if b.name == name), None)
+
+    @property
+    def selects(self) -> bool:
+        """Spec v1.1: block indices or selection statements (compiler/selection.py splits it)."""
+        return bool(self.blocks) or any(s.select for s in self.stmts)
+
     def with_stmts(self, stmts) -> "Cascade":
-        return Cascade(self.inputs, self.params, tuple(stmts), self.outputs, self.key,
-                       self.name, self.doc, self.file)
+        return replace(self, stmts=tuple(stmts))
 
     def with_params(self, params) -> "Cascade":
-        return Cascade(self.inputs, tuple(params), self.stmts, self.outputs, self.key,
-                       self.name, self.doc, self.file)
+        return replace(self, params=tuple(params))
 
     # -- canonical form -------------------------------------------------------
     def to_json(self) -> dict:
-        return {"einattn": 1, "key": self.key,
-                "inputs": [t.to_json() for t in self.inputs],
-                "params": [p.to_json() for p in self.params],
-                "cascade": [s.to_json() for s in self.stmts],
-                "outputs": list(self.outputs)}
+        out = {"einattn": 1, "key": self.key,
+               "inputs": [t.to_json() for t in self.inputs],
+               "params": [p.to_json() for p in self.params],
+               "cascade": [s.to_json() for s in self.stmts],
+               "outputs": list(self.outputs)}
+        if self.blocks:                 # v1 cascades keep their hashes
+            out["blocks"] = [b.to_json() for b in self.blocks]
+        return out
 
     def canonical(self) -> str:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
@@ -154,6 +191,8 @@ class Cascade:
 
     def __str__(self) -> str:
         lines = ["inputs: " + ", ".join(f"{t.name}[{','.join(t.indices)}]" for t in self.inputs)]
+        if self.blocks:
+            lines.append("blocks: " + ", ".join(map(str, self.blocks)))
         if self.params:
             lines.append("params: " + ", ".join(f"{p.name} = {p.expr}" for p in self.params))
         lines += [f"  {s}" for s in self.stmts]

@@ -1,4 +1,4 @@
-"""Spec format v1 (YAML) -> :class:`Cascade`.
+"""Spec format v1 and v1.1 (YAML) -> :class:`Cascade`.
 
 YAML is read with ``safe_load`` semantics (``yaml.compose`` on the SafeLoader,
 kept as nodes so every error can name its line); expressions are parsed with
@@ -13,12 +13,13 @@ import re
 
 import yaml
 
-from .cascade import Cascade, ParamDecl, Reduce, Stmt, TensorDecl
+from .cascade import SELECTIONS, BlockDecl, Cascade, ParamDecl, Reduce, Stmt, TensorDecl
 from .errors import Loc, SpecError
 from .expr import FUNCTIONS, Expr, Op, Sub
 from .verify import verify
 
-TOP_KEYS = ("einattn", "name", "doc", "inputs", "params", "cascade", "outputs", "key_index")
+TOP_KEYS = ("einattn", "name", "doc", "inputs", "params", "blocks", "cascade", "outputs", "key_index")
+VERSIONS = {1: "1", 1.1: "1.1"}
 REQUIRED = ("einattn", "name", "inputs", "cascade", "outputs")
 # Levels of one expression (a name or number is 1, each operator or call adds one). Far above any
 # real variant (the zoo needs 4) and far below what the recursive passes, renderers and CPython's
@@ -32,7 +33,8 @@ _BINOPS = {ast.Add: Op.ADD, ast.Sub: Op.SUB, ast.Mult: Op.MUL, ast.Div: Op.DIV,
            ast.FloorDiv: Op.FLOORDIV, ast.Mod: Op.MOD, ast.Pow: Op.POW,
            ast.BitAnd: Op.AND, ast.BitOr: Op.OR}
 _CMPOPS = {ast.Lt: Op.LT, ast.LtE: Op.LE, ast.Gt: Op.GT, ast.GtE: Op.GE, ast.Eq: Op.EQ, ast.NotEq: Op.NE}
-RESERVED = set(FUNCTIONS) | {"inf"} | set(keyword.kwlist)
+RESERVED = set(FUNCTIONS) | set(SELECTIONS) | {"inf"} | set(keyword.kwlist)
+_BLOCK = re.compile(r"^\s*(?P<index>[A-Za-z_]\w*)\s*//\s*(?P<size>[A-Za-z_]\w*)\s*$")
 
 
 def _loc(file: str, node) -> Loc:
@@ -126,7 +128,9 @@ class _ExprParser:
         col = getattr(node, "col_offset", 0)
         raise SpecError(what, loc=self.locate(self.lead + col), **kw)
 
-    def parse(self, text: str) -> Expr:
+    def parse(self, text: str, select: bool = False):
+        """The expression; with ``select``, ``(kind, score, amount)`` where the text is a whole
+        ``topk(score, k)`` or ``topp(score, p)`` call (None where it is not)."""
         if len(text) > MAX_STMT_CHARS:
             raise SpecError("expression too long", loc=self.locate(0),
                             expected=f"at most {MAX_STMT_CHARS} characters", found=f"{len(text)}")
@@ -142,7 +146,20 @@ class _ExprParser:
                             expected=f"nesting depth at most {MAX_DEPTH}", found=repr(text[:60])) from None
         lead = len(text) - len(text.lstrip())
         self.lead = lead
-        return self.conv(tree.body, 1)
+        b = tree.body
+        if select:
+            if not (isinstance(b, ast.Call) and isinstance(b.func, ast.Name) and b.func.id in SELECTIONS):
+                return None
+            f = b.func.id
+            if b.keywords or len(b.args) != 2 or any(isinstance(a, ast.Starred) for a in b.args):
+                self.err(b, f"'{f}' takes 2 arguments", expected=f"{f}(score, {'k' if f == 'topk' else 'p'})",
+                         found=ast.unparse(b)[:60])
+            amount = self.conv(b.args[1], 2)
+            if not amount.is_scalar():
+                self.err(b.args[1], f"the amount of '{f}' must be a number, a param or sizes",
+                         found=repr(ast.unparse(b.args[1])), fix="declare it under 'params:'")
+            return f, self.conv(b.args[0], 2), amount
+        return self.conv(b, 1)
 
     def conv(self, n, depth: int) -> Expr:
         """``n`` as an Expr; ``depth`` is its level (the whole expression is level 1)."""
@@ -257,6 +274,10 @@ class _ExprParser:
             self.err(n, "only whitelisted functions can be called", expected=", ".join(sorted(FUNCTIONS)),
                      found=ast.unparse(n.func)[:40])
         f = n.func.id
+        if f in SELECTIONS:
+            self.err(n, f"'{f}' must be the whole right side of its own statement",
+                     expected=f"Sel[b,h,m,j] = {f}(score, {'k' if f == 'topk' else 'p'})", found=ast.unparse(n)[:60],
+                     fix="give the selection a statement of its own and read its 0/1 result")
         if f not in FUNCTIONS:
             self.err(n, f"unknown function '{f}'", expected="one of " + ", ".join(sorted(FUNCTIONS)), found=f,
                      fix=_hint(f, FUNCTIONS) or "write it from the whitelisted functions")
@@ -274,7 +295,7 @@ class _ExprParser:
 
 
 def parse_spec(text: str, file: str = "<spec>") -> Cascade:
-    """Parse spec text (YAML, format v1) into a verified :class:`Cascade`."""
+    """Parse spec text (YAML, format v1 or v1.1) into a verified :class:`Cascade`."""
     if not isinstance(text, str):
         raise SpecError("spec must be text", loc=Loc(file), found=type(text).__name__)
     if not text.strip():
@@ -299,9 +320,10 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
         if k not in top:
             raise SpecError(f"missing required key '{k}'", loc=Loc(file, 1, 1), fix=f"add '{k}:' (see docs/spec.md)")
     version = _scalar(top["einattn"][0], file, "'einattn'")
-    if type(version) is not int or version != 1:
+    if isinstance(version, bool) or version not in VERSIONS:
         raise SpecError("unsupported spec format version", loc=_loc(file, top["einattn"][0]),
-                        expected="einattn: 1", found=repr(version))
+                        expected="einattn: 1 or einattn: 1.1", found=repr(version))
+    v11 = version == 1.1
     name = _scalar(top["name"][0], file, "'name'")
     if not isinstance(name, str) or not name.strip():
         raise SpecError("'name' must be a non-empty string", loc=_loc(file, top["name"][0]), found=repr(name))
@@ -351,6 +373,27 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
             expr = _ExprParser(file, _locator(v, text, file, raw), "param", pnames, indices, {}).parse(raw)
         params.append(ParamDecl(pname, expr, loc))
 
+    # block indices (v1.1)
+    blocks = []
+    if "blocks" in top and not (isinstance(top["blocks"][0], yaml.ScalarNode)
+                                and top["blocks"][0].value in ("", "~", "null")):
+        if not v11:
+            raise SpecError("'blocks' needs spec format 1.1", loc=top["blocks"][1], expected="einattn: 1.1",
+                            found=f"einattn: {VERSIONS[version]}", fix="write 'einattn: 1.1' at the top")
+        for bname, v, loc in _mapping(top["blocks"][0], file, "blocks"):
+            _ident(bname, loc, "block index")
+            if bname in indices or bname in pnames or bname in tensors:
+                raise SpecError(f"block index '{bname}' clashes with an index, param or input of that name",
+                                loc=loc, fix="give the block index a name of its own")
+            raw = _scalar(v, file, f"block index '{bname}'")
+            m = _BLOCK.match(raw) if isinstance(raw, str) else None
+            if m is None or m["index"] not in indices or m["size"] not in pnames:
+                raise SpecError(f"bad block index '{bname}'", loc=_loc(file, v),
+                                expected="'index // param': an input's index and a param, e.g. 'j: n // BS'",
+                                found=repr(raw), fix="declare the block size under 'params:'")
+            blocks.append(BlockDecl(bname, m["index"], m["size"], loc))
+            indices[bname] = None
+
     # key index
     key = "n"
     if "key_index" in top:
@@ -391,9 +434,19 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
                             fix="left-hand indices must be distinct")
         where = _locator(sn, text, file, line)
         off = m.start("rhs")
-        expr = _ExprParser(file, lambda k: where(off + k), "cascade", pnames, indices, tensors).parse(m["rhs"])
+        parser = _ExprParser(file, lambda k: where(off + k), "cascade", pnames, indices, tensors)
+        sel = parser.parse(m["rhs"], select=True)
         red = Reduce(m["op"])
-        stmts.append(Stmt(lhs, lidx, red, expr, sloc))
+        if sel is None:
+            stmts.append(Stmt(lhs, lidx, red, parser.parse(m["rhs"]), sloc))
+        else:
+            if not v11:
+                raise SpecError(f"'{sel[0]}' needs spec format 1.1", loc=sloc, expected="einattn: 1.1",
+                                found=f"einattn: {VERSIONS[version]}", fix="write 'einattn: 1.1' at the top")
+            if red is not Reduce.SUM:
+                raise SpecError("a selection is written with '='", loc=sloc, found=f"'{m['op']}'",
+                                expected=f"{lhs}[...] = {sel[0]}(score, ...)")
+            stmts.append(Stmt(lhs, lidx, red, sel[1], sloc, select=(sel[0], sel[2])))
         tensors[lhs] = lidx
 
     onode = top["outputs"][0]
@@ -414,6 +467,6 @@ def parse_spec(text: str, file: str = "<spec>") -> Cascade:
     if len({o for o, _ in outs}) != len(outs):
         raise SpecError("'outputs' repeats a name", loc=_loc(file, onode))
     c = Cascade(tuple(inputs), tuple(params), tuple(stmts), tuple(o for o, _ in outs), key,
-                name=name.strip(), doc=doc.strip(), file=file)
+                name=name.strip(), doc=doc.strip(), file=file, blocks=tuple(blocks))
     verify(c)
     return c

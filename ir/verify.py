@@ -44,7 +44,14 @@ def verify(c: Cascade) -> Cascade:
     for t in c.inputs:
         indices.update(t.indices)
     params = {p.name: p for p in c.params}
-    if c.key not in indices:
+    blocks = {b.name: b for b in c.blocks}
+    v11 = c.selects
+    for b in c.blocks:
+        if b.index not in indices or b.size not in params or b.name in indices:
+            raise SpecError(f"bad block index '{b.name}'", loc=b.loc or Loc(f),
+                            expected="'index // param' over an input's index and a param")
+    indices.update(blocks)
+    if c.key not in indices or c.key in blocks:
         raise SpecError(f"key index '{c.key}' is not declared by any input", loc=Loc(f),
                         expected="the index the kernel streams over (keys)",
                         fix="name the key index 'n' or set 'key_index:'")
@@ -82,14 +89,19 @@ def verify(c: Cascade) -> Cascade:
                 if len({x.index for x in subs}) != len(subs):
                     raise SpecError(f"'{s.name}' reads '{t}' with a repeated index", loc=loc,
                                     found=f"{t}[{', '.join(map(str, subs))}]", fix="use distinct indices")
-                if t not in declared and tuple(x.index for x in subs) != defined[t]:
+                blocked = tuple(_block_sub(x, d, blocks) for x, d in zip(subs, defined[t]))
+                # v1.1: an intermediate may be read as T[.., h // r, ..] (a GQA group's selection)
+                grouped = tuple(x.div is not None and v11 and not b and d not in blocks
+                                for x, b, d in zip(subs, blocked, defined[t]))
+                if t not in declared and any(x.index != d and not b and not gr for x, d, b, gr in
+                                             zip(subs, defined[t], blocked, grouped)):
                     want = f"{t}[{', '.join(defined[t])}]"
                     raise SpecError(f"'{s.name}' reads '{t}' with other indices than it was defined with",
                                     loc=loc, expected=want, found=f"{t}[{', '.join(map(str, subs))}]",
                                     fix=f"read intermediate tensors as they were defined: {want}")
                 if t in declared:
-                    for sub, want in zip(subs, declared[t]):
-                        if sub.div is None and sub.index != want and want not in free:
+                    for sub, want, b in zip(subs, declared[t], blocked):
+                        if sub.div is None and sub.index != want and want not in free and not b:
                             exp = f"{t}[{', '.join(declared[t])}]"
                             raise SpecError(f"'{s.name}' reads input '{t}' with index '{sub.index}' where "
                                             f"'{want}' is declared", loc=loc, expected=exp,
@@ -99,12 +111,15 @@ def verify(c: Cascade) -> Cascade:
                                                 f"dimension along several indices, declare it with an "
                                                 f"index of its own that no statement uses (e.g. "
                                                 f"'{t}: [..., t]', then {t}[.., m] and {t}[.., n])")
-                for sub in subs:
-                    if sub.div is not None and (sub.div not in params or t not in declared):
+                for sub, b in zip(subs, blocked):
+                    if sub.div is not None and not b and (sub.div not in params or (t not in declared and not v11)):
                         raise SpecError(f"subscript '{sub}' of '{t}'", loc=loc,
-                                        expected="'index // param' only on inputs, with a declared param")
+                                        expected="'index // param' only on inputs, with a declared param, or "
+                                                 "at a block dim declared as that 'index // param'")
             elif e.op is Op.PARAM and e.arg not in params:
                 raise SpecError(f"unknown param '{e.arg}' in '{s.name}'", loc=loc)
+        if s.select:
+            _check_select(s, blocks, loc)
         if s.reduce is not Reduce.SUM and not s.reduced:
             raise SpecError(f"'{s.name}' uses '{s.reduce.value}' but reduces nothing", loc=loc,
                             expected="an index on the right that is not on the left",
@@ -120,6 +135,26 @@ def verify(c: Cascade) -> Cascade:
         if o not in defined or o in declared:
             raise SpecError(f"output '{o}' is never defined", loc=Loc(f))
     return c
+
+
+def _block_sub(sub, dim: str, blocks: dict) -> bool:
+    """``sub`` is ``index // size`` read at a block dim declared as exactly that."""
+    b = blocks.get(dim)
+    return b is not None and sub.div == b.size and sub.index == b.index
+
+
+def _check_select(s, blocks: dict, loc) -> None:
+    kind = s.select[0]
+    if not s.indices or s.indices[-1] not in blocks:
+        raise SpecError(f"'{s.name}' selects along its last left-hand index, which must be a block index",
+                        loc=loc, found=f"[{', '.join(s.indices)}]",
+                        expected=f"a block index last, e.g. {s.name}[b,h,m,j] with 'blocks: j: n // BS'")
+    if s.reduced:
+        raise SpecError(f"the score of '{s.name}' = {kind}(...) reduces [{', '.join(s.reduced)}]", loc=loc,
+                        expected="a score over the left-hand indices only",
+                        fix="compute the score (a sum over heads, ...) in a statement of its own")
+    if expr_type(s.select[1], loc) != NUM:
+        raise SpecError(f"the amount of '{s.name}' = {kind}(...) is a boolean", loc=loc, expected="a number")
 
 
 def free_indices(c: Cascade) -> frozenset[str]:

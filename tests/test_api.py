@@ -11,7 +11,7 @@ import einattn
 from einattn.ir import settings
 from einattn.specs import zoo_path
 from tests.helpers import SOFTMAX, ZOO_NAMES
-from tests.zoo import LINEAR_ZOO
+from tests.zoo import LINEAR_ZOO, SPARSE_ZOO
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -23,7 +23,7 @@ def test_public_names():
 
 
 def test_zoo_names_match_the_examples():
-    assert einattn.zoo_names() == sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(ZOO_NAMES + list(LINEAR_ZOO))
+    assert einattn.zoo_names() == sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(ZOO_NAMES + list(LINEAR_ZOO) + list(SPARSE_ZOO))
 
 
 @pytest.mark.parametrize("how", ["name", "str_path", "path", "yaml_text", "spec"])

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from tests.zoo import LINEAR_ZOO, ZOO, Variant, sizes
+from tests.zoo import LINEAR_ZOO, SPARSE_ZOO, ZOO, Variant, sizes
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPEC_FIELDS = {"einattn", "name", "doc", "inputs", "params", "cascade", "outputs"}
@@ -58,7 +58,7 @@ def _sdpa(x, **kw):
 
 def test_zoo_covers_every_example():
     assert list(ZOO) == NAMES
-    assert sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(NAMES + list(LINEAR_ZOO))
+    assert sorted(p.stem for p in EXAMPLES.glob("*.yaml")) == sorted(NAMES + list(LINEAR_ZOO) + list(SPARSE_ZOO))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -383,3 +383,134 @@ LINEAR_ZOO: dict[str, Variant] = {
         Variant("efficient", _qkv, efficient),
     ]
 }
+
+
+# ---------------------------------------------------------------------------
+# Block-sparse attention (spec v1.1): each oracle builds the selection densely and applies it as
+# a mask over one softmax, the plain way (the specs write MoBA as an LSE merge of two branches)
+
+
+def _keep_topk(score: Tensor, k: int) -> Tensor:
+    """Boolean [.., J]: rank r(j) = #{i: s_i > s_j} + #{i < j: s_i == s_j}; keep r < k or s = +inf,
+    never NaN or -inf."""
+    s = torch.nan_to_num(score.double(), nan=-math.inf, posinf=math.inf)
+    a, b = s[..., :, None], s[..., None, :]                 # [.., j, i]
+    j = torch.arange(s.shape[-1])
+    rank = ((b > a) | ((b == a) & (j[None, :] < j[:, None]))).sum(-1)
+    return ((rank < k) & (s > -math.inf)) | (s == math.inf)
+
+
+def _keep_topp(score: Tensor, p: float) -> Tensor:
+    s = torch.nan_to_num(score.double(), nan=-math.inf, posinf=math.inf)
+    finite = torch.isfinite(s)
+    w = torch.softmax(torch.where(finite, s, torch.full_like(s, -math.inf)), dim=-1).nan_to_num(0.0)
+    a, b = s[..., :, None], s[..., None, :]
+    j = torch.arange(s.shape[-1])
+    above = (b > a) | ((b == a) & (j[None, :] < j[:, None]))    # i ranked above j
+    before = (above.double() * w[..., None, :]).sum(-1)
+    return (finite & (before < p)) | (s == math.inf)
+
+
+def _block_means(k: Tensor, starts: list[int], length: int) -> Tensor:
+    """[.., len(starts), D]: mean of rows start .. start + length - 1 (cut at the end) of k."""
+    n = k.shape[-2]
+    return torch.stack([k[..., s:min(s + length, n), :].mean(-2) for s in starts], dim=-2)
+
+
+def _pooled_gate(x: Inputs, params: Params | None, bs: int, scaled: bool) -> tuple[Tensor, Tensor]:
+    """MoBA's gate: (score [B,H,M,NB] with the own block +inf and later blocks -inf, key block ids)."""
+    q, k = x["Q"].double(), x["K"].double()
+    m, n = q.shape[-2], k.shape[-2]
+    nb = -(-n // bs)
+    kb = _block_means(k, [j * bs for j in range(nb)], bs)
+    g = q @ kb.transpose(-1, -2)
+    if scaled:
+        g = g * _param(params, "scale", 1.0 / math.sqrt(q.shape[-1]))
+    own = torch.arange(m)[:, None] // bs
+    j = torch.arange(nb)[None, :]
+    score = torch.where(j == own, math.inf, torch.where(j < own, g, -math.inf))
+    return score, torch.arange(n) // bs
+
+
+def moba(x: Inputs, params: Params | None = None) -> Tensor:
+    bs = int(_param(params, "BS", 64))
+    score, blk = _pooled_gate(x, params, bs, scaled=False)
+    keep = _keep_topk(score, int(_param(params, "k", 3)))
+    s = _scores(x["Q"], x["K"], params)
+    mi, ni = _positions(s)
+    return _attend(s, x["V"], keep[..., blk] & (ni <= mi))
+
+
+def topp_blocks(x: Inputs, params: Params | None = None) -> Tensor:
+    bs = int(_param(params, "BS", 64))
+    score, blk = _pooled_gate(x, params, bs, scaled=True)
+    keep = _keep_topp(score, _param(params, "p", 0.9))
+    s = _scores(x["Q"], x["K"], params)
+    mi, ni = _positions(s)
+    return _attend(s, x["V"], keep[..., blk] & (ni <= mi))
+
+
+def power(x: Inputs, params: Params | None = None) -> Tensor:
+    bs, w = int(_param(params, "BS", 64)), int(_param(params, "W", 2))
+    s = _scores(x["Q"], x["K"], params)
+    mi, ni = _positions(s)
+    dist = mi // bs - ni // bs
+    pow2 = (dist > 0) & ((dist & (dist - 1)) == 0)
+    return _attend(s, x["V"], (dist >= 0) & ((dist < w) | pow2) & (ni <= mi))
+
+
+def _make_nsa(sz: Sizes, gen: torch.Generator) -> Inputs:
+    x = _make_gqa(sz, gen)
+    b, h, m = sz["b"], sz["h"], sz["m"]
+    return {**x, **{g: torch.randn(b, h, m, generator=gen) for g in ("Gc", "Gs", "Gw")}}
+
+
+def nsa(x: Inputs, params: Params | None = None) -> Tensor:
+    q, k, v = x["Q"].double(), x["K"].double(), x["V"].double()
+    h, g = q.shape[1], k.shape[1]
+    r = h // g
+    k, v = k.repeat_interleave(r, 1), v.repeat_interleave(r, 1)      # per query head
+    m, n = q.shape[-2], k.shape[-2]
+    cl, cs, sb = (int(_param(params, p, d)) for p, d in (("CL", 32), ("CS", 16), ("SB", 64)))
+    topk, w = int(_param(params, "k", 16)), int(_param(params, "W", 512))
+    scale = _param(params, "scale", 1.0 / math.sqrt(q.shape[-1]))
+    nc, nb = -(-n // cs), -(-n // sb)
+    starts = [c * cs for c in range(nc)]
+    kc, vc = _block_means(k, starts, cl), _block_means(v, starts, cl)
+    mi = torch.arange(m)[:, None]
+    seen = torch.tensor([s + cl - 1 for s in starts])[None, :] <= mi          # [M, NC]
+    sc = (q @ kc.transpose(-1, -2) * scale).masked_fill(~seen, -math.inf)
+    pc = torch.softmax(sc, -1).masked_fill(~seen.any(-1, keepdim=True), 0.0)
+    oc = pc @ vc
+    to_block = torch.zeros(nc, nb, dtype=torch.float64)
+    for c, s0 in enumerate(starts):
+        to_block[c, s0 // sb] = 1.0
+    imp = (pc @ to_block).reshape(q.shape[0], g, r, m, nb).sum(2)            # [B, G, M, NB]
+    own = mi // sb
+    j = torch.arange(nb)[None, :]
+    always = (j == 0) | ((j <= own) & (j >= own - 1))
+    score = torch.where(always, math.inf, torch.where(j <= own, imp, -math.inf))
+    keep = _keep_topk(score, topk).repeat_interleave(r, 1)                   # one selection per group
+    s = q @ k.transpose(-1, -2) * scale
+    ni = torch.arange(n)[None, :]
+    causal = ni <= mi
+    os_ = _attend(s, v, keep[..., ni[0] // sb] & causal)
+    ow = _attend(s, v, causal & (ni > mi - w))
+    gate = [torch.sigmoid(x[t].double())[..., None] for t in ("Gc", "Gs", "Gw")]
+    return gate[0] * oc + gate[1] * os_ + gate[2] * ow
+
+
+def _qkv_square_gqa(sz: Sizes, gen: torch.Generator) -> Inputs:
+    return _make_nsa(_square(sz), gen)
+
+
+# selection specs are causal over their own positions: m = n in the generators
+SPARSE_ZOO: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("moba", _qkv_square, moba, {"BS": 64, "k": 3}),
+        Variant("topp_blocks", _qkv_square, topp_blocks, {"BS": 64, "p": 0.9}),
+        Variant("power", _qkv_square, power, {"BS": 64, "W": 2}),
+        Variant("nsa", _qkv_square_gqa, nsa, {"CL": 32, "CS": 16, "SB": 64, "k": 16, "W": 512}),
+    ]
+}

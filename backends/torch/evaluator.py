@@ -103,6 +103,11 @@ class Evaluator:
         else:
             src = f.running if running and name in f.running else f.values
             t, _ = src[name]
+            for j, s in enumerate(subs):
+                if s.div is not None:           # T[.., n // BS, ..] at a block dim (spec v1.1)
+                    a, b = f.ranges[s.index]
+                    idx = torch.div(torch.arange(a, b, device=t.device), int(f.params[s.div]), rounding_mode="floor")
+                    t = t.index_select(j, idx)
         return align(t, tuple(s.index for s in subs), self.axes)
 
     def __call__(self, e: Expr) -> torch.Tensor:
@@ -131,6 +136,11 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
     axes = s.indices + red
     ev = Evaluator(frame, axes)
     out_shape = [frame.size(i) for i in s.indices]
+    if s.select:
+        from einattn.ir import eval_scalar
+        from .selection import amount, select
+        value = amount(s, eval_scalar(s.select[1], frame.params, {i: frame.size(i) for i in frame.ranges}))
+        return select(ev(s.expr).expand(out_shape), s.select[0], value).contiguous()
     if not red:
         v = ev(s.expr)
         return v.expand(out_shape).contiguous()

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from einattn.ir import Cascade
+from einattn.ir import Cascade, bind_blocks
 
 from .evaluator import Frame, eval_stmt
 
 
 def run_reference(c: Cascade, inputs: dict, sizes: dict, params: dict,
                   dtype=torch.float64) -> dict[str, torch.Tensor]:
+    if c.blocks:
+        sizes = bind_blocks(c, sizes, params)
     full = {i: (0, n) for i, n in sizes.items()}
     ins = {t.name: (inputs[t.name], t.indices) for t in c.inputs}
     values: dict[str, tuple[torch.Tensor, tuple[str, ...]]] = {}

@@ -22,6 +22,8 @@ def run(args) -> int:
     for name in einattn.zoo_names():
         spec = einattn.load_spec(name)
         plan = einattn.explain(spec)
+        if spec.selects:                # block-sparse: the attention stage's passes
+            plan = plan.plan
         head = f"{name:22s} {plan.naive_passes}->{plan.passes} pass  "
         doc = " ".join(spec.doc.split())
         if not args.full:

@@ -21,7 +21,11 @@ TWO_VALUES = (SOFTMAX.replace("  V: [b, h, n, e]\n", "  V: [b, h, n, e]\n  W: [b
 
 
 def _kp(spec):
-    return make_kernel_plan(make_plan(einattn.load_spec(spec)))
+    c = einattn.load_spec(spec)
+    if c.selects:               # block-sparse (spec v1.1): the kernel runs the attention stage
+        from einattn.compiler.selection import split
+        c = split(c).attend
+    return make_kernel_plan(make_plan(c))
 
 
 def _caps(target: str) -> Capabilities:

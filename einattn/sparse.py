@@ -1,0 +1,108 @@
+"""Block-sparse variants (spec v1.1): the kernel ``einattn.compile`` returns for a cascade that
+selects key blocks. Stage A (``compiler/selection.py``) runs on the host with the torch
+evaluator; stage B, a plain v1 cascade, is compiled for the target like any other spec."""
+from __future__ import annotations
+
+import torch
+
+from einattn.compiler.selection import Stages, split
+from einattn.ir import Loc, SpecError, UnsupportedError, bind_blocks, bind_sizes, eval_params
+
+DENSE_TARGETS = ("reference", "streaming")
+
+
+class SparseKernel:
+    """A compiled block-sparse variant. Called like a :class:`~einattn.kernel.Kernel`;
+    ``select(...)`` returns stage A's tensors and ``block_mask(..., tile)`` their block lists."""
+
+    def __init__(self, spec, stages: Stages, target, attend, params: dict, config: dict):
+        self.spec, self.stages, self.target, self.config = spec, stages, target, dict(config)
+        self.params = dict(params)
+        self.attend = attend            # the stage-B Kernel (None on the reference target)
+
+    def __repr__(self) -> str:
+        return f"SparseKernel({self.spec.name!r}, target='{self.target}')"
+
+    def __reduce__(self):
+        from einattn.kernel import compile
+        return _recompile, (compile, self.spec, str(self.target), self.params, self.config)
+
+    def _bind(self, args, kwargs):
+        from einattn.kernel import Kernel, _check_grouped_reads, _grouped_reads
+        inputs = Kernel.bind(self, args, kwargs)
+        c = self.spec
+        sizes = bind_sizes(c, {n: tuple(t.shape) for n, t in inputs.items()})
+        params = eval_params(c, sizes, self.params)
+        sizes = bind_blocks(c, sizes, params)
+        _check_grouped_reads(_grouped_reads(c), sizes, params)
+        return inputs, sizes, params
+
+    def select(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Stage A's outputs (selections 0.0 / 1.0), in the dtype stage B computes in."""
+        inputs, sizes, params = self._bind(args, kwargs)
+        return self._select(inputs, sizes, params)
+
+    def _select(self, inputs, sizes, params):
+        from einattn.backends.torch.reference import run_reference
+        a = self.stages.select
+        dtype = torch.float64 if self.target.kind == "reference" or all(
+            t.dtype == torch.float64 for t in inputs.values()) else torch.float32
+        x = {t.name: inputs[t.name].to(dtype) for t in a.inputs}
+        return run_reference(a, x, sizes, params, dtype)
+
+    def block_mask(self, *args, tile: int = 64, **kwargs) -> dict[str, dict[str, torch.Tensor]]:
+        """Per key-block tensor of stage B (``Sel``): its block lists for query tiles of ``tile``
+        tokens (``backends/torch/selection.block_lists``: FlexAttention's BlockMask layout)."""
+        from einattn.backends.torch.selection import block_lists
+        inputs, sizes, params = self._bind(args, kwargs)
+        sel = self._select(inputs, sizes, params)
+        out = {}
+        for kb in self.stages.key_blocks:
+            t = sel[kb.tensor]
+            j = kb.dims.index(kb.block)
+            t = t.movedim(j, -1)
+            if t.dim() < 2:
+                t = t.unsqueeze(0)
+            out[kb.tensor] = block_lists(t, tile)
+        return out
+
+    def __call__(self, *args, **kwargs):
+        from einattn.backends.torch.reference import run_reference
+        inputs, sizes, params = self._bind(args, kwargs)
+        c = self.spec
+        if self.attend is None:
+            outs = run_reference(c, {k: v.to(torch.float64) for k, v in inputs.items()}, sizes, params)
+        else:
+            sel = self._select(inputs, sizes, params)
+            x = {t.name: inputs[t.name] for t in self.stages.attend.inputs if t.name in inputs}
+            dtype = next(iter(inputs.values())).dtype
+            x.update({k: v.to(dtype) for k, v in sel.items()})
+            res = self.attend(**x)
+            outs = dict(zip(self.stages.attend.outputs, res if isinstance(res, tuple) else (res,)))
+        res = tuple(outs[o] for o in c.outputs)
+        return res[0] if len(res) == 1 else res
+
+
+def compile_sparse(c, target, tune: str, config: dict, params: dict) -> SparseKernel:
+    stages = split(c)
+    if target.kind not in DENSE_TARGETS:
+        raise UnsupportedError(
+            f"{c.name} selects key blocks (spec v1.1): the block-sparse key loop (stage B over the listed "
+            f"blocks only) is not built for '{target}' yet, and einattn does not run a slower dense kernel "
+            f"in its place; the targets {', '.join(DENSE_TARGETS)} run it (`einattn explain {c.name}` shows "
+            f"the two stages)")
+    if tune != "none":
+        raise UnsupportedError(f"tune={tune!r}: {c.name} runs on '{target}', which has nothing to tune")
+    known = {p.name for p in stages.attend.params}
+    attend = None
+    if target.kind != "reference":
+        from einattn.kernel import compile
+        attend = compile(stages.attend, target=str(target), config=config,
+                         **{k: v for k, v in params.items() if k in known})
+    elif config:
+        raise SpecError("the reference target takes no config", loc=Loc(c.file), found=str(config))
+    return SparseKernel(c, stages, target, attend, params, config)
+
+
+def _recompile(compile, spec, target, params, config):
+    return compile(spec, target=target, config=config, **params)

@@ -1,0 +1,117 @@
+"""Block-sparse zoo (spec v1.1: moba, topp_blocks, power, nsa) against the independent oracles of
+``tests.zoo.SPARSE_ZOO``, which build each selection densely and apply it as one mask."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import einattn
+from einattn.ir import SpecError, UnsupportedError
+from tests.helpers import assert_rel_close
+from tests.zoo import SPARSE_ZOO, sizes
+
+# small blocks so that a test length has several; the spec defaults are the papers' sizes
+SMALL = {"moba": {"BS": 16}, "topp_blocks": {"BS": 16, "p": 0.7}, "power": {"BS": 8, "W": 1},
+         "nsa": {"CL": 8, "CS": 4, "SB": 16, "k": 4, "W": 24}}
+
+
+def inputs(name, n, seed=0, **sz):
+    return SPARSE_ZOO[name].make_inputs(sizes(n=n, **{"b": 1, "h": 4, "g": 2, **sz}), torch.Generator().manual_seed(seed))
+
+
+def oracle(name, x, **ov):
+    v = SPARSE_ZOO[name]
+    return v.torch_ref(x, {**v.params, **SMALL[name], **ov})
+
+
+@pytest.mark.parametrize("n", [64, 131])        # a whole number of blocks, and a tail block
+@pytest.mark.parametrize("name", list(SPARSE_ZOO))
+def test_reference_and_streaming_match_the_oracle(name, n):
+    x = inputs(name, n)
+    want = oracle(name, x)
+    got = einattn.compile(name, target="reference", **SMALL[name])(**x)
+    assert got.dtype == torch.float64
+    assert_rel_close(got, want, 1e-12, f"{name} reference")
+    k = einattn.compile(name, target="streaming", config={"BLOCK_N": 16}, **SMALL[name])
+    assert_rel_close(k(**x), want, 1e-5, f"{name} streaming fp32")
+    assert_rel_close(k(**{a: t.double() for a, t in x.items()}), want, 1e-12, f"{name} streaming fp64")
+
+
+@pytest.mark.parametrize("name", list(SPARSE_ZOO))
+def test_the_selection_skips_key_blocks(name):
+    """At the test sizes the selections bite: per query token (tile 1) fewer key blocks than
+    causal attention visits, and with topk never more than k."""
+    x = inputs(name, 160)
+    k = einattn.compile(name, target="streaming", **SMALL[name])
+    (lists,) = k.block_mask(**x, tile=1).values()
+    num = lists["kv_num_blocks"]
+    bs = SMALL[name].get("BS", SMALL[name].get("SB"))
+    causal = torch.arange(160) // bs + 1
+    assert (num <= causal).all() and (num < causal).any()
+    if "k" in SMALL[name]:
+        assert num.max() <= SMALL[name]["k"]
+    assert (num >= 1).all()                     # the own block is always in
+
+
+@pytest.mark.parametrize("ov", [{"k": 50}, {"k": 1}, {"k": 0}])
+def test_moba_k_past_the_blocks_and_small_k(ov):
+    """k larger than the number of blocks keeps every earlier block (= causal attention);
+    k = 1 and k = 0 keep the own block only."""
+    x = inputs("moba", 100)
+    got = einattn.compile("moba", target="reference", **{**SMALL["moba"], **ov})(**x)
+    assert_rel_close(got, oracle("moba", x, **ov), 1e-12, str(ov))
+    if ov["k"] == 50:
+        causal = einattn.compile("causal", target="reference")(**x)
+        assert_rel_close(got, causal, 1e-12, "k past the blocks = causal")
+
+
+def test_ties_break_to_the_lower_block():
+    """All gate scores equal (Q = 0): MoBA keeps the own block and the lowest earlier ones."""
+    x = inputs("moba", 96)
+    x["Q"] = torch.zeros_like(x["Q"])
+    k = einattn.compile("moba", target="streaming", **SMALL["moba"])
+    sel = k.select(**x)["Sel"]
+    m = 95                                  # block 5: own 5, then 0 (lowest) with k = 3 -> {0, 1, 5}
+    assert sel[0, 0, m].nonzero().flatten().tolist() == [0, 1, 5]
+    assert_rel_close(k(**x), oracle("moba", x), 1e-5, "ties")
+
+
+def test_topp_zero_keeps_the_own_block_only():
+    x = inputs("topp_blocks", 80)
+    got = einattn.compile("topp_blocks", target="reference", **{**SMALL["topp_blocks"], "p": 0.0})(**x)
+    assert_rel_close(got, oracle("topp_blocks", x, p=0.0), 1e-12, "p = 0")
+
+
+@pytest.mark.parametrize("ov, match", [
+    ({"k": -1}, "k must be a non-negative integer"), ({"k": 2.5}, "k must be a non-negative integer"),
+    ({"BS": 0}, "block size 'BS' of block index 'j' must be a positive integer"),
+    ({"BS": 7.5}, "must be a positive integer"),
+])
+def test_bad_amounts_and_block_sizes_are_clear_errors(ov, match):
+    x = inputs("moba", 64)
+    with pytest.raises(SpecError, match=match):
+        einattn.compile("moba", target="reference", **{**SMALL["moba"], **ov})(**x)
+
+
+def test_topp_out_of_range_is_an_error():
+    with pytest.raises(SpecError, match="p must lie in"):
+        einattn.compile("topp_blocks", target="reference", p=1.5)(**inputs("topp_blocks", 64))
+
+
+def test_kernel_targets_say_the_block_sparse_loop_is_not_built():
+    with pytest.raises(UnsupportedError, match="block-sparse key loop"):
+        einattn.compile("moba", target="cpu")
+
+
+def test_explain_shows_both_stages_and_the_key_blocks():
+    text = str(einattn.explain("nsa"))
+    assert "stage A (select" in text and "stage B (attend" in text
+    assert "Sel[b, h // r, m, n // SB] (key blocks of SB, per [b, h // r, m] (shared: h // r))" in text
+    assert "token-granular" in text and "plan: 1 pass(es)" in text
+
+
+def test_a_sparse_kernel_pickles():
+    import pickle
+    k = einattn.compile("power", target="streaming", **SMALL["power"])
+    x = inputs("power", 40)
+    assert torch.equal(pickle.loads(pickle.dumps(k))(**x), k(**x))
