@@ -225,15 +225,26 @@ class ExprPrinter:
         if e.op is Op.CONST:
             v = e.arg
             return {"inf": math.isinf(v), "finite": math.isfinite(v), "nonzero": v != 0.0, "zero": v == 0.0}[what]
+        if self._nonneg(e) and what in ("inf", "finite"):       # a coordinate or a positive integer param
+            return what == "finite"
+        if e.op is Op.PARAM and self._nonneg(e) and what in ("nonzero", "zero"):
+            return what == "nonzero"
         absx = self.OPS[Op.ABS].format(x)
         return {"inf": f"({absx} == {self.INF})", "finite": f"({absx} < {self.INF})",
                 "nonzero": f"({x} != {self.const(0.0)})", "zero": f"({x} == {self.const(0.0)})"}[what]
+
+    def _nonneg(self, e: Expr) -> bool:
+        """A coordinate (an integer >= 0), or a param the launch checks is a positive integer (a
+        ``//`` subscript's divisor: ``positive``)."""
+        return e.op is Op.INDEX or (e.op is Op.PARAM and e.arg in getattr(self, "positive", ()))
 
     def _opposite(self, num: Expr, den: Expr, a: str, b: str, cmp: str):
         """``a * b < 0`` (``cmp`` "<") or ``> 0``: the operands' signs differ or agree."""
         if num.op is Op.CONST and den.op is Op.CONST:
             p = num.arg * den.arg
             return p < 0 if cmp == "<" else p > 0
+        if cmp == "<" and self._nonneg(num) and self._nonneg(den):
+            return False
         return f"({self.OPS[Op.MUL].format(a, b)} {cmp} {self.const(0.0)})"
 
     def _pick(self, cond, a: str, b: str) -> str:

@@ -28,7 +28,7 @@ from typing import ClassVar, Mapping, Union
 
 from einattn.ir import Cascade, Expr, Op, Reduce, Stmt, UnsupportedError, build_product, product_factors
 
-from .masks import empty_tile_is_identity, predicates
+from .masks import empty_tile_is_identity, key_block_read, predicates, where_conditions
 from .passes import Role
 from .plan import Plan, check_streamable, schedule
 from .statistics import split_statistics
@@ -149,6 +149,10 @@ class KernelPass:
     epilogue: tuple[RowOp, ...]
     mask: Expr | None = None           # the affine predicate that decides tile skipping
     skip_empty: bool = False           # a key tile where ``mask`` is false everywhere can be skipped
+    # block-sparse (a condition reads T[.., n // BS]): the key loop visits a host-made list of key
+    # tiles, those where one of these where() conditions may hold (backends/tiles.py); a tile where
+    # all are false contributes only identities (checked here)
+    sites: tuple[Expr, ...] = ()
 
     @property
     def state(self) -> tuple[TileOp, ...]:
@@ -261,6 +265,11 @@ class KernelPlan:
                                 out[e.arg[0]] = None
         return tuple(out)
 
+    @property
+    def tile_lists(self) -> bool:
+        """The key loops visit host-made lists of key tiles (block-sparse; ``backends/tiles.py``)."""
+        return any(p.sites for p in self.passes)
+
     def visiting_all(self) -> "KernelPlan":
         """The same plan with no key tile skipped (for inputs that are not all finite)."""
         passes = tuple(dataclasses.replace(p, skip_empty=False) for p in self.passes)
@@ -284,6 +293,9 @@ class KernelPlan:
             mask = f"mask {p.mask}" + (", empty key tiles skipped" if p.skip_empty else "") \
                 if p.mask is not None else "no mask"
             lines.append(f"pass {p.index} ({mask}):")
+            if p.sites:
+                lines.append("  block-sparse: the key loop visits a host-made list of the key tiles where one of "
+                             + ", ".join(map(str, p.sites)) + " may hold")
             lines += [f"  {op_text(op)}" for op in p.loop]
             if p.epilogue:
                 lines.append("  epilogue:")
@@ -406,10 +418,18 @@ def make_kernel_plan(plan: Plan) -> KernelPlan:
         stmts = [c.stmt(st.name) for st in p.loop]
         preds = predicates(stmts, query, key)
         mask, skip = None, False
+        tiles = {op.name for op in loop if op.kind in (Kind.SCORE, Kind.MAP)}
         if len(preds) == 1:
             mask = preds[0]
-            tiles = {op.name for op in loop if op.kind in (Kind.SCORE, Kind.MAP)}
             skip = empty_tile_is_identity(stmts, mask, tiles)
-        passes.append(KernelPass(p.index, loop, epi, mask, skip))
+        conds = tuple(where_conditions(stmts))
+        sites = ()
+        if any(key_block_read(e, key) for cd in conds for e in cd.walk()):
+            if not empty_tile_is_identity(stmts, conds, tiles):
+                raise UnsupportedError(f"pass {p.index} reads key blocks in a mask, but a key tile where every "
+                                       f"where() condition is false still contributes to a reduction, so the "
+                                       f"block-sparse loop cannot skip it; mask scores to -inf (or values to 0)")
+            sites = conds
+        passes.append(KernelPass(p.index, loop, epi, mask, skip, sites))
     prologue = tuple(classify(st) for st in plan.prologue)
     return KernelPlan(plan, grid, query, key, contract, tuple(value), prologue, tuple(passes), pre)

@@ -193,15 +193,19 @@ def _fold(e: Expr) -> float | None:
     return None
 
 
-def empty_tile_is_identity(loop_stmts: list[Stmt], pred: Expr, tiles: set[str]) -> bool:
-    """With ``pred`` false everywhere, does every key reduction get only its identity?
+def empty_tile_is_identity(loop_stmts: list[Stmt], pred, tiles: set[str]) -> bool:
+    """With ``pred`` (one condition, or each of a tuple of them) false everywhere, does every key
+    reduction get only its identity?
 
     ``tiles`` are the names of the tile statements of the pass; their values are
     substituted into the reductions that read them.
     """
+    preds = pred if isinstance(pred, tuple) else (pred,)
     folded: dict[str, float | None] = {}
     for s in loop_stmts:
-        expr = substitute(s.expr, pred, False)
+        expr = s.expr
+        for p in preds:
+            expr = substitute(expr, p, False)
 
         def inline(x: Expr):
             if x.op is Op.READ and x.arg[0] in folded and folded[x.arg[0]] is not None:
@@ -218,3 +222,18 @@ def empty_tile_is_identity(loop_stmts: list[Stmt], pred: Expr, tiles: set[str]) 
             elif v != want:
                 return False
     return True
+
+
+def key_block_read(e: Expr, key: str) -> bool:
+    """``e`` reads a tensor along the key index at block granularity, ``T[.., n // BS, ..]``."""
+    return e.op is Op.READ and any(x.index == key and x.div is not None for x in e.arg[1])
+
+
+def where_conditions(stmts) -> list[Expr]:
+    """Distinct where() conditions, in first-seen order."""
+    out: list[Expr] = []
+    for s in stmts:
+        for e in s.expr.walk():
+            if e.op is Op.WHERE and e.src[0] not in out:
+                out.append(e.src[0])
+    return out

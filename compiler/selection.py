@@ -71,6 +71,12 @@ class Stages:
                 lines.append(f"  {kb.tensor}: {s.select[0]}, {what} = {s.select[1]} of the key blocks of one "
                              f"query token; a query tile visits the union of its tokens' blocks and masks "
                              f"each token inside (token-granular selection)")
+                if s.select[0] == "topk":
+                    nb = f"ceil({self.original.key} / {kb.size})"
+                    lines.append(f"    expected key tiles visited: per token at most {s.select[1]} of the {nb} "
+                                 f"blocks; per query tile of BLOCK_M tokens between {s.select[1]} / {nb} (the "
+                                 f"tokens agree) and min(1, BLOCK_M * {s.select[1]} / {nb}) (they never do); "
+                                 f"kernel.block_mask(...) gives a call's lists")
         return "\n".join(lines)
 
 

@@ -245,8 +245,18 @@ def explain_kernel(spec, shape: dict | None = None, params: dict | None = None) 
     """
     from einattn.compiler import check_capabilities, make_kernel_plan
     from einattn.compiler.lowering import describe_rules
-    plan = make_plan(load_spec(spec))
-    lines = [f"kernel plan of {plan.cascade.name}"]
+    c = load_spec(spec)
+    head = []
+    if c.selects:               # block-sparse (v1.1): the kernel runs the attention stage
+        from einattn.compiler.selection import split
+        head = [f"{c.name} selects key blocks: the kernel runs its attention stage (einattn explain "
+                f"{c.name} shows both stages); stage A runs on the host"]
+        if shape is not None:
+            from einattn.ir import bind_blocks
+            shape = bind_blocks(c, shape, eval_params(c, shape, dict(params or {})))
+        c = split(c).attend
+    plan = make_plan(c)
+    lines = head + [f"kernel plan of {plan.cascade.name}"]
     scan = _scan_lines(plan, shape, params)
     try:
         kp = make_kernel_plan(plan)
@@ -343,7 +353,7 @@ def compile(spec, *, target: str = "cpu", tune: str = "none", config: dict | Non
     t = parse_target(target)
     if c.selects:                            # spec v1.1: select key blocks, then attend
         from .sparse import compile_sparse
-        return compile_sparse(c, t, tune, dict(config or {}), params)
+        return compile_sparse(c, t, tune, dict(config or {}), params, interpret)
     if interpret is None:
         interpret = settings.interpret() and t.kind in ("cuda", "rocm")
     if interpret and t.kind not in ("cuda", "rocm"):

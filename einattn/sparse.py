@@ -9,14 +9,16 @@ from einattn.compiler.selection import Stages, split
 from einattn.ir import Loc, SpecError, UnsupportedError, bind_blocks, bind_sizes, eval_params
 
 DENSE_TARGETS = ("reference", "streaming")
+LIST_TARGETS = ("cpu", "cuda", "rocm")             # kernels whose key loop visits host-made tile lists (backends/tiles.py)
 
 
 class SparseKernel:
     """A compiled block-sparse variant. Called like a :class:`~einattn.kernel.Kernel`;
     ``select(...)`` returns stage A's tensors and ``block_mask(..., tile)`` their block lists."""
 
-    def __init__(self, spec, stages: Stages, target, attend, params: dict, config: dict):
+    def __init__(self, spec, stages: Stages, target, attend, params: dict, config: dict, interpret: bool = False):
         self.spec, self.stages, self.target, self.config = spec, stages, target, dict(config)
+        self.interpret = interpret
         self.params = dict(params)
         self.attend = attend            # the stage-B Kernel (None on the reference target)
 
@@ -25,7 +27,7 @@ class SparseKernel:
 
     def __reduce__(self):
         from einattn.kernel import compile
-        return _recompile, (compile, self.spec, str(self.target), self.params, self.config)
+        return _recompile, (compile, self.spec, str(self.target), self.params, self.config, self.interpret)
 
     def _bind(self, args, kwargs):
         from einattn.kernel import Kernel, _check_grouped_reads, _grouped_reads
@@ -70,6 +72,10 @@ class SparseKernel:
         from einattn.backends.torch.reference import run_reference
         inputs, sizes, params = self._bind(args, kwargs)
         c = self.spec
+        if torch.is_grad_enabled() and any(t.requires_grad for t in inputs.values()):
+            raise UnsupportedError(f"{c.name}: the backward of a block-sparse cascade is not built yet (its dq and "
+                                   f"dkv kernels would visit every key tile); call it under torch.no_grad() or "
+                                   f"on tensors that do not require grad")
         if self.attend is None:
             outs = run_reference(c, {k: v.to(torch.float64) for k, v in inputs.items()}, sizes, params)
         else:
@@ -83,26 +89,32 @@ class SparseKernel:
         return res[0] if len(res) == 1 else res
 
 
-def compile_sparse(c, target, tune: str, config: dict, params: dict) -> SparseKernel:
+def compile_sparse(c, target, tune: str, config: dict, params: dict, interpret: bool | None = None) -> SparseKernel:
     stages = split(c)
-    if target.kind not in DENSE_TARGETS:
+    if target.kind not in DENSE_TARGETS + LIST_TARGETS:
         raise UnsupportedError(
             f"{c.name} selects key blocks (spec v1.1): the block-sparse key loop (stage B over the listed "
             f"blocks only) is not built for '{target}' yet, and einattn does not run a slower dense kernel "
-            f"in its place; the targets {', '.join(DENSE_TARGETS)} run it (`einattn explain {c.name}` shows "
-            f"the two stages)")
+            f"in its place; the targets {', '.join(DENSE_TARGETS + LIST_TARGETS)} run it (`einattn explain "
+            f"{c.name}` shows the two stages)")
     if tune != "none":
         raise UnsupportedError(f"tune={tune!r}: {c.name} runs on '{target}', which has nothing to tune")
     known = {p.name for p in stages.attend.params}
     attend = None
     if target.kind != "reference":
         from einattn.kernel import compile
-        attend = compile(stages.attend, target=str(target), config=config,
+        attend = compile(stages.attend, target=str(target), config=config, interpret=interpret,
                          **{k: v for k, v in params.items() if k in known})
+        art = attend._artifact
+        kp = getattr(art, "kp", None) or getattr(art, "plan", None)
+        if target.kind in LIST_TARGETS and not (kp is not None and kp.tile_lists):
+            raise UnsupportedError(f"{c.name}: no where() condition of its attention stage reads a selection as "
+                                   f"T[.., {c.key} // BS], so a {target} kernel would visit every key tile; "
+                                   f"mask the scores with the selection")
     elif config:
         raise SpecError("the reference target takes no config", loc=Loc(c.file), found=str(config))
-    return SparseKernel(c, stages, target, attend, params, config)
+    return SparseKernel(c, stages, target, attend, params, config, bool(attend is not None and attend.interpret))
 
 
-def _recompile(compile, spec, target, params, config):
-    return compile(spec, target=target, config=config, **params)
+def _recompile(compile, spec, target, params, config, interpret=False):
+    return compile(spec, target=target, config=config, interpret=interpret or None, **params)

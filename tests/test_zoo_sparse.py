@@ -98,9 +98,76 @@ def test_topp_out_of_range_is_an_error():
         einattn.compile("topp_blocks", target="reference", p=1.5)(**inputs("topp_blocks", 64))
 
 
-def test_kernel_targets_say_the_block_sparse_loop_is_not_built():
-    with pytest.raises(UnsupportedError, match="block-sparse key loop"):
-        einattn.compile("moba", target="cpu")
+CPU = {"BLOCK_N": 16, "BLOCK_M": 16, "SCORE_RI": 16, "PROGRAM": "tile"}
+
+
+@pytest.mark.parametrize("n", [64, 131])
+@pytest.mark.parametrize("name", list(SPARSE_ZOO))
+def test_cpu_block_sparse_kernels_match_the_oracle(name, n):
+    """Stage B on the cpu kernel, its key loop over the host-made tile lists (backends/tiles.py)."""
+    x = inputs(name, n)
+    k = einattn.compile(name, target="cpu", config=CPU, **SMALL[name])
+    assert k.attend._artifact.kp.tile_lists
+    assert_rel_close(k(**x), oracle(name, x), 2e-5, f"{name} cpu")
+
+
+@pytest.mark.parametrize("name", list(SPARSE_ZOO))
+def test_the_cpu_lists_skip_tiles_and_visit_all_with_a_nonfinite_key(name):
+    from einattn.backends.tiles import visit_lists
+    from einattn.ir import bind_sizes, eval_params
+    x = inputs(name, 160)
+    k = einattn.compile(name, target="cpu", config=CPU, **SMALL[name])
+    kp = k.attend._artifact.kp
+    xb = {**x, **k.select(**x)}
+    xb = {t.name: xb[t.name] for t in kp.cascade.inputs}
+    sz = bind_sizes(kp.cascade, {a: tuple(t.shape) for a, t in xb.items()})
+    pr = eval_params(kp.cascade, sz, {a: b for a, b in SMALL[name].items() if a in {p.name for p in kp.cascade.params}})
+    count, tiles, frac = visit_lists(kp, xb, sz, pr, 16, 16)
+    assert count.shape == tiles.shape[:1] and frac <= 0.55           # causal alone visits 55% of 10 x 10
+    # per query row (a tile of one token) the selections bite for every variant
+    assert visit_lists(kp, xb, sz, pr, 1, 16)[2] < 0.5
+    xb["K"][0, 0, 3, 0] = float("nan")
+    assert visit_lists(kp, xb, sz, pr, 16, 16)[2] == 1.0
+    x["K"][0, 0, 3, 0] = float("nan")
+    got, want = k(**x), oracle(name, x)
+    assert torch.equal(got.isnan(), want.isnan())
+
+
+@pytest.mark.parametrize("name", list(SPARSE_ZOO))
+def test_triton_block_sparse_kernels_match_the_oracle_in_the_interpreter(name):
+    x = inputs(name, 131)
+    k = einattn.compile(name, target="cuda", interpret=True, config={"BLOCK_N": 16, "BLOCK_M": 16}, **SMALL[name])
+    assert k.attend._artifact.plan.tile_lists
+    assert "for kt_i in range(0, tl.load(kv_count_ptr + tq))" in k.attend._artifact.rendered.source
+    assert_rel_close(k(**x), oracle(name, x), 2e-5, f"{name} triton")
+
+
+@pytest.mark.parametrize("target", ["cuda:sm_80", "cuda:sm_90", "rocm:gfx90a", "rocm:gfx942"])
+def test_block_sparse_kernels_compile_ahead_of_time(target, tmp_path):
+    """`einattn compile` of a v1.1 spec builds its attention stage, the tile lists as int32 arguments."""
+    import json
+    from einattn.cli import main
+    out = tmp_path / "k"
+    assert main(["compile", "power", "--target", target, "--shape", "b=1,h=2,m=512,n=512,d=64,e=64",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["resources"].get("registers")
+    assert "kv_tiles_ptr" in (out / "kernel.py").read_text()
+
+
+def test_a_mask_whose_empty_tile_still_contributes_is_refused_on_cpu():
+    text = einattn.specs.zoo_path("power").read_text().replace(
+        "S[b,h,m,n], -inf)", "S[b,h,m,n], 0.0)")
+    with pytest.raises(UnsupportedError, match="still contributes"):
+        einattn.compile(text, target="cpu")
+
+
+def test_unbuilt_configs_say_so():
+    x = inputs("power", 64)
+    with pytest.raises(UnsupportedError, match="backward of a block-sparse cascade is not built"):
+        einattn.compile("power", target="streaming", **SMALL["power"])(**{**x, "Q": x["Q"].requires_grad_()})
+    with pytest.raises(UnsupportedError, match="KV_SPLITS=2 with a block-sparse key loop"):
+        einattn.compile("power", target="cpu", config={**CPU, "KV_SPLITS": 2})(**inputs("power", 64))
 
 
 def test_explain_shows_both_stages_and_the_key_blocks():

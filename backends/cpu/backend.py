@@ -191,6 +191,11 @@ class CpuBackend:
         if artifact.config.KV_SPLITS > 1:       # a slot per (task, part) for the parts' states
             ws = [torch.empty(workspace_numel(artifact.kp, artifact.config, dict(bucket), sizes),
                               dtype=torch.float32)]
+        if artifact.kp.tile_lists:            # block-sparse: the key tiles each task visits
+            from ..tiles import check_lists_config, visit_lists
+            check_lists_config(artifact.kp, artifact.config.KV_SPLITS, artifact.config.decode, self.name)
+            ws += list(visit_lists(artifact.kp, x, sizes, params, artifact.config.BLOCK_M,
+                                   artifact.config.BLOCK_N)[:2])
         _check_offsets(list(x.items()) + list(outs.items()) + [("the KV_SPLITS workspace", w) for w in ws])
         run_kernel(fn, (*map(_bits, args), *map(_bits, outs.values()), *ws,
                         *[float(params[p.name]) for p in c.params]), threads())

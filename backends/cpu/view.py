@@ -126,8 +126,11 @@ class KernelView:
         self.params = [p.name for p in c.params]
         self.operand_at, self.row_valid = self.operand_layout()
         self.splits = cfg.KV_SPLITS
+        self.lists = kp.tile_lists          # block-sparse: host-made key-tile lists (backends/tiles.py)
         self.args = ([f"h_{t.name}: T.handle" for t in c.inputs] + [f"h_out_{o}: T.handle" for o in c.outputs]
-                     + (["h_ws: T.handle"] if self.splits > 1 else []) + [f"p_{p}: T.float32" for p in self.params])
+                     + (["h_ws: T.handle"] if self.splits > 1 else [])
+                     + (["h_kv_count: T.handle", "h_kv_tiles: T.handle"] if self.lists else [])
+                     + [f"p_{p}: T.float32" for p in self.params])
         # grid decomposition: task = ((g0 * G1 + g1) ...) * qtiles + qt
         self.block_q = self.query_block()
         self.qtiles = f"T.floordiv({self.size(q)} + {self.block_q - 1}, {self.block_q})"

@@ -60,6 +60,11 @@ def signature(artifact, sizes: dict, dtype: torch.dtype, params: dict | None = N
         if a.kind == "workspace":
             sig[a.name] = "*fp32"
             attrs[(j,)] = [["tt.divisibility", 16]]
+        elif a.kind == "tiles":
+            sig[a.name] = "*i32"
+            attrs[(j,)] = [["tt.divisibility", 16]]
+        elif a.kind == "tiles_stride":
+            sig[a.name] = "i32"
         elif a.kind == "ptr":
             # statistics computed before the kernel (KernelPlan.pre) are float32 at any input dtype
             stat = torch.float32 if any(p.name == a.of and not keeps_input_dtype(p) for p in artifact.plan.pre) \

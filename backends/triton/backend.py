@@ -245,9 +245,20 @@ class TritonBackend:
             shapes = decode_workspace_shapes(r, artifact.plan, sizes, artifact.config) \
                 if artifact.program == "decode" else workspace_shapes(r, sizes, artifact.config)
             ws = {w: torch.empty(s, dtype=torch.float32, device=device) for w, s in shapes.items()}
+        lists = {}
+        if artifact.plan.tile_lists:            # block-sparse: the key tiles each program visits
+            from ..tiles import check_lists_config, visit_lists
+            check_lists_config(artifact.plan, artifact.config.KV_SPLITS, artifact.program == "decode", "triton")
+            count, tiles, _ = visit_lists(artifact.plan, x, sizes, params, artifact.config.BLOCK_M,
+                                          artifact.config.BLOCK_N)
+            lists = {"count": count.to(device), "tiles": tiles.to(device)}
         for a in r.args:
             if a.kind == "workspace":
                 args.append(ws[a.of])
+            elif a.kind == "tiles":
+                args.append(lists[a.of])
+            elif a.kind == "tiles_stride":
+                args.append(lists["tiles"].stride(0))
             elif a.kind == "ptr":
                 args.append(x[a.of] if a.of in x else outs[a.of])
             elif a.kind == "stride":

@@ -159,6 +159,9 @@ class Printer(ExprPrinter):
     def __post_init__(self):
         # per statement: (may be -inf, may be +inf): max reductions start at -inf, masks put it there
         self.neg_inf = cascade_inf_flags(self.cascade)
+        # divisors of '//' subscripts: positive integers (checked at launch), so n // BS needs no IEEE rules
+        self.positive = frozenset(x.div for s in self.cascade.stmts for e in s.expr.walk() if e.op is Op.READ
+                                  for x in e.arg[1] if x.div)
 
     # -- coordinates ------------------------------------------------------------
     def coord(self, index: str, ctx: str, div: str | None = None, load_axis: str | None = None) -> str:
@@ -171,14 +174,16 @@ class Printer(ExprPrinter):
             if index in self.per_row and not self.shared:
                 var = self.per_row[index] if ctx == "row" and load_axis is None else f"{self.per_row[index]}[:, None]"
             return var if div is None else f"({var} // p_{div})"
-        if div is not None:
-            raise UnsupportedError(f"'{index} // {div}': only grid indices (batch, heads) may be divided")
+        if div is not None and role not in ("query", "key"):
+            raise UnsupportedError(f"'{index} // {div}': only grid, query and key indices may be divided")
         if role == "query":
-            return "offs_m" if ctx == "row" else "offs_m[:, None]"
+            var = "offs_m" if ctx == "row" else "offs_m[:, None]"
+            return var if div is None else f"({var} // p_{div})"
         if role == "key":
             if ctx != "tile" and load_axis is None:
                 raise UnsupportedError(f"the key index '{index}' appears outside a key tile")
-            return "offs_n[None, :]" if load_axis != "rows" else "offs_n[:, None]"
+            var = "offs_n[None, :]" if load_axis != "rows" else "offs_n[:, None]"
+            return var if div is None else f"({var} // p_{div})"   # a key-block read, Sel[.., n // BS]
         if load_axis == "rows":         # a contraction (or value) index placed by a tile load
             return f"offs_{index}[:, None]"
         if load_axis == "cols":

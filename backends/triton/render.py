@@ -48,8 +48,9 @@ TEMPLATE = ("triton", "attention.py.jinja")
 
 @dataclass(frozen=True)
 class Arg:
-    """One kernel argument: ``kind`` is ptr, stride, size, param or workspace (a split part's fp32
-    state, [KV_SPLITS, programs of grid axis 1, size_m(, BLOCK_e)]); ``of`` names what it belongs to."""
+    """One kernel argument: ``kind`` is ptr, stride, size, param, workspace (a split part's fp32
+    state, [KV_SPLITS, programs of grid axis 1, size_m(, BLOCK_e)]), tiles or tiles_stride (the
+    block-sparse key-tile lists, ``backends/tiles.py``); ``of`` names what it belongs to."""
     name: str
     kind: str
     of: str
@@ -519,7 +520,13 @@ class Renderer:
         view.hoisted = [f"{var} = {code}" for code, var in hoist.items()]
         pr.tiles, pr.fold, self.folds = set(), {}, {}
         view.epilogue = [f"r_{op.name} = {self.row_value(op)}" for op in kpass.epilogue]
-        if not self.intervals(kpass, view):
+        if kpass.sites:                 # block-sparse: the host lists the key tiles (backends/tiles.py)
+            view.mode = "lists"
+            if kpass.mask is not None:
+                self.classify(kpass, view)
+            else:
+                view.classify.append("tile_full = start_n + BLOCK_N <= size_n")
+        elif not self.intervals(kpass, view):
             view.mode = "classify"
             self.classify(kpass, view)
         return view
@@ -597,6 +604,9 @@ class Renderer:
                 for j in range(len(x.arg[1])) if x.arg[1][j].div}
         for p in c.params:
             args.append(Arg(f"p_{p.name}", "param", p.name, dtype="i32" if p.name in divs else "fp32"))
+        if kp.tile_lists:               # [tasks] and [tasks, key tiles] int32, tasks = (grid.., query tile)
+            args += [Arg("kv_count_ptr", "tiles", "count"), Arg("kv_tiles_ptr", "tiles", "tiles"),
+                     Arg("stride_kv_tiles", "tiles_stride", "tiles")]
         workspaces = ()
         if split:
             workspaces = tuple((op.name, op.value_index if op.kind is Kind.VALUE else None)

@@ -112,8 +112,15 @@ def run(args) -> int:
     dtype_name = args.dtype or DEFAULT_DTYPE
     dtype = DTYPES[dtype_name]
     backend = get_backend(target)
+    planned = spec
+    if spec.selects:            # block-sparse (v1.1): the kernel is the attention stage (compiler/selection.py)
+        from einattn.compiler.selection import split
+        from einattn.ir import bind_blocks
+        sizes = bind_blocks(spec, sizes, params)
+        planned = split(spec).attend
+        params = {p.name: params[p.name] for p in planned.params}
     # the program and config a call at this shape runs (PROGRAM="auto": decode for short queries)
-    art = backend.prepare(make_plan(spec), target, parse_assignments(args.config, "config", False)).at(sizes, params)
+    art = backend.prepare(make_plan(planned), target, parse_assignments(args.config, "config", False)).at(sizes, params)
     ck = backend.build(art, sizes, dtype, params)
     out = make_out(args.out)
     _write(out / "kernel.py", art.source)

@@ -1,0 +1,116 @@
+"""Block-sparse attention on the CPU (spec v1.1): MoBA- and NSA-style specs against einattn's own
+dense causal kernel at the same shape, called alternately in one process, fp32.
+
+For each N: the median time of the sparse kernel (stage A, the selection, on the host with the
+torch evaluator; stage B, the cpu kernel, its key loop over the host-made tile lists), the share
+of stage A, the fraction of (query tile, key tile) pairs the lists visit, and the causal kernel.
+Inputs are random (``--inputs random``: every token's selection is independent, so a tile of 64
+tokens visits the union of 64 selections) or clustered (``--inputs clustered``: the queries and
+keys of one block of BS positions share a random centre, as neighbouring tokens do in a trained
+model, so the tokens of a tile mostly agree). A ``torch.matmul`` probe is printed first.
+
+    python benchmarks/block_sparse.py moba --n 8192 16384 32768
+    python benchmarks/block_sparse.py nsa --n 8192 16384
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
+
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+import einattn  # noqa: E402
+from einattn.backends.tiles import visit_lists  # noqa: E402
+from einattn.ir import bind_sizes, eval_params  # noqa: E402
+
+SHAPES = {  # the issue's shapes: heads, KV heads, head dim, params
+    "moba": (4, 4, 128, {"BS": 512, "k": 3}),
+    "nsa": (16, 1, 128, {"SB": 64, "k": 16, "CL": 32, "CS": 16, "W": 512}),
+}
+
+
+def median_time(fn, reps: int) -> float:
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def matmul_probe() -> float:
+    a = torch.randn(2048, 2048)
+    a @ a
+    return 2 * 2048 ** 3 / median_time(lambda: a @ a, 5) / 1e9
+
+
+def make(name: str, n: int, how: str, block: int, g: torch.Generator) -> dict:
+    h, kvh, d, _ = SHAPES[name]
+
+    def x(heads):
+        t = torch.randn(1, heads, n, d, generator=g)
+        if how == "clustered":
+            nb = -(-n // block)
+            centre = torch.randn(1, heads, nb, d, generator=g) * 2
+            t = t * 0.5 + centre.repeat_interleave(block, 2)[:, :, :n]
+        return t / d ** 0.25
+    out = {"Q": x(h), "K": x(kvh), "V": torch.randn(1, kvh, n, d, generator=g)}
+    if name == "nsa":
+        out.update({k: torch.zeros(1, h, n) for k in ("Gc", "Gs", "Gw")})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("spec", choices=sorted(SHAPES))
+    ap.add_argument("--n", type=int, nargs="*", default=[8192, 16384, 32768])
+    ap.add_argument("--inputs", nargs="*", default=["random", "clustered"])
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    print(f"torch.matmul 2048^3 probe: {matmul_probe():.0f} GFLOP/s, threads {torch.get_num_threads()}")
+    h, kvh, d, params = SHAPES[a.spec]
+    sparse = einattn.compile(a.spec, target="cpu", **params)
+    causal = einattn.compile("causal", target="cpu")
+    block = params.get("BS", params.get("SB"))
+    print(f"{a.spec}: H={h}, KV heads={kvh}, d={d}, {params}, fp32, cpu")
+    print("| inputs | N | sparse s | selection s (share) | tiles visited | causal s | sparse / causal |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for how in a.inputs:
+        for n in a.n:
+            x = make(a.spec, n, how, block, torch.Generator().manual_seed(n))
+            kc = x["K"].expand(1, h, n, d)
+            vc = x["V"].expand(1, h, n, d)
+            sparse(**x)
+            causal(x["Q"], kc, vc)
+            ts, tc, tsel = [], [], []
+            for _ in range(a.reps):
+                t = time.perf_counter()
+                sparse(**x)
+                ts.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                sel = sparse.select(**x)
+                tsel.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                causal(x["Q"], kc, vc)
+                tc.append(time.perf_counter() - t)
+            kp = sparse.attend._artifact.kp
+            xb = {**x, **sel}
+            xb = {t.name: xb[t.name] for t in kp.cascade.inputs}
+            sz = bind_sizes(kp.cascade, {k: tuple(v.shape) for k, v in xb.items()})
+            pr = eval_params(kp.cascade, sz, {k: v for k, v in params.items()
+                                              if k in {p.name for p in kp.cascade.params}})
+            cfg = sparse.attend._artifact.concrete(sz, pr).config
+            frac = visit_lists(kp, xb, sz, pr, cfg.BLOCK_M, cfg.BLOCK_N)[2]
+            s, c, sl = statistics.median(ts), statistics.median(tc), statistics.median(tsel)
+            print(f"| {how} | {n} | {s:.3f} | {sl:.3f} ({sl / s:.0%}) | {frac:.1%} | {c:.3f} | {s / c:.2f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
