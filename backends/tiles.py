@@ -29,8 +29,11 @@ from einattn.ir import COMPARE, Expr, Op, UnsupportedError
 _FLIP = {Op.LT: Op.GT, Op.LE: Op.GE, Op.GT: Op.LT, Op.GE: Op.LE, Op.EQ: Op.EQ, Op.NE: Op.NE}
 
 
-def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block_n: int):
-    """(count, tiles, fraction of (task, key tile) pairs visited) of a block-sparse plan."""
+def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block_n: int,
+                pack: tuple[str, int] | None = None):
+    """(count, tiles, fraction of (task, key tile) pairs visited) of a block-sparse plan. With
+    ``pack = (grid index, PACK)`` (the decode program: a task is PACK heads x block_m query rows)
+    a task visits the union of its heads' tiles."""
     m, n = int(sizes[kp.query]), int(sizes[kp.key])
     qt, kt = -(-m // block_m), -(-n // block_n)
     gshape = [int(sizes[g]) for g in kp.grid]
@@ -47,6 +50,11 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
             for cond in p.sites:
                 _, empty = tile_decision(cond, ctx.leaf, torch.logical_and, torch.logical_or)
                 visit |= ~torch.as_tensor(empty, dtype=torch.bool).expand_as(visit)
+    if pack is not None and pack[1] > 1:
+        j, p = kp.grid.index(pack[0]), pack[1]
+        v = visit.movedim(j, 0)
+        v = v.reshape(v.shape[0] // p, p, *v.shape[1:]).any(1)
+        visit = v.movedim(0, j)
     visit = visit.reshape(-1, kt)
     order = torch.sort((~visit).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
     count = visit.sum(-1).to(torch.int32)
@@ -218,6 +226,6 @@ def check_lists_config(kp, splits: int, decode: bool, target: str) -> None:
     if splits > 1:
         raise UnsupportedError(f"{kp.cascade.name}: KV_SPLITS={splits} with a block-sparse key loop is not built "
                                f"on {target}; use KV_SPLITS=1")
-    if decode:
+    if decode and target != "cpu":
         raise UnsupportedError(f"{kp.cascade.name}: the decode program with a block-sparse key loop is not built on "
                                f"{target}; use config={{'PROGRAM': 'tile'}}")

@@ -183,6 +183,8 @@ def _fold(e: Expr) -> float | None:
         return 0.0
     if op in (Op.RELU, Op.NEG, Op.SQUARE, Op.ABS, Op.SIGN) and vals[0] == 0.0:
         return 0.0
+    if op in (Op.RELU, Op.SIGMOID, Op.SOFTPLUS) and vals[0] == -math.inf:
+        return 0.0                  # a masked score through relu / sigmoid / softplus attention
     if op is Op.MAX and vals[0] == -math.inf:
         return vals[1]
     if op is Op.MAX and vals[1] == -math.inf:

@@ -45,6 +45,9 @@ class Merge:
 
 def split_refusal(kp: KernelPlan) -> str | None:
     """Why the plan's key loop cannot be split into parallel parts, or None when it can."""
+    if kp.tile_lists:
+        return (f"the key loop of '{kp.cascade.name}' visits host-made lists of key tiles (block-sparse); "
+                f"splitting a list into parts is not built yet (KV_SPLITS=1)")
     if len(kp.passes) != 1:
         return (f"the plan of '{kp.cascade.name}' makes {len(kp.passes)} passes over the keys; a later pass "
                 f"reads state that every key must finish first, so its parts could not run side by side "

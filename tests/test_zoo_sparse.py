@@ -166,8 +166,23 @@ def test_unbuilt_configs_say_so():
     x = inputs("power", 64)
     with pytest.raises(UnsupportedError, match="backward of a block-sparse cascade is not built"):
         einattn.compile("power", target="streaming", **SMALL["power"])(**{**x, "Q": x["Q"].requires_grad_()})
-    with pytest.raises(UnsupportedError, match="KV_SPLITS=2 with a block-sparse key loop"):
+    with pytest.raises(UnsupportedError, match="KV_SPLITS=2: the key loop of 'power_attend' visits host-made lists"):
         einattn.compile("power", target="cpu", config={**CPU, "KV_SPLITS": 2})(**inputs("power", 64))
+    with pytest.raises(UnsupportedError, match="decode program with a block-sparse key loop is not built on triton"):
+        einattn.compile("power", target="cuda", interpret=True, config={"PROGRAM": "decode"})(**inputs("power", 8))
+
+
+def test_short_queries_get_no_split_and_cpu_decode_lists_match():
+    """A call with few query rows: the cpu resolves to one part (no KV_SPLITS with lists); the cpu
+    decode program (a task = PACK heads of a GQA group x BLOCK_M tokens) visits its heads' union."""
+    x = inputs("nsa", 64, h=8)
+    want = oracle("nsa", x)
+    k = einattn.compile("nsa", target="cpu", **SMALL["nsa"])
+    short = {a: t[:, :, :4] if a in ("Q", "Gc", "Gs", "Gw") else t for a, t in x.items()}
+    assert_rel_close(k(**short), oracle("nsa", short), 2e-5, "m=4")
+    for cfg in ({"PROGRAM": "decode", "PACK": 4, "BLOCK_M": 1}, {"PROGRAM": "decode", "PACK": 2, "BLOCK_M": 4}):
+        k = einattn.compile("nsa", target="cpu", config={**cfg, "BLOCK_N": 16}, **SMALL["nsa"])
+        assert_rel_close(k(**x), want, 2e-5, str(cfg))
 
 
 def test_explain_shows_both_stages_and_the_key_blocks():

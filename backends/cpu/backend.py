@@ -194,8 +194,12 @@ class CpuBackend:
         if artifact.kp.tile_lists:            # block-sparse: the key tiles each task visits
             from ..tiles import check_lists_config, visit_lists
             check_lists_config(artifact.kp, artifact.config.KV_SPLITS, artifact.config.decode, self.name)
-            ws += list(visit_lists(artifact.kp, x, sizes, params, artifact.config.BLOCK_M,
-                                   artifact.config.BLOCK_N)[:2])
+            cfg = artifact.config
+            pack = None
+            if cfg.decode and cfg.PACK > 1:     # a task: PACK heads (one GQA group) x BLOCK_M tokens
+                from einattn.compiler.decode import packing
+                pack = (packing(artifact.kp).index, cfg.PACK)
+            ws += list(visit_lists(artifact.kp, x, sizes, params, cfg.BLOCK_M, cfg.BLOCK_N, pack)[:2])
         _check_offsets(list(x.items()) + list(outs.items()) + [("the KV_SPLITS workspace", w) for w in ws])
         run_kernel(fn, (*map(_bits, args), *map(_bits, outs.values()), *ws,
                         *[float(params[p.name]) for p in c.params]), threads())

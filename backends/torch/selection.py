@@ -46,7 +46,7 @@ def select(score: torch.Tensor, kind: str, value: float) -> torch.Tensor:
         mass = e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
         ms = mass.gather(-1, order)
         before = torch.cumsum(ms, dim=-1) - ms                  # mass of the finite scores ranked above
-        kept = (before < value) & finite.gather(-1, order)
+        kept = ((before < value) | (value >= 1.0)) & finite.gather(-1, order)    # p = 1: all, whatever the rounding
         keep = torch.zeros_like(cand).scatter(-1, order, kept)
     return (keep | always).to(score.dtype)
 

@@ -271,7 +271,9 @@ def resolve(kp: KernelPlan, cfg: TritonConfig, sizes: dict, params: dict,
             raise UnsupportedError(f"PROGRAM='decode' needs the query length '{kp.query}' in the sizes "
                                    f"(its row block depends on it); sizes given: {sorted(sizes)}")
         sizes = {**sizes, kp.query: plan_decode.DECODE_MAX_ROWS + 1}
-    choice = plan_decode.choose_program(kp, sizes, cfg.PROGRAM)
+    # block-sparse key loops run in the tile program only on Triton (backends/tiles.py)
+    choice = plan_decode.choose_program(kp, sizes, "tile" if kp.tile_lists and cfg.PROGRAM == "auto"
+                                        else cfg.PROGRAM)
     if choice.program == "tile":
         if cfg.PACK > 1:
             raise UnsupportedError(f"PACK={cfg.PACK} with PROGRAM={cfg.PROGRAM} at {kp.query}={sizes[kp.query]}: "
