@@ -75,41 +75,44 @@ def main() -> None:
     a = ap.parse_args()
     print(f"torch.matmul 2048^3 probe: {matmul_probe():.0f} GFLOP/s, threads {torch.get_num_threads()}")
     h, kvh, d, params = SHAPES[a.spec]
-    sparse = einattn.compile(a.spec, target="cpu", **params)
     causal = einattn.compile("causal", target="cpu")
     block = params.get("BS", params.get("SB"))
+    programs = {"tile": {}}
+    if kvh < h:                 # a task of one token x its GQA group: the decode program, PACK = H / KV heads
+        programs["token x group"] = {"PROGRAM": "decode", "PACK": h // kvh, "BLOCK_M": 1}
     print(f"{a.spec}: H={h}, KV heads={kvh}, d={d}, {params}, fp32, cpu")
-    print("| inputs | N | sparse s | selection s (share) | tiles visited | causal s | sparse / causal |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for how in a.inputs:
-        for n in a.n:
-            x = make(a.spec, n, how, block, torch.Generator().manual_seed(n))
-            kc = x["K"].expand(1, h, n, d)
-            vc = x["V"].expand(1, h, n, d)
+    print("| inputs | program | N | sparse s | selection s (share) | tiles visited | causal s | sparse / causal |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for how, (prog, config), n in ((w, p, n) for w in a.inputs for p in programs.items() for n in a.n):
+        sparse = einattn.compile(a.spec, target="cpu", config=config, **params)
+        x = make(a.spec, n, how, block, torch.Generator().manual_seed(n))
+        kc = x["K"].expand(1, h, n, d)
+        vc = x["V"].expand(1, h, n, d)
+        sparse(**x)
+        causal(x["Q"], kc, vc)
+        ts, tc, tsel = [], [], []
+        for _ in range(a.reps):
+            t = time.perf_counter()
             sparse(**x)
+            ts.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            sel = sparse.select(**x)
+            tsel.append(time.perf_counter() - t)
+            t = time.perf_counter()
             causal(x["Q"], kc, vc)
-            ts, tc, tsel = [], [], []
-            for _ in range(a.reps):
-                t = time.perf_counter()
-                sparse(**x)
-                ts.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                sel = sparse.select(**x)
-                tsel.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                causal(x["Q"], kc, vc)
-                tc.append(time.perf_counter() - t)
-            kp = sparse.attend._artifact.kp
-            xb = {**x, **sel}
-            xb = {t.name: xb[t.name] for t in kp.cascade.inputs}
-            sz = bind_sizes(kp.cascade, {k: tuple(v.shape) for k, v in xb.items()})
-            pr = eval_params(kp.cascade, sz, {k: v for k, v in params.items()
-                                              if k in {p.name for p in kp.cascade.params}})
-            cfg = sparse.attend._artifact.concrete(sz, pr).config
-            frac = visit_lists(kp, xb, sz, pr, cfg.BLOCK_M, cfg.BLOCK_N)[2]
-            s, c, sl = statistics.median(ts), statistics.median(tc), statistics.median(tsel)
-            print(f"| {how} | {n} | {s:.3f} | {sl:.3f} ({sl / s:.0%}) | {frac:.1%} | {c:.3f} | {s / c:.2f} |",
-                  flush=True)
+            tc.append(time.perf_counter() - t)
+        kp = sparse.attend._artifact.kp
+        xb = {**x, **sel}
+        xb = {t.name: xb[t.name] for t in kp.cascade.inputs}
+        sz = bind_sizes(kp.cascade, {k: tuple(v.shape) for k, v in xb.items()})
+        pr = eval_params(kp.cascade, sz, {k: v for k, v in params.items()
+                                          if k in {p.name for p in kp.cascade.params}})
+        cfg = sparse.attend._artifact.concrete(sz, pr).config
+        pack = ("h", cfg.PACK) if cfg.decode else None
+        frac = visit_lists(kp, xb, sz, pr, cfg.BLOCK_M, cfg.BLOCK_N, pack)[2]
+        s, c, sl = statistics.median(ts), statistics.median(tc), statistics.median(tsel)
+        print(f"| {how} | {prog} | {n} | {s:.3f} | {sl:.3f} ({sl / s:.0%}) | {frac:.1%} | {c:.3f} | "
+              f"{s / c:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -252,8 +252,8 @@ def explain_kernel(spec, shape: dict | None = None, params: dict | None = None) 
         head = [f"{c.name} selects key blocks: the kernel runs its attention stage (einattn explain "
                 f"{c.name} shows both stages); stage A runs on the host"]
         if shape is not None:
-            from einattn.ir import bind_blocks
-            shape = bind_blocks(c, shape, eval_params(c, shape, dict(params or {})))
+            from einattn.ir import bind_blocks, eval_params as values
+            shape = bind_blocks(c, shape, values(c, shape, dict(params or {})))
         c = split(c).attend
     plan = make_plan(c)
     lines = head + [f"kernel plan of {plan.cascade.name}"]

@@ -25,6 +25,11 @@ class SparseKernel:
     def __repr__(self) -> str:
         return f"SparseKernel({self.spec.name!r}, target='{self.target}')"
 
+    @property
+    def plan(self):
+        """The pass plan of the attention stage (what a kernel target runs)."""
+        return self.attend.plan if self.attend is not None else self.stages.plan
+
     def __reduce__(self):
         from einattn.kernel import compile
         return _recompile, (compile, self.spec, str(self.target), self.params, self.config, self.interpret)

@@ -197,3 +197,14 @@ def test_a_sparse_kernel_pickles():
     k = einattn.compile("power", target="streaming", **SMALL["power"])
     x = inputs("power", 40)
     assert torch.equal(pickle.loads(pickle.dumps(k))(**x), k(**x))
+
+
+def test_the_cli_checks_and_explains_a_block_sparse_spec(capsys):
+    from einattn.cli import main
+    assert main(["check", "power", "--target", "cpu", "--shape", "b=1,h=2,m=100,n=100,d=16,e=16",
+                 "--param", "BS=16"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    assert main(["explain", "moba", "--kernel", "--shape", "b=1,h=2,m=300,n=300,d=32,e=32"]) == 0
+    out = capsys.readouterr().out
+    assert "block-sparse: the key loop visits a host-made list" in out
+    assert "a block-sparse key loop runs in the tile program on Triton" in out

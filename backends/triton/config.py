@@ -279,7 +279,9 @@ def resolve(kp: KernelPlan, cfg: TritonConfig, sizes: dict, params: dict,
             raise UnsupportedError(f"PACK={cfg.PACK} with PROGRAM={cfg.PROGRAM} at {kp.query}={sizes[kp.query]}: "
                                    f"only the decode program packs heads ({choice.why}); use PROGRAM='decode' "
                                    f"or leave PACK unset")
-        return dataclasses.replace(cfg, PROGRAM="tile", PACK=1, KV_SPLITS=max(1, cfg.KV_SPLITS)), choice.why
+        why = choice.why if not (kp.tile_lists and cfg.PROGRAM == "auto") else \
+            "a block-sparse key loop runs in the tile program on Triton"
+        return dataclasses.replace(cfg, PROGRAM="tile", PACK=1, KV_SPLITS=max(1, cfg.KV_SPLITS)), why
     m = int(sizes[kp.query])
     pack = cfg.PACK
     if pack == 0:
