@@ -37,9 +37,10 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
     m, n = int(sizes[kp.query]), int(sizes[kp.key])
     qt, kt = -(-m // block_m), -(-n // block_n)
     gshape = [int(sizes[g]) for g in kp.grid]
-    m0 = torch.arange(qt, dtype=torch.float64)[:, None] * block_m
+    # coordinates in float32: exact below 2**24, and half the traffic of float64
+    m0 = torch.arange(qt, dtype=torch.float32)[:, None] * block_m
     m1 = torch.clamp(m0 + block_m, max=m) - 1
-    n0 = torch.arange(kt, dtype=torch.float64)[None, :] * block_n
+    n0 = torch.arange(kt, dtype=torch.float32)[None, :] * block_n
     n1 = torch.clamp(n0 + block_n, max=n) - 1
     ctx = _Ctx(kp, inputs, sizes, params, block_m, block_n, gshape, (m0, m1), (n0, n1))
     if not _finite_key_side(kp, inputs):
@@ -113,7 +114,7 @@ class _Ctx:
         ends = []
         for mq in self.ms:
             for nk in self.ns:
-                v = torch.full((), const, dtype=torch.float64)
+                v = torch.full((), const, dtype=torch.float32)
                 for i, (coef, div) in terms.items():
                     x = mq if i == self.kp.query else nk
                     v = v + coef * (torch.div(x, div, rounding_mode="floor") if div else x)
@@ -127,7 +128,7 @@ class _Ctx:
     def region(self, r: Expr):
         """(min, max) of a key-block read over each (grid cell, query tile, key tile)."""
         kp, name, subs = self.kp, *r.arg
-        t = self.inputs[name].double()
+        t = self.inputs[name]           # min and max are exact in its own dtype
         dims = kp.cascade.input(name).indices
         bs = None
         # reduce over the query rows of each tile, then gather the grid cells and key tiles

@@ -79,7 +79,8 @@ def main() -> None:
     block = params.get("BS", params.get("SB"))
     programs = {"tile": {}}
     if kvh < h:                 # a task of one token x its GQA group: the decode program, PACK = H / KV heads
-        programs["token x group"] = {"PROGRAM": "decode", "PACK": h // kvh, "BLOCK_M": 1}
+        programs = {"tile": {"PROGRAM": "tile"}, "token x group": {"PROGRAM": "decode", "PACK": h // kvh,
+                                                                   "BLOCK_M": 1}, "auto": {}}
     print(f"{a.spec}: H={h}, KV heads={kvh}, d={d}, {params}, fp32, cpu")
     print("| inputs | program | N | sparse s | selection s (share) | tiles visited | causal s | sparse / causal |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -101,16 +102,20 @@ def main() -> None:
             t = time.perf_counter()
             causal(x["Q"], kc, vc)
             tc.append(time.perf_counter() - t)
-        kp = sparse.attend._artifact.kp
+        chosen = sparse.attend if sparse.group is None else sparse.choose(
+            {t.name: {**x, **sel}[t.name] for t in sparse.stages.attend.inputs})[0]
+        kp = chosen._artifact.kp
         xb = {**x, **sel}
         xb = {t.name: xb[t.name] for t in kp.cascade.inputs}
         sz = bind_sizes(kp.cascade, {k: tuple(v.shape) for k, v in xb.items()})
         pr = eval_params(kp.cascade, sz, {k: v for k, v in params.items()
                                           if k in {p.name for p in kp.cascade.params}})
-        cfg = sparse.attend._artifact.concrete(sz, pr).config
+        cfg = chosen._artifact.concrete(sz, pr).config
         pack = ("h", cfg.PACK) if cfg.decode else None
         frac = visit_lists(kp, xb, sz, pr, cfg.BLOCK_M, cfg.BLOCK_N, pack)[2]
         s, c, sl = statistics.median(ts), statistics.median(tc), statistics.median(tsel)
+        if sparse.last_choice:
+            prog = f"{prog} ({sparse.last_choice.split(':')[0]})"
         print(f"| {how} | {prog} | {n} | {s:.3f} | {sl:.3f} ({sl / s:.0%}) | {frac:.1%} | {c:.3f} | "
               f"{s / c:.2f} |", flush=True)
 

@@ -69,8 +69,12 @@ class Stages:
             if s is not None and s.select:
                 what = "at most k" if s.select[0] == "topk" else "the fewest reaching mass p"
                 lines.append(f"  {kb.tensor}: {s.select[0]}, {what} = {s.select[1]} of the key blocks of one "
-                             f"query token; a query tile visits the union of its tokens' blocks and masks "
-                             f"each token inside (token-granular selection)")
+                             f"query token ({kb.per}); in the tile program a query tile visits the union of "
+                             f"its tokens' blocks and masks each token inside; the cpu decode program "
+                             f"(config PROGRAM='decode', PACK = the heads sharing a selection, BLOCK_M = 1) "
+                             f"makes a task one token x its GQA group; on the cpu with no config given a "
+                             f"call takes the cheaper of the two by the share of key tiles each visits "
+                             f"(einattn/sparse.py, SparseKernel.choose)")
                 if s.select[0] == "topk":
                     nb = f"ceil({self.original.key} / {kb.size})"
                     lines.append(f"    expected key tiles visited: per token at most {s.select[1]} of the {nb} "

@@ -10,15 +10,23 @@ from einattn.ir import Loc, SpecError, UnsupportedError, bind_blocks, bind_sizes
 
 DENSE_TARGETS = ("reference", "streaming")
 LIST_TARGETS = ("cpu", "cuda", "rocm")             # kernels whose key loop visits host-made tile lists (backends/tiles.py)
+# the cpu decode program's time per visited (row, key tile) pair over the tile program's, measured on
+# NSA's attention stage (benchmarks/RESULTS.md, "Block-sparse attention": 2.3x at 8K, 3.1x at 16K)
+GROUP_TASK_COST = 3.0
 
 
 class SparseKernel:
     """A compiled block-sparse variant. Called like a :class:`~einattn.kernel.Kernel`;
     ``select(...)`` returns stage A's tensors and ``block_mask(..., tile)`` their block lists."""
 
-    def __init__(self, spec, stages: Stages, target, attend, params: dict, config: dict, interpret: bool = False):
+    def __init__(self, spec, stages: Stages, target, attend, params: dict, config: dict, interpret: bool = False,
+                 group=None):
         self.spec, self.stages, self.target, self.config = spec, stages, target, dict(config)
         self.interpret = interpret
+        # a selection shared by a GQA group, on the cpu with no config given: the decode program with a
+        # task of one token x its group, picked per call against the tile program by cost (``choose``)
+        self.group = group
+        self.last_choice = None
         self.params = dict(params)
         self.attend = attend            # the stage-B Kernel (None on the reference target)
 
@@ -88,10 +96,36 @@ class SparseKernel:
             x = {t.name: inputs[t.name] for t in self.stages.attend.inputs if t.name in inputs}
             dtype = next(iter(inputs.values())).dtype
             x.update({k: v.to(dtype) for k, v in sel.items()})
-            res = self.attend(**x)
+            kernel = self.attend if self.group is None else self.choose(x)[0]
+            res = kernel(**x)
             outs = dict(zip(self.stages.attend.outputs, res if isinstance(res, tuple) else (res,)))
         res = tuple(outs[o] for o in c.outputs)
         return res[0] if len(res) == 1 else res
+
+
+    def choose(self, x: dict):
+        """(kernel, why) for stage B's inputs ``x``: the tile program, or where a selection is shared
+        by a GQA group the decode program (one token x the group per task) when its share of visited
+        key blocks times ``GROUP_TASK_COST`` is below the tile program's. The shares are those of the
+        selections alone (``block_lists`` at the tile program's BLOCK_M tokens and at one token), a
+        cheap stand-in for the kernels' own lists, which also hold the other branches' tiles."""
+        from einattn.backends.torch.selection import block_lists
+        art, c = self.attend._artifact, self.attend.spec
+        sz = bind_sizes(c, {n: tuple(t.shape) for n, t in x.items()})
+        bm = art.concrete(sz, eval_params(c, sz, self.attend.params)).config.BLOCK_M
+        fracs = [0.0, 0.0]
+        for kb in self.stages.key_blocks:
+            t = x[kb.tensor].movedim(kb.dims.index(kb.block), -1)
+            t = t if t.dim() >= 2 else t.unsqueeze(0)
+            nb = t.shape[-1]
+            for j, tile in enumerate((bm, 1)):
+                fracs[j] = max(fracs[j], float(block_lists(t, tile)["kv_num_blocks"].double().mean()) / max(nb, 1))
+        tile, group = fracs[0], fracs[1] * GROUP_TASK_COST
+        pick = self.group if group < tile else self.attend
+        why = (f"{'token x group' if pick is self.group else 'tile'}: a tile of {bm} tokens selects {fracs[0]:.1%} "
+               f"of the key blocks, one token x its group {fracs[1]:.1%} (x {GROUP_TASK_COST} per pair)")
+        self.last_choice = why
+        return pick, why
 
 
 def compile_sparse(c, target, tune: str, config: dict, params: dict, interpret: bool | None = None) -> SparseKernel:
@@ -103,7 +137,8 @@ def compile_sparse(c, target, tune: str, config: dict, params: dict, interpret: 
             f"in its place; the targets {', '.join(DENSE_TARGETS + LIST_TARGETS)} run it (`einattn explain "
             f"{c.name}` shows the two stages)")
     if tune != "none":
-        raise UnsupportedError(f"tune={tune!r}: {c.name} runs on '{target}', which has nothing to tune")
+        raise UnsupportedError(f"tune={tune!r}: the autotuner does not search block-sparse kernels yet; use "
+                               f"tune='none' (the default config) or pin config={{...}}")
     known = {p.name for p in stages.attend.params}
     attend = None
     if target.kind != "reference":
@@ -118,7 +153,13 @@ def compile_sparse(c, target, tune: str, config: dict, params: dict, interpret: 
                                    f"mask the scores with the selection")
     elif config:
         raise SpecError("the reference target takes no config", loc=Loc(c.file), found=str(config))
-    return SparseKernel(c, stages, target, attend, params, config, bool(attend is not None and attend.interpret))
+    group = None
+    if target.kind == "cpu" and not config and any(
+            s.div is not None and s.index != c.key for kb in stages.key_blocks for s in kb.subs):
+        group = compile(stages.attend, target=str(target), config={"PROGRAM": "decode", "BLOCK_M": 1},
+                        **{k: v for k, v in params.items() if k in known})
+    return SparseKernel(c, stages, target, attend, params, config, bool(attend is not None and attend.interpret),
+                        group)
 
 
 def _recompile(compile, spec, target, params, config, interpret=False):

@@ -141,9 +141,6 @@ class Cascade:
             seen.update(dict.fromkeys(s.all_indices))
         return tuple(seen)
 
-    def block(self, name: str) -> BlockDecl | None:
-        return next((b for b in self.blocks if b.name == name), None)
-
     @property
     def selects(self) -> bool:
         """Spec v1.1: block indices or selection statements (compiler/selection.py splits it)."""

@@ -189,7 +189,7 @@ def test_explain_shows_both_stages_and_the_key_blocks():
     text = str(einattn.explain("nsa"))
     assert "stage A (select" in text and "stage B (attend" in text
     assert "Sel[b, h // r, m, n // SB] (key blocks of SB, per [b, h // r, m] (shared: h // r))" in text
-    assert "token-granular" in text and "plan: 1 pass(es)" in text
+    assert "one token x its GQA group" in text and "SparseKernel.choose" in text and "plan: 1 pass(es)" in text
 
 
 def test_a_sparse_kernel_pickles():
@@ -208,3 +208,16 @@ def test_the_cli_checks_and_explains_a_block_sparse_spec(capsys):
     out = capsys.readouterr().out
     assert "block-sparse: the key loop visits a host-made list" in out
     assert "a block-sparse key loop runs in the tile program on Triton" in out
+
+
+def test_a_group_shared_selection_picks_its_program_by_cost_on_cpu():
+    """NSA's selection is shared by the heads of a GQA group: with no config the cpu kernel holds the
+    tile program and the decode program (one token x its group per task) and takes the cheaper by
+    the share of key tiles each visits; both give the oracle's result."""
+    x = inputs("nsa", 160, h=8)
+    k = einattn.compile("nsa", target="cpu", **SMALL["nsa"])
+    assert k.group is not None and k.group._artifact.config.PROGRAM == "decode"
+    assert_rel_close(k(**x), oracle("nsa", x), 2e-5, "auto")
+    assert k.last_choice.split(":")[0] in ("tile", "token x group") and "x 3.0 per pair" in k.last_choice
+    assert einattn.compile("moba", target="cpu", **SMALL["moba"]).group is None      # per head: no group
+    assert einattn.compile("nsa", target="cpu", config=CPU, **SMALL["nsa"]).group is None  # a config pins it

@@ -95,3 +95,22 @@ def test_make_plan_refuses_a_selecting_cascade():
     from einattn.compiler import make_plan
     with pytest.raises(einattn.ir.UnsupportedError, match="two stages"):
         make_plan(einattn.load_spec("moba"))
+
+
+def test_a_v1_input_block_mask_gets_tile_lists():
+    """A caller-given block mask (a v1 input read as Bm[b,h,m,n // BS], FlexAttention's BlockMask as a
+    tensor) needs no selection stage: the kernel plan gets its sites and the cpu kernel visits only the
+    listed key tiles; a mask too short for the keys is a clear error."""
+    import torch
+    text = HEAD.replace("einattn: 1.1", "einattn: 1").replace("  V: [b, h, n, e]\n", "  V: [b, h, n, e]\n  Bm: [b, h, m, t]\n")
+    text = text.replace("blocks:\n  j: n // BS\n", "") + "".join(f"  - {s}\n" for s in ATTEND).replace(
+        "Sel[", "Bm[") + "outputs: [O]\n"
+    k = einattn.compile(text, target="cpu", config={"BLOCK_N": 16, "BLOCK_M": 16, "SCORE_RI": 16, "PROGRAM": "tile"})
+    assert k._artifact.kp.tile_lists
+    g = torch.Generator().manual_seed(0)
+    q, kk, v = (torch.randn(1, 2, 40, 8, generator=g) for _ in range(3))
+    bm = (torch.rand(1, 2, 40, 3, generator=g) < 0.5).float()
+    ref = einattn.compile(text, target="reference")(q, kk, v, bm)
+    assert (k(q, kk, v, bm).double() - ref).abs().max() < 1e-5
+    with pytest.raises(SpecError, match="reads past the end of dim 't'"):
+        k(q, kk, v, bm[..., :2])
