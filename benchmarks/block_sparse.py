@@ -27,27 +27,13 @@ import torch  # noqa: E402
 
 import einattn  # noqa: E402
 from einattn.backends.tiles import visit_lists  # noqa: E402
+from einattn.bench.flops import measure_matmul_peak  # noqa: E402
 from einattn.ir import bind_sizes, eval_params  # noqa: E402
 
 SHAPES = {  # the shapes: heads, KV heads, head dim, params
     "moba": (4, 4, 128, {"BS": 512, "k": 3}),
     "nsa": (16, 1, 128, {"SB": 64, "k": 16, "CL": 32, "CS": 16, "W": 512}),
 }
-
-
-def median_time(fn, reps: int) -> float:
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
-def matmul_probe() -> float:
-    a = torch.randn(2048, 2048)
-    a @ a
-    return 2 * 2048 ** 3 / median_time(lambda: a @ a, 5) / 1e9
 
 
 def make(name: str, n: int, how: str, block: int, g: torch.Generator) -> dict:
@@ -73,7 +59,8 @@ def main() -> None:
     ap.add_argument("--inputs", nargs="*", default=["random", "clustered"])
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
-    print(f"torch.matmul 2048^3 probe: {matmul_probe():.0f} GFLOP/s, threads {torch.get_num_threads()}")
+    print(f"torch.matmul 2048^3 probe: {measure_matmul_peak():.0f} GFLOP/s (best of 5), "
+          f"threads {torch.get_num_threads()}")
     h, kvh, d, params = SHAPES[a.spec]
     causal = einattn.compile("causal", target="cpu")
     block = params.get("BS", params.get("SB"))

@@ -138,7 +138,12 @@ def test_triton_block_sparse_kernels_match_the_oracle_in_the_interpreter(name):
     x = inputs(name, 131)
     k = einattn.compile(name, target="cuda", interpret=True, config={"BLOCK_N": 16, "BLOCK_M": 16}, **SMALL[name])
     assert k.attend._artifact.plan.tile_lists
-    assert "for kt_i in range(0, tl.load(kv_count_ptr + tq))" in k.attend._artifact.rendered.source
+    src = k.attend._artifact.rendered.source
+    assert "for kt_i in range(0, tl.load(kv_count_ptr + tq))" in src
+    # a key-block read loads one value per row where BLOCK_N divides the block size (KB_<param>),
+    # else gathers per element: SMALL runs both (BS = 16 and SB = 16 against power's BS = 8)
+    blocks = "SB" if name == "nsa" else "BS"
+    assert f"(start_n // p_{blocks}) * stride_" in src and f"if KB_{blocks} else" in src
     assert_rel_close(k(**x), oracle(name, x), 2e-5, f"{name} triton")
 
 
@@ -152,6 +157,7 @@ def test_block_sparse_kernels_compile_ahead_of_time(target, tmp_path):
                  "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["resources"].get("registers")
+    assert report["constexprs"]["KB_BS"] is True          # BLOCK_N divides BS = 64: one load per row
     assert "kv_tiles_ptr" in (out / "kernel.py").read_text()
 
 

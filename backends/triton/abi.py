@@ -40,6 +40,9 @@ def constexpr_values(r: Rendered, sizes: dict, config: TritonConfig, dot_precisi
         except (ValueError, ZeroDivisionError, OverflowError):      # no number: keep the scale
             c = math.nan
         out[flag] = bool(0.0 < c < math.inf)
+    for p in r.key_blocks:              # a key tile lies in one block of p (ahead of time: --param p)
+        v = None if params is None else params.get(p)
+        out[f"KB_{p}"] = v is not None and float(v) % config.BLOCK_N == 0
     if "TMA" in r.constexprs:
         out["TMA"] = bool(tma)
     if "KV_SPLITS" in r.constexprs:

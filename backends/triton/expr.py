@@ -81,6 +81,7 @@ class Printer(ExprPrinter):
     tiles: set[str] = field(default_factory=set)
     rows: set[str] = field(default_factory=set)
     hoist: dict[str, str] | None = None
+    aligned: dict[str, None] | None = None       # set while a pass's key loop visits aligned tiles (lists)
     key_mask: bool = True
     per_row: dict[str, str] = field(default_factory=dict)
     shared: bool = False
@@ -210,11 +211,26 @@ class Printer(ExprPrinter):
 
     def load(self, read: Expr, ctx: str, load_axis: dict[str, str] | None = None, cast: bool = True) -> str:
         """``tl.load`` of an input read; ``load_axis`` places indices of score/value tiles."""
+        subs = read.arg[1]
+        blocked = [s.div for s in subs if s.div is not None and self.roles.get(s.index) == "key"]
+        if blocked and self.aligned is not None and ctx == "tile" and not load_axis:
+            # a key-block read (Sel[.., n // BS]) in a key loop over whole tiles: where BLOCK_N divides
+            # BS (the constexpr KB_<BS>) the tile lies in one block, so one value per row, not a gather
+            self.aligned.update(dict.fromkeys(blocked))
+            row = self._load(read, ctx, None, cast, key_block=True)
+            return f"({row} if {' and '.join(f'KB_{d}' for d in dict.fromkeys(blocked))} else " \
+                   f"{self._load(read, ctx, None, cast)})"
+        return self._load(read, ctx, load_axis, cast)
+
+    def _load(self, read: Expr, ctx: str, load_axis, cast: bool, key_block: bool = False) -> str:
         name, subs = read.arg
         decl = self.cascade.input(name)
         offs, masks = [f"{name}_ptr"], []
         for j, s in enumerate(subs):
             ax = (load_axis or {}).get(s.index)
+            if key_block and self.roles.get(s.index) == "key":
+                offs.append(f"(start_n // p_{s.div}) * stride_{name}_{j}")     # the tile's block
+                continue
             offs.append(f"{self.coord(s.index, ctx, s.div, ax)} * stride_{name}_{j}")
             m = self.mask_of(s.index, ctx, ax)
             if m is not None:

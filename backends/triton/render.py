@@ -74,6 +74,7 @@ class Rendered:
     workspaces: tuple[tuple[str, str | None], ...] = ()   # (state, its value index or None) when split
     folds: tuple[tuple[str, Expr], ...] = ()   # (FOLD_<score> constexpr, the scalars whose sign sets it)
     tma: tuple[tuple[str, int, int], ...] = ()  # descriptor loads: (input, its key dim, its feature dim)
+    key_blocks: tuple[str, ...] = ()            # block-size params of KB_<param> (BLOCK_N divides them)
 
     @property
     def split(self) -> bool:
@@ -323,6 +324,7 @@ class Renderer:
         self.descs: dict[Expr, tuple[str, str]] = {}   # key-side read -> (descriptor, its line)
         self.tma_reads: list[tuple[str, int, int]] = []   # (input, its key dim, its feature dim)
         self.fold_flags: dict[str, Expr] = {}          # FOLD_<score> -> scalars, over all passes
+        self.key_blocks: dict[str, None] = {}          # KB_<param>: BLOCK_N divides that block size
 
     # -- pieces -------------------------------------------------------------------
     def descriptor(self, read: Expr) -> str | None:
@@ -495,6 +497,8 @@ class Renderer:
         view = PassView(kpass.index, skip_empty=kpass.skip_empty,
                         mask=str(kpass.mask) if kpass.mask is not None else "")
         pr.tiles = set(kpass.tiles)
+        # list loops visit whole, aligned key tiles: key-block reads may load once per row
+        pr.aligned = self.key_blocks if kpass.sites else None
         for op in kpass.state:
             if op.kind is Kind.ROW_REDUCE:
                 view.init.append(f"r_{op.name} = tl.full([BLOCK_M], {const_text(op.reduce.identity)}, tl.float32)")
@@ -623,7 +627,8 @@ class Renderer:
     def constexprs(self, split: bool) -> tuple[str, ...]:
         feats = self.features
         return tuple([f"SIZE_{i}" for i in feats] + ["BLOCK_M", "BLOCK_N"] + [f"BLOCK_{i}" for i in feats]
-                     + ["DOT_PRECISION", "EVEN_N", *self.fold_flags] + (["TMA"] if self.descs else [])
+                     + ["DOT_PRECISION", "EVEN_N", *self.fold_flags] + [f"KB_{p}" for p in self.key_blocks]
+                     + (["TMA"] if self.descs else [])
                      + (["KV_SPLITS"] if split else []))
 
     def packed_index(self) -> str | None:
@@ -692,7 +697,7 @@ class Renderer:
         src = env.from_string(template_source(self.TEMPLATE)).render(**parts)
         return Rendered(src, parts["name"], tuple(parts["args"]), parts["constexprs"], kp.grid, kp.query, kp.key,
                         kp.contract, kp.value, tuple(kp.outputs), parts["combine_name"], parts["workspaces"],
-                        tuple(self.fold_flags.items()), tuple(self.tma_reads))
+                        tuple(self.fold_flags.items()), tuple(self.tma_reads), tuple(self.key_blocks))
 
 
 @functools.lru_cache(maxsize=4)
