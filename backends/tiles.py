@@ -47,7 +47,7 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
         visit = torch.ones(*gshape, qt, kt, dtype=torch.bool)
     else:
         visit = torch.zeros(*gshape, qt, kt, dtype=torch.bool)
-        for p in kp.passes:
+        for p in kp.passes:             # passes with sites share the lists; the others visit every tile
             for cond in p.sites:
                 _, empty = tile_decision(cond, ctx.leaf, torch.logical_and, torch.logical_or)
                 visit |= ~torch.as_tensor(empty, dtype=torch.bool).expand_as(visit)

@@ -424,11 +424,9 @@ def make_kernel_plan(plan: Plan) -> KernelPlan:
             skip = empty_tile_is_identity(stmts, mask, tiles)
         conds = tuple(where_conditions(stmts))
         sites = ()
-        if any(key_block_read(e, key) for cd in conds for e in cd.walk()):
-            if not empty_tile_is_identity(stmts, conds, tiles):
-                raise UnsupportedError(f"pass {p.index} reads key blocks in a mask, but a key tile where every "
-                                       f"where() condition is false still contributes to a reduction, so the "
-                                       f"block-sparse loop cannot skip it; mask scores to -inf (or values to 0)")
+        # (a pass where an all-false tile still adds something, such as an unmasked max, visits every tile)
+        if any(key_block_read(e, key) for cd in conds for e in cd.walk()) and \
+                empty_tile_is_identity(stmts, conds, tiles):
             sites = conds
         passes.append(KernelPass(p.index, loop, epi, mask, skip, sites))
     prologue = tuple(classify(st) for st in plan.prologue)

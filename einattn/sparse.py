@@ -148,9 +148,11 @@ def compile_sparse(c, target, tune: str, config: dict, params: dict, interpret: 
         art = attend._artifact
         kp = getattr(art, "kp", None) or getattr(art, "plan", None)
         if target.kind in LIST_TARGETS and not (kp is not None and kp.tile_lists):
-            raise UnsupportedError(f"{c.name}: no where() condition of its attention stage reads a selection as "
-                                   f"T[.., {c.key} // BS], so a {target} kernel would visit every key tile; "
-                                   f"mask the scores with the selection")
+            raise UnsupportedError(f"{c.name}: no pass of its attention stage can skip key tiles: none reads a "
+                                   f"selection as T[.., {c.key} // BS] in a where() condition, or a key tile where "
+                                   f"every condition is false still contributes to a reduction, so a {target} "
+                                   f"kernel would visit every key tile; mask the scores to -inf (or the values "
+                                   f"to 0) with the selection")
     elif config:
         raise SpecError("the reference target takes no config", loc=Loc(c.file), found=str(config))
     group = None

@@ -227,3 +227,19 @@ def test_a_group_shared_selection_picks_its_program_by_cost_on_cpu():
     assert k.last_choice.split(":")[0] in ("tile", "token x group") and "x 3.0 per pair" in k.last_choice
     assert einattn.compile("moba", target="cpu", **SMALL["moba"]).group is None      # per head: no group
     assert einattn.compile("nsa", target="cpu", config=CPU, **SMALL["nsa"]).group is None  # a config pins it
+
+
+def test_a_pass_without_a_key_block_read_still_visits_every_tile():
+    """Two passes: the first (an unmasked row max) reads no selection, so it must see every key
+    tile; the second (sigmoid of the masked scores minus that max) visits only the listed ones."""
+    text = einattn.specs.zoo_path("topp_blocks").read_text().replace(
+        "  - M[b,h,m] max= Sm[b,h,m,n]\n  - P[b,h,m,n] = exp(Sm[b,h,m,n] - M[b,h,m])",
+        "  - M[b,h,m] max= S[b,h,m,n]\n  - P[b,h,m,n] = sigmoid(Sm[b,h,m,n] - M[b,h,m])")
+    x = inputs("topp_blocks", 131)
+    want = einattn.compile(text, target="reference", **SMALL["topp_blocks"])(**x)
+    k = einattn.compile(text, target="cpu", config=CPU, **SMALL["topp_blocks"])
+    assert len(k.attend.plan.schedule) == 2 and k.attend._artifact.kp.tile_lists
+    assert_rel_close(k(**x), want, 2e-5, "cpu, two passes")
+    kt = einattn.compile(text, target="cuda", interpret=True, config={"BLOCK_N": 16, "BLOCK_M": 16},
+                         **SMALL["topp_blocks"])
+    assert_rel_close(kt(**x), want, 2e-5, "triton, two passes")

@@ -82,6 +82,7 @@ class PassView:
     # running rows recomputed once after the key loop: a row block that visits no key tile
     # (all skipped) still gets their values from the initial state (an output M = max(M0, t))
     after: list = dataclasses.field(default_factory=list)
+    lists: bool = False             # the key loop visits the host-made tile list (block-sparse sites)
 
 
 class KernelView:
@@ -324,7 +325,7 @@ class KernelView:
                         self.ctx(tag=f"s_after{p.index}_{op.name}_", lane="li", lanes=cfg.BLOCK_M, fast=True,
                                  flags=flags, coords=coords))
                  for op in p.loop if op.kind is Kind.RUNNING]
-        return PassView(p.index, init, stabs, visit, fast_cond, fast, general, epi, after)
+        return PassView(p.index, init, stabs, visit, fast_cond, fast, general, epi, after, bool(p.sites))
 
     def body(self, p, variant: str) -> list[OpView]:
         kp, cfg = self.kp, self.cfg
