@@ -138,7 +138,11 @@ class _Ctx:
             if s.index == kp.key:
                 bs = int(self.params[s.div])
                 axes.append("key")
-            elif s.index == kp.query and s.div is None:
+            elif s.index == kp.query:       # per query row, or per query block (m // P): expanded to rows
+                if s.div is not None:
+                    rows = torch.div(torch.arange(int(self.sizes[kp.query])), int(self.params[s.div]),
+                                     rounding_mode="floor")
+                    t = t.index_select(len(axes), rows.clamp(max=t.shape[len(axes)] - 1))
                 axes.append("query")
             elif s.index in kp.grid:
                 axes.append(s.index)

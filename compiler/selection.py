@@ -68,8 +68,10 @@ class Stages:
             s = a.stmt(kb.tensor)
             if s is not None and s.select:
                 what = "at most k" if s.select[0] == "topk" else "the fewest reaching mass p"
+                row_blocks = {(b.index, b.size) for b in self.original.blocks if b.index != self.original.key}
+                unit = "query block" if any((x.index, x.div) in row_blocks for x in kb.subs) else "query token"
                 lines.append(f"  {kb.tensor}: {s.select[0]}, {what} = {s.select[1]} of the key blocks of one "
-                             f"query token ({kb.per}); in the tile program a query tile visits the union of "
+                             f"{unit} ({kb.per}); in the tile program a query tile visits the union of "
                              f"its tokens' blocks and masks each token inside; the cpu decode program "
                              f"(config PROGRAM='decode', PACK = the heads sharing a selection, BLOCK_M = 1) "
                              f"makes a task one token x its GQA group; on the cpu with no config given a "

@@ -243,3 +243,50 @@ def test_a_pass_without_a_key_block_read_still_visits_every_tile():
     kt = einattn.compile(text, target="cuda", interpret=True, config={"BLOCK_N": 16, "BLOCK_M": 16},
                          **SMALL["topp_blocks"])
     assert_rel_close(kt(**x), want, 2e-5, "triton, two passes")
+
+
+QUERY_BLOCKS = """einattn: 1.1
+name: query_block_selection
+inputs:
+  Q: [b, h, m, d]
+  K: [b, h, n, d]
+  V: [b, h, n, e]
+params:
+  scale: 1 / sqrt(d)
+  BM: 16
+  BS: 16
+  k: 2
+blocks:
+  i: m // BM
+  j: n // BS
+cascade:
+  - Qb[b,h,i,d] = Q[b,h,m,d] * where(m // BM == i, 1.0, 0.0)
+  - Kb[b,h,j,d] = K[b,h,n,d] * where(n // BS == j, 1.0, 0.0)
+  - G[b,h,i,j] = where(j <= i, Qb[b,h,i,d] * Kb[b,h,j,d], -inf)
+  - Sel[b,h,i,j] = topk(G[b,h,i,j], k)
+  - S[b,h,m,n] = Q[b,h,m,d] * K[b,h,n,d] * scale
+  - Sm[b,h,m,n] = where((Sel[b,h,m // BM,n // BS] > 0) & (n <= m), S[b,h,m,n], -inf)
+  - M[b,h,m] max= Sm[b,h,m,n]
+  - P[b,h,m,n] = exp(Sm[b,h,m,n] - M[b,h,m])
+  - L[b,h,m] = P[b,h,m,n]
+  - O[b,h,m,e] = P[b,h,m,n] * V[b,h,n,e] / L[b,h,m]
+outputs: [O]
+"""
+
+
+def test_a_selection_per_query_block_is_listed_per_tile():
+    """Sel[b,h,i,j] with i = m // BM, read as Sel[.., m // BM, n // BS]: one selection per query block,
+    so a tile of BM tokens visits exactly its block's k key blocks (no union)."""
+    from einattn.backends.tiles import visit_lists
+    from einattn.ir import bind_sizes, eval_params
+    x = inputs("moba", 160)
+    want = einattn.compile(QUERY_BLOCKS, target="reference")(**x)
+    k = einattn.compile(QUERY_BLOCKS, target="cpu", config=CPU)
+    assert_rel_close(k(**x), want, 2e-5, "cpu")
+    kt = einattn.compile(QUERY_BLOCKS, target="cuda", interpret=True, config={"BLOCK_N": 16, "BLOCK_M": 16})
+    assert_rel_close(kt(**x), want, 2e-5, "triton")
+    kp = k.attend._artifact.kp
+    xb = {**x, **k.select(**x)}
+    sz = bind_sizes(kp.cascade, {a: tuple(t.shape) for a, t in xb.items()})
+    count, _, _ = visit_lists(kp, xb, sz, eval_params(kp.cascade, sz), 16, 16)
+    assert int(count.max()) <= 2 and (count >= 1).all()
