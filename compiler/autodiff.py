@@ -144,6 +144,10 @@ def derive(c: Cascade, wrt: tuple[str, ...] | None = None) -> Backward:
     Raises UnsupportedError for a read that repeats an index (``X[i, i]``) or a function
     without a derivative rule.
     """
+    if c.selects:
+        raise UnsupportedError(f"{c.name} selects key blocks (spec v1.1): the backward of a block-sparse cascade "
+                               f"is not built yet (its selections have no gradient, and its dq and dkv kernels "
+                               f"would visit every key tile)")
     names = [t.name for t in c.inputs]
     unknown = [x for x in wrt or () if x not in names]
     if unknown:

@@ -102,3 +102,33 @@ def test_random_sparse_cascades_agree_on_every_target(case):
             assert target != "streaming" and "decode" not in str(e), f"{target}: {e}\n{text}"
             continue
         assert_rel_close(k(**x), want, 1e-4, f"{target}\n{text}")
+
+
+@settings(max_examples=max(1, EXAMPLES // 2), derandomize=True, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(sparse_case(), st.sampled_from(["nan", "inf", "-inf", "huge", "tiny"]), st.sampled_from(["Q", "K", "V"]),
+       st.integers(0, 10 ** 6))
+def test_random_sparse_cascades_with_ieee_inputs(case, special, where, pos):
+    """One NaN, +-inf, huge (+-3e30: gate scores overflow float32) or subnormal input element: the
+    kernels agree with the float64 reference under ``tests.helpers.agree`` (NaN/inf at its places, or
+    at the float32 reference's where float32 overflows)."""
+    from tests.helpers import agree, reference_outputs
+    text, m, n, seed = case
+    g = torch.Generator().manual_seed(seed)
+    x = {"Q": torch.randn(1, 2, m, 16, generator=g), "K": torch.randn(1, 2, n, 16, generator=g),
+         "V": torch.randn(1, 2, n, 16, generator=g)}
+    flat = x[where].view(-1)
+    flat[pos % flat.numel()] = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "huge": 3e30,
+                                "tiny": 1e-40}[special]
+    if special == "huge":
+        flat[(pos * 7 + 1) % flat.numel()] = -3e30
+    c = einattn.load_spec(text)
+    w64, w32 = reference_outputs(c, x)["O"], reference_outputs(c, x, dtype=torch.float32)["O"]
+    s32 = einattn.compile(text, target="streaming", config={"BLOCK_N": 16})(**x)
+    for target, kw in (("cpu", {"config": CPU}), ("cuda", {"config": CUDA, "interpret": True})):
+        try:
+            k = einattn.compile(text, target=target, **kw)
+        except UnsupportedError as e:
+            assert "decode" not in str(e), f"{target}: {e}\n{text}"
+            continue
+        agree(k(**x), (w64,), (w32,), s32, f"{target} ({special} in {where})\n{text}")
