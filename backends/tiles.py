@@ -23,8 +23,10 @@ import math
 
 import torch
 
-from einattn.compiler.masks import key_block_read, tile_decision
-from einattn.ir import COMPARE, Expr, Op, UnsupportedError
+from einattn.compiler.masks import key_block_read, range_decision, tile_decision
+from einattn.ir import COMPARE, Expr, Op, eval_scalar
+
+from .base import _all_finite_many
 
 _FLIP = {Op.LT: Op.GT, Op.LE: Op.GE, Op.GT: Op.LT, Op.GE: Op.LE, Op.EQ: Op.EQ, Op.NE: Op.NE}
 
@@ -57,16 +59,22 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
         v = v.reshape(v.shape[0] // p, p, *v.shape[1:]).any(1)
         visit = v.movedim(0, j)
     visit = visit.reshape(-1, kt)
-    order = torch.sort((~visit).to(torch.int8), dim=-1, stable=True).indices.to(torch.int32)
-    count = visit.sum(-1).to(torch.int32)
+    count, order = as_lists(visit)
     return count.contiguous(), order.contiguous(), float(visit.double().mean()) if visit.numel() else 0.0
+
+
+def as_lists(visit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, indices) of a boolean ``[.., K]``: int32, the true positions ascending first, then the
+    others ascending (FlexAttention's BlockMask layout)."""
+    order = torch.sort((~visit).to(torch.int8), dim=-1, stable=True).indices
+    return visit.sum(-1).to(torch.int32), order.to(torch.int32)
 
 
 def _finite_key_side(kp, inputs: dict) -> bool:
     names = {e.arg[0] for p in kp.passes for op in p.loop for x in op.exprs for e in x.walk()
              if e.op is Op.READ and kp.cascade.input(e.arg[0]) is not None
              and any(s.index == kp.key for s in e.arg[1])}
-    return all(bool(torch.isfinite(inputs[t]).all()) for t in names)
+    return _all_finite_many([inputs[t] for t in names])
 
 
 class _Ctx:
@@ -76,14 +84,13 @@ class _Ctx:
         self.unknown = (torch.tensor(False), torch.tensor(False))
 
     def value(self, e: Expr) -> float | None:
-        if e.op is Op.CONST:
-            return e.arg
-        if e.op is Op.PARAM:
-            return float(self.params[e.arg])
-        if e.op is Op.NEG:
-            v = self.value(e.src[0])
-            return None if v is None else -v
-        return None
+        """The number a tile-free expression of constants and params stands for, else None."""
+        if not e.is_scalar():
+            return None
+        try:
+            return float(eval_scalar(e, self.params))
+        except (ValueError, ZeroDivisionError, OverflowError):
+            return None
 
     def leaf(self, e: Expr):
         """(true on the whole tile, false on the whole tile), [grid.., QT, KT] or broadcastable."""
@@ -98,7 +105,7 @@ class _Ctx:
             if r is None:
                 return self.unknown
             lo, hi = r
-            return _decide(e.op, lo - c, hi - c)
+            return range_decision(e.op, lo - c, hi - c)
         sa, sb = _separable(a, self), _separable(b, self)
         if sa is None or sb is None:
             return self.unknown
@@ -123,7 +130,7 @@ class _Ctx:
         hi = ends[0]
         for x in ends[1:]:
             lo, hi = torch.minimum(lo, x), torch.maximum(hi, x)
-        return _decide(e.op, lo, hi)
+        return range_decision(e.op, lo, hi)
 
     def region(self, r: Expr):
         """(min, max) of a key-block read over each (grid cell, query tile, key tile)."""
@@ -189,12 +196,6 @@ class _Ctx:
         return torch.stack(los).amin(0), torch.stack(his).amax(0)
 
 
-def _decide(op: Op, lo, hi):
-    return {Op.LT: (hi < 0, lo >= 0), Op.LE: (hi <= 0, lo > 0), Op.GT: (lo > 0, hi <= 0),
-            Op.GE: (lo >= 0, hi < 0), Op.EQ: ((lo == 0) & (hi == 0), (hi < 0) | (lo > 0)),
-            Op.NE: ((hi < 0) | (lo > 0), (lo == 0) & (hi == 0))}[op]
-
-
 def _separable(e: Expr, ctx: _Ctx):
     """``({index: (coef, divisor or None)}, const)`` of a sum of ``a * i`` / ``a * (i // P)`` terms."""
     v = ctx.value(e)
@@ -223,14 +224,3 @@ def _separable(e: Expr, ctx: _Ctx):
             if s is not None:
                 return {i: (c * k, d) for i, (k, d) in s[0].items()}, c * s[1]
     return None
-
-
-def check_lists_config(kp, splits: int, decode: bool, target: str) -> None:
-    if not kp.tile_lists:
-        return
-    if splits > 1:
-        raise UnsupportedError(f"{kp.cascade.name}: KV_SPLITS={splits} with a block-sparse key loop is not built "
-                               f"on {target}; use KV_SPLITS=1")
-    if decode and target != "cpu":
-        raise UnsupportedError(f"{kp.cascade.name}: the decode program with a block-sparse key loop is not built on "
-                               f"{target}; use config={{'PROGRAM': 'tile'}}")

@@ -124,11 +124,17 @@ def corner_decision(pred: Expr, query: str, key: str, ms, ns, params: dict):
         lo, hi = ends[0], ends[0]
         for x in ends[1:]:
             lo, hi = np.minimum(lo, x), np.maximum(hi, x)
-        return {Op.LT: (hi < 0, lo >= 0), Op.LE: (hi <= 0, lo > 0), Op.GT: (lo > 0, hi <= 0),
-                Op.GE: (lo >= 0, hi < 0), Op.EQ: ((lo == 0) & (hi == 0), (hi < 0) | (lo > 0)),
-                Op.NE: ((hi < 0) | (lo > 0), (lo == 0) & (hi == 0))}[e.op]
+        return range_decision(e.op, lo, hi)
 
     return tile_decision(pred, leaf, np.logical_and, np.logical_or)
+
+
+def range_decision(op: Op, lo, hi):
+    """(true everywhere, false everywhere) of ``d op 0`` for ``d`` ranging over ``[lo, hi]`` (numbers
+    or arrays)."""
+    return {Op.LT: (hi < 0, lo >= 0), Op.LE: (hi <= 0, lo > 0), Op.GT: (lo > 0, hi <= 0),
+            Op.GE: (lo >= 0, hi < 0), Op.EQ: ((lo == 0) & (hi == 0), (hi < 0) | (lo > 0)),
+            Op.NE: ((hi < 0) | (lo > 0), (lo == 0) & (hi == 0))}[op]
 
 
 def is_affine_predicate(e: Expr, query: str, key: str) -> bool:

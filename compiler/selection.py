@@ -11,6 +11,7 @@ visits instead of every key tile.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import networkx as nx
@@ -45,9 +46,9 @@ class Stages:
     attend: Cascade                 # stage B, a v1 cascade
     key_blocks: tuple[KeyBlocks, ...]
 
-    @property
+    @functools.cached_property
     def plan(self):
-        """The pass plan of the attention stage."""
+        """The pass plan of the attention stage (made once)."""
         from .plan import make_plan
         return make_plan(self.attend)
 

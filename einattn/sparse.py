@@ -8,8 +8,7 @@ import torch
 from einattn.compiler.selection import Stages, split
 from einattn.ir import Loc, SpecError, UnsupportedError, bind_blocks, bind_sizes, eval_params
 
-DENSE_TARGETS = ("reference", "streaming")
-LIST_TARGETS = ("cpu", "cuda", "rocm")             # kernels whose key loop visits host-made tile lists (backends/tiles.py)
+KERNEL_TARGETS = ("cpu", "cuda", "rocm")        # their key loops visit host-made tile lists (backends/tiles.py)
 # the cpu decode program's time per visited (row, key tile) pair over the tile program's, measured on
 # NSA's attention stage (benchmarks/RESULTS.md, "Block-sparse attention": 2.3x at 8K, 3.1x at 16K)
 GROUP_TASK_COST = 3.0
@@ -71,15 +70,7 @@ class SparseKernel:
         from einattn.backends.torch.selection import block_lists
         inputs, sizes, params = self._bind(args, kwargs)
         sel = self._select(inputs, sizes, params)
-        out = {}
-        for kb in self.stages.key_blocks:
-            t = sel[kb.tensor]
-            j = kb.dims.index(kb.block)
-            t = t.movedim(j, -1)
-            if t.dim() < 2:
-                t = t.unsqueeze(0)
-            out[kb.tensor] = block_lists(t, tile)
-        return out
+        return {kb.tensor: block_lists(_blocks_last(kb, sel[kb.tensor]), tile) for kb in self.stages.key_blocks}
 
     def __call__(self, *args, **kwargs):
         from einattn.backends.torch.reference import run_reference
@@ -115,8 +106,7 @@ class SparseKernel:
         bm = art.concrete(sz, eval_params(c, sz, self.attend.params)).config.BLOCK_M
         fracs = [0.0, 0.0]
         for kb in self.stages.key_blocks:
-            t = x[kb.tensor].movedim(kb.dims.index(kb.block), -1)
-            t = t if t.dim() >= 2 else t.unsqueeze(0)
+            t = _blocks_last(kb, x[kb.tensor])
             nb = t.shape[-1]
             for j, tile in enumerate((bm, 1)):
                 fracs[j] = max(fracs[j], float(block_lists(t, tile)["kv_num_blocks"].double().mean()) / max(nb, 1))
@@ -130,12 +120,6 @@ class SparseKernel:
 
 def compile_sparse(c, target, tune: str, config: dict, params: dict, interpret: bool | None = None) -> SparseKernel:
     stages = split(c)
-    if target.kind not in DENSE_TARGETS + LIST_TARGETS:
-        raise UnsupportedError(
-            f"{c.name} selects key blocks (spec v1.1): the block-sparse key loop (stage B over the listed "
-            f"blocks only) is not built for '{target}' yet, and einattn does not run a slower dense kernel "
-            f"in its place; the targets {', '.join(DENSE_TARGETS + LIST_TARGETS)} run it (`einattn explain "
-            f"{c.name}` shows the two stages)")
     if tune != "none":
         raise UnsupportedError(f"tune={tune!r}: the autotuner does not search block-sparse kernels yet; use "
                                f"tune='none' (the default config) or pin config={{...}}")
@@ -147,7 +131,7 @@ def compile_sparse(c, target, tune: str, config: dict, params: dict, interpret: 
                          **{k: v for k, v in params.items() if k in known})
         art = attend._artifact
         kp = getattr(art, "kp", None) or getattr(art, "plan", None)
-        if target.kind in LIST_TARGETS and not (kp is not None and kp.tile_lists):
+        if target.kind in KERNEL_TARGETS and not (kp is not None and kp.tile_lists):
             raise UnsupportedError(f"{c.name}: no pass of its attention stage can skip key tiles: none reads a "
                                    f"selection as T[.., {c.key} // BS] in a where() condition, or a key tile where "
                                    f"every condition is false still contributes to a reduction, so a {target} "
@@ -162,6 +146,12 @@ def compile_sparse(c, target, tune: str, config: dict, params: dict, interpret: 
                         **{k: v for k, v in params.items() if k in known})
     return SparseKernel(c, stages, target, attend, params, config, bool(attend is not None and attend.interpret),
                         group)
+
+
+def _blocks_last(kb, t: torch.Tensor) -> torch.Tensor:
+    """A key-block tensor as ``[.., query, blocks]`` (at least 2-D), as ``block_lists`` takes it."""
+    t = t.movedim(kb.dims.index(kb.block), -1)
+    return t if t.dim() >= 2 else t.unsqueeze(0)
 
 
 def _recompile(compile, spec, target, params, config, interpret=False):

@@ -88,15 +88,20 @@ def random_inputs(cascade, sizes_by_index: dict[str, int], gen: torch.Generator 
             for t in cascade.inputs}
 
 
+# the inputs of Q/K/V specs, shared by the spec texts of the tests
+QKV_INPUTS = """\
+inputs:
+  Q: [b, h, m, d]
+  K: [b, h, n, d]
+  V: [b, h, n, e]
+"""
+
 # A small, valid spec (softmax) used as the base of error and IR tests; line numbers matter.
 SOFTMAX = """\
 einattn: 1
 name: softmax
 doc: Scaled dot-product attention.
-inputs:
-  Q: [b, h, m, d]
-  K: [b, h, n, d]
-  V: [b, h, n, e]
+""" + QKV_INPUTS + """\
 params:
   scale: 1 / sqrt(d)
 cascade:

@@ -7,7 +7,7 @@ import torch
 
 import einattn
 from einattn.ir import SpecError, UnsupportedError
-from tests.helpers import assert_rel_close
+from tests.helpers import QKV_INPUTS, assert_rel_close
 from tests.zoo import SPARSE_ZOO, sizes
 
 # small blocks so that a test length has several; the spec defaults are the papers' sizes
@@ -245,12 +245,7 @@ def test_a_pass_without_a_key_block_read_still_visits_every_tile():
     assert_rel_close(kt(**x), want, 2e-5, "triton, two passes")
 
 
-QUERY_BLOCKS = """einattn: 1.1
-name: query_block_selection
-inputs:
-  Q: [b, h, m, d]
-  K: [b, h, n, d]
-  V: [b, h, n, e]
+QUERY_BLOCKS = "einattn: 1.1\nname: query_block_selection\n" + QKV_INPUTS + """\
 params:
   scale: 1 / sqrt(d)
   BM: 16
@@ -290,3 +285,8 @@ def test_a_selection_per_query_block_is_listed_per_tile():
     sz = bind_sizes(kp.cascade, {a: tuple(t.shape) for a, t in xb.items()})
     count, _, _ = visit_lists(kp, xb, sz, eval_params(kp.cascade, sz), 16, 16)
     assert int(count.max()) <= 2 and (count >= 1).all()
+
+
+def test_the_derived_backward_refuses_a_block_sparse_spec():
+    with pytest.raises(UnsupportedError, match="backward of a block-sparse cascade is not built"):
+        einattn.explain_backward("moba")

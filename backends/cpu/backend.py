@@ -192,8 +192,7 @@ class CpuBackend:
             ws = [torch.empty(workspace_numel(artifact.kp, artifact.config, dict(bucket), sizes),
                               dtype=torch.float32)]
         if artifact.kp.tile_lists:            # block-sparse: the key tiles each task visits
-            from ..tiles import check_lists_config, visit_lists
-            check_lists_config(artifact.kp, artifact.config.KV_SPLITS, artifact.config.decode, self.name)
+            from ..tiles import visit_lists        # (KV_SPLITS > 1 is refused: compiler.splits)
             cfg = artifact.config
             pack = None
             if cfg.decode and cfg.PACK > 1:     # a task: PACK heads (one GQA group) x BLOCK_M tokens

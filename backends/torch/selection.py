@@ -62,10 +62,7 @@ def block_lists(mask: torch.Tensor, tile: int) -> dict[str, torch.Tensor]:
     pad = torch.zeros(*mask.shape[:-2], mt * tile - m, nb, dtype=torch.bool, device=mask.device)
     union = torch.cat([mask != 0, pad], -2).reshape(*mask.shape[:-2], mt, tile, nb).any(-2)
 
-    def lists(u):
-        order = torch.sort((~u).to(torch.int8), dim=-1, stable=True).indices
-        return u.sum(-1).to(torch.int32), order.to(torch.int32)
-
-    kv_num, kv_idx = lists(union)
-    q_num, q_idx = lists(union.transpose(-1, -2))
+    from einattn.backends.tiles import as_lists
+    kv_num, kv_idx = as_lists(union)
+    q_num, q_idx = as_lists(union.transpose(-1, -2))
     return {"kv_num_blocks": kv_num, "kv_indices": kv_idx, "q_num_blocks": q_num, "q_indices": q_idx}

@@ -247,8 +247,10 @@ class TritonBackend:
             ws = {w: torch.empty(s, dtype=torch.float32, device=device) for w, s in shapes.items()}
         lists = {}
         if artifact.plan.tile_lists:            # block-sparse: the key tiles each program visits
-            from ..tiles import check_lists_config, visit_lists
-            check_lists_config(artifact.plan, artifact.config.KV_SPLITS, artifact.program == "decode", "triton")
+            from ..tiles import visit_lists        # (KV_SPLITS > 1 is refused: compiler.splits)
+            if artifact.program == "decode":
+                raise UnsupportedError(f"{artifact.plan.cascade.name}: the decode program with a block-sparse key "
+                                       f"loop is not built on triton; use config={{'PROGRAM': 'tile'}}")
             count, tiles, _ = visit_lists(artifact.plan, x, sizes, params, artifact.config.BLOCK_M,
                                           artifact.config.BLOCK_N)
             lists = {"count": count.to(device), "tiles": tiles.to(device)}

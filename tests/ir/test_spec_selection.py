@@ -5,13 +5,9 @@ import pytest
 
 import einattn
 from einattn.ir import SpecError, parse_spec
+from tests.helpers import QKV_INPUTS
 
-HEAD = """einattn: 1.1
-name: t
-inputs:
-  Q: [b, h, m, d]
-  K: [b, h, n, d]
-  V: [b, h, n, e]
+HEAD = "einattn: 1.1\nname: t\n" + QKV_INPUTS + """\
 params:
   BS: 16
   k: 2
