@@ -27,6 +27,7 @@ from einattn.compiler.masks import key_block_read, range_decision, tile_decision
 from einattn.ir import COMPARE, Expr, Op, eval_scalar
 
 from .base import _all_finite_many
+from .torch.selection import as_lists
 
 _FLIP = {Op.LT: Op.GT, Op.LE: Op.GE, Op.GT: Op.LT, Op.GE: Op.LE, Op.EQ: Op.EQ, Op.NE: Op.NE}
 
@@ -62,12 +63,6 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
     count, order = as_lists(visit)
     return count.contiguous(), order.contiguous(), float(visit.double().mean()) if visit.numel() else 0.0
 
-
-def as_lists(visit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(count, indices) of a boolean ``[.., K]``: int32, the true positions ascending first, then the
-    others ascending (FlexAttention's BlockMask layout)."""
-    order = torch.sort((~visit).to(torch.int8), dim=-1, stable=True).indices
-    return visit.sum(-1).to(torch.int32), order.to(torch.int32)
 
 
 def _finite_key_side(kp, inputs: dict) -> bool:

@@ -51,6 +51,13 @@ def select(score: torch.Tensor, kind: str, value: float) -> torch.Tensor:
     return (keep | always).to(score.dtype)
 
 
+def as_lists(visit: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, indices) of a boolean ``[.., K]``: int32, the true positions ascending first, then the
+    others ascending (FlexAttention's BlockMask layout)."""
+    order = torch.sort((~visit).to(torch.int8), dim=-1, stable=True).indices
+    return visit.sum(-1).to(torch.int32), order.to(torch.int32)
+
+
 def block_lists(mask: torch.Tensor, tile: int) -> dict[str, torch.Tensor]:
     """FlexAttention's ``BlockMask`` layout of a selection ``[.., M, NB]`` (nonzero = key block kept
     for that query token), for query tiles of ``tile`` tokens: a tile visits the union of its
@@ -62,7 +69,6 @@ def block_lists(mask: torch.Tensor, tile: int) -> dict[str, torch.Tensor]:
     pad = torch.zeros(*mask.shape[:-2], mt * tile - m, nb, dtype=torch.bool, device=mask.device)
     union = torch.cat([mask != 0, pad], -2).reshape(*mask.shape[:-2], mt, tile, nb).any(-2)
 
-    from einattn.backends.tiles import as_lists
     kv_num, kv_idx = as_lists(union)
     q_num, q_idx = as_lists(union.transpose(-1, -2))
     return {"kv_num_blocks": kv_num, "kv_indices": kv_idx, "q_num_blocks": q_num, "q_indices": q_idx}
