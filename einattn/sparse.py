@@ -1,6 +1,6 @@
 """Block-sparse variants (spec v1.1): the kernel ``einattn.compile`` returns for a cascade that
 selects key blocks. Stage A (``compiler/selection.py``) runs on the host with the torch
-evaluator; stage B, a plain v1 cascade, is compiled for the target like any other spec."""
+evaluator, a slice of query rows at a time (``backends/torch/rows.py``); stage B, a plain v1 cascade, is compiled for the target like any other spec."""
 from __future__ import annotations
 
 import torch
@@ -57,12 +57,12 @@ class SparseKernel:
         return self._select(inputs, sizes, params)
 
     def _select(self, inputs, sizes, params):
-        from einattn.backends.torch.reference import run_reference
+        from einattn.backends.torch.rows import run_rows
         a = self.stages.select
         dtype = torch.float64 if self.target.kind == "reference" or all(
             t.dtype == torch.float64 for t in inputs.values()) else torch.float32
         x = {t.name: inputs[t.name].to(dtype) for t in a.inputs}
-        return run_reference(a, x, sizes, params, dtype)
+        return run_rows(a, x, sizes, params, dtype)
 
     def block_mask(self, *args, tile: int = 64, **kwargs) -> dict[str, dict[str, torch.Tensor]]:
         """Per key-block tensor of stage B (``Sel``): its block lists for query tiles of ``tile``
@@ -73,7 +73,7 @@ class SparseKernel:
         return {kb.tensor: block_lists(_blocks_last(kb, sel[kb.tensor]), tile) for kb in self.stages.key_blocks}
 
     def __call__(self, *args, **kwargs):
-        from einattn.backends.torch.reference import run_reference
+        from einattn.backends.torch.rows import run_rows
         inputs, sizes, params = self._bind(args, kwargs)
         c = self.spec
         if torch.is_grad_enabled() and any(t.requires_grad for t in inputs.values()):
@@ -81,7 +81,7 @@ class SparseKernel:
                                    f"dkv kernels would visit every key tile); call it under torch.no_grad() or "
                                    f"on tensors that do not require grad")
         if self.attend is None:
-            outs = run_reference(c, {k: v.to(torch.float64) for k, v in inputs.items()}, sizes, params)
+            outs = run_rows(c, {k: v.to(torch.float64) for k, v in inputs.items()}, sizes, params)
         else:
             sel = self._select(inputs, sizes, params)
             x = {t.name: inputs[t.name] for t in self.stages.attend.inputs if t.name in inputs}

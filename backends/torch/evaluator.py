@@ -23,14 +23,19 @@ Range = tuple[int, int]
 
 def sub_rule(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     d = a - b
+    if not torch.isnan(d).any():            # one pass where no inf - inf (or NaN) occurred
+        return d
     both = torch.isneginf(a) & torch.isneginf(b)
     return torch.where(both, torch.full_like(d, float("-inf")), d) if both.any() else d
 
 
 def div_rule(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    q = a / b
+    if not torch.isnan(q).any():            # one pass where no 0 / 0 (or NaN) occurred
+        return q
     zz = (a == 0) & (b == 0)
     if not zz.any():
-        return a / b
+        return q
     # divide by 1 where 0 / 0 is read as 0: the same values, and autograd through the reference
     # gives those entries zero gradients, as einattn's derived backward does (not 0 * inf = NaN)
     q = a / torch.where(zz, torch.ones_like(b), b)
@@ -149,6 +154,7 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
         inner = [f for f in num if set(f.indices()) & set(red)]
         outer_num = [f for f in num if not set(f.indices()) & set(red)]
         outer_den = [f for f in den if not set(f.indices()) & set(red)]
+        hot, inner = one_hot(s, inner)
         letters = {a: chr(97 + j) for j, a in enumerate(axes)}
         ops, terms, used = [], [], set()
         for f in inner:
@@ -159,8 +165,14 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
             ops.append(v)
             terms.append("".join(letters[a] for a in deps))
             used.update(deps)
-        out_axes = tuple(a for a in s.indices if a in used)
-        r = torch.einsum(",".join(terms) + "->" + "".join(letters[a] for a in out_axes), *ops)
+        kept = {i for _, _, deps in hot for i in deps}
+        out_axes = tuple(a for a in axes if a in used and (a in s.indices or a in kept))
+        if ops:
+            r = torch.einsum(",".join(terms) + "->" + "".join(letters[a] for a in out_axes), *ops)
+        else:
+            r = torch.ones((), dtype=frame.dtype, device=frame.device)
+        for x, e, deps in hot:
+            r, out_axes = scatter_sum(r, out_axes, x, e, deps, frame)
         r = align(r, out_axes, s.indices).expand(out_shape)
         k = len(s.indices)           # outer factors: drop the (size-1) reduced axes
         for f in outer_num:
@@ -180,3 +192,72 @@ def eval_stmt(s: Stmt, frame: Frame) -> torch.Tensor:
     if v.numel() == 0:                      # no keys at all: the identity of the reduction
         return torch.full(out_shape, s.reduce.identity, dtype=frame.dtype, device=frame.device)
     return (v.amax(dim=dims) if s.reduce is Reduce.MAX else v.amin(dim=dims)).contiguous()
+
+
+def _conjuncts(e: Expr) -> list[Expr]:
+    return _conjuncts(e.src[0]) + _conjuncts(e.src[1]) if e.op is Op.AND else [e]
+
+
+def one_hot(s: Stmt, inner: list[Expr]) -> tuple[list[tuple[str, Expr, tuple[str, ...]]], list[Expr]]:
+    """Split one-hot maps out of a sum's factors: ``where(x == e & rest, 1.0, 0.0)`` with ``x`` a
+    left-hand index no other factor reads and ``e`` index arithmetic over summed indices only
+    (``I[g,m,j] = P[h,m,c] * where((h // r == g) & (c * CS // SB == j), 1.0, 0.0)``). Each map
+    becomes a scatter-add of the sum over ``e``'s indices into ``x`` (``scatter_sum``): O(terms)
+    instead of a dense product with a [.., x, e] one-hot tensor. Returns ([(x, e, e's indices)],
+    the remaining factors)."""
+    red = set(s.reduced)
+    hot: list[tuple[str, Expr, tuple[str, ...]]] = []
+    out: list[Expr] = []
+    for f in inner:
+        if not (f.op is Op.WHERE and f.src[1].op is Op.CONST and f.src[1].arg == 1.0
+                and f.src[2].op is Op.CONST and f.src[2].arg == 0.0):
+            out.append(f)
+            continue
+        rest, found = [], []
+        for a in _conjuncts(f.src[0]):
+            pick = None
+            if a.op is Op.EQ:
+                for x, e in ((a.src[0], a.src[1]), (a.src[1], a.src[0])):
+                    deps = tuple(i for i in s.reduced if i in e.indices())
+                    if (x.op is Op.INDEX and x.arg in s.indices and not e.reads() and deps
+                            and set(e.indices()) <= red):
+                        pick = (x.arg, e, deps)
+                        break
+            (found if pick else rest).append(pick or a)
+        others = [g for g in inner if g is not f]
+        taken: set[str] = set()
+        for x, e, deps in found:
+            elsewhere = {i for g in others for i in g.indices()} | {i for a in rest for i in a.indices()}
+            elsewhere |= {i for y, e2, _ in found if y != x for i in e2.indices()} | {y for y, _, _ in found if y != x}
+            if x in elsewhere or x in taken or taken & set(deps) or any(y == x for y, _, _ in hot):
+                rest.append(Expr(Op.EQ, (Expr(Op.INDEX, (), x), e)))
+                continue
+            hot.append((x, e, deps))
+            taken |= {x, *deps}
+        if rest:
+            cond = rest[0]
+            for a in rest[1:]:
+                cond = Expr(Op.AND, (cond, a))
+            out.append(Expr(Op.WHERE, (cond, f.src[1], f.src[2])))
+    return hot, out
+
+
+def scatter_sum(r: torch.Tensor, axes: tuple[str, ...], x: str, e: Expr, deps: tuple[str, ...],
+                frame: Frame) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """Sum ``r`` (dims ``axes``) over ``deps`` into index ``x`` at position ``e(deps)``; terms whose
+    ``e`` is not an integer inside x's range add nothing (the one-hot row is all zero)."""
+    missing = [i for i in deps if i not in axes]
+    if missing:                                 # a summed index no other factor reads: ones along it
+        r = r.reshape(r.shape + (1,) * len(missing)).expand(*r.shape, *(frame.size(i) for i in missing))
+        axes = axes + tuple(missing)
+    pos = Evaluator(frame, deps)(e).expand([frame.size(i) for i in deps]).reshape(-1) - frame.ranges[x][0]
+    ok = (pos == torch.floor(pos)) & (pos >= 0) & (pos < frame.size(x))
+    if len(deps) == 1:                          # in place of the summed dim, no copy
+        j = axes.index(deps[0])
+        out = torch.zeros(*r.shape[:j], frame.size(x), *r.shape[j + 1:], dtype=r.dtype, device=r.device)
+        src = r if bool(ok.all()) else r.index_select(j, ok.nonzero().reshape(-1))
+        return out.index_add(j, pos[ok].long(), src), axes[:j] + (x,) + axes[j + 1:]
+    rest = tuple(a for a in axes if a not in deps)
+    r = r.permute([axes.index(a) for a in rest + deps]).reshape(*(frame.size(a) for a in rest), -1)
+    out = torch.zeros(*r.shape[:-1], frame.size(x), dtype=r.dtype, device=r.device)
+    return out.index_add(-1, pos[ok].long(), r[..., ok]), rest + (x,)
