@@ -39,13 +39,16 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
     a task visits the union of its heads' tiles."""
     m, n = int(sizes[kp.query]), int(sizes[kp.key])
     qt, kt = -(-m // block_m), -(-n // block_n)
-    gshape = [int(sizes[g]) for g in kp.grid]
+    # a grid index every condition reads as ``h // r`` only (a selection per GQA group) is decided once
+    # per group and spread to its heads (or packs) at the end: 16 query heads of one KV head cost one
+    groups = _grouped_grid(kp, params)
+    gshape = [-(-int(sizes[g]) // groups[g]) if g in groups else int(sizes[g]) for g in kp.grid]
     # coordinates in float32: exact below 2**24, and half the traffic of float64
     m0 = torch.arange(qt, dtype=torch.float32)[:, None] * block_m
     m1 = torch.clamp(m0 + block_m, max=m) - 1
     n0 = torch.arange(kt, dtype=torch.float32)[None, :] * block_n
     n1 = torch.clamp(n0 + block_n, max=n) - 1
-    ctx = _Ctx(kp, inputs, sizes, params, block_m, block_n, gshape, (m0, m1), (n0, n1))
+    ctx = _Ctx(kp, inputs, sizes, params, block_m, block_n, gshape, (m0, m1), (n0, n1), groups)
     if not _finite_key_side(kp, inputs):
         visit = torch.ones(*gshape, qt, kt, dtype=torch.bool)
     else:
@@ -54,6 +57,18 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
             for cond in p.sites:
                 _, empty = tile_decision(cond, ctx.leaf, torch.logical_and, torch.logical_or)
                 visit |= ~torch.as_tensor(empty, dtype=torch.bool).expand_as(visit)
+    for a, r in groups.items():
+        j, size = kp.grid.index(a), int(sizes[a])
+        p = pack[1] if pack is not None and pack[0] == a else 1
+        if p > 1 and r % p == 0:                # every head of a pack in one group
+            visit = visit.index_select(j, torch.arange(0, size, p) // r)
+        elif p > 1 and p % r == 0 and size % p == 0:      # a pack of whole groups: their union
+            v = visit.movedim(j, 0)
+            visit = v.reshape(size // p, p // r, *v.shape[1:]).any(1).movedim(0, j)
+        else:
+            visit = visit.index_select(j, torch.arange(size) // r)
+            continue
+        pack = None
     if pack is not None and pack[1] > 1:
         j, p = kp.grid.index(pack[0]), pack[1]
         v = visit.movedim(j, 0)
@@ -65,6 +80,26 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
 
 
 
+def _grouped_grid(kp, params: dict) -> dict[str, int]:
+    """{grid index: r} for each grid index the sites' key-block reads subscript only as ``i // r``,
+    one r each (the other atoms are over the query and key indices, or undecided)."""
+    seen: dict[str, set] = {}
+    for p in kp.passes:
+        for cond in p.sites:
+            for e in cond.walk():
+                if e.op is Op.READ:
+                    for x in e.arg[1]:
+                        if x.index in kp.grid:
+                            seen.setdefault(x.index, set()).add(x.div)
+    out = {}
+    for a, divs in seen.items():
+        if len(divs) == 1 and None not in divs:
+            r = params.get(next(iter(divs)))
+            if r is not None and float(r).is_integer() and int(r) > 1:
+                out[a] = int(r)
+    return out
+
+
 def _finite_key_side(kp, inputs: dict) -> bool:
     names = {e.arg[0] for p in kp.passes for op in p.loop for x in op.exprs for e in x.walk()
              if e.op is Op.READ and kp.cascade.input(e.arg[0]) is not None
@@ -73,8 +108,8 @@ def _finite_key_side(kp, inputs: dict) -> bool:
 
 
 class _Ctx:
-    def __init__(self, kp, inputs, sizes, params, block_m, block_n, gshape, ms, ns):
-        self.kp, self.inputs, self.sizes, self.params = kp, inputs, sizes, params
+    def __init__(self, kp, inputs, sizes, params, block_m, block_n, gshape, ms, ns, groups):
+        self.kp, self.inputs, self.sizes, self.params, self.groups = kp, inputs, sizes, params, groups
         self.bm, self.bn, self.gshape, self.ms, self.ns = block_m, block_n, gshape, ms, ns
         self.unknown = (torch.tensor(False), torch.tensor(False))
 
@@ -167,8 +202,8 @@ class _Ctx:
         sel = []
         for k, (a, s) in enumerate(zip(axes, idx)):
             if a in kp.grid:
-                g = torch.arange(int(self.sizes[a]))
-                if s.div is not None:
+                g = torch.arange(self.gshape[kp.grid.index(a)])     # per group (``_grouped_grid``) or per cell
+                if s.div is not None and a not in self.groups:
                     g = torch.div(g, int(self.params[s.div]), rounding_mode="floor")
                 shape = [1] * (len(kp.grid) + 2)
                 shape[kp.grid.index(a)] = -1

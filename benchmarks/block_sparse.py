@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="*", default=[8192, 16384, 32768])
     ap.add_argument("--inputs", nargs="*", default=["random", "clustered"])
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--programs", nargs="*", help="of NSA's: tile, 'token x group', auto (default: all)")
     a = ap.parse_args()
     print(f"torch.matmul 2048^3 probe: {measure_matmul_peak():.0f} GFLOP/s (best of 5), "
           f"threads {torch.get_num_threads()}")
@@ -68,6 +69,7 @@ def main() -> None:
     if kvh < h:                 # a task of one token x its GQA group: the decode program, PACK = H / KV heads
         programs = {"tile": {"PROGRAM": "tile"}, "token x group": {"PROGRAM": "decode", "PACK": h // kvh,
                                                                    "BLOCK_M": 1}, "auto": {}}
+        programs = {k: v for k, v in programs.items() if not a.programs or k in a.programs}
     print(f"{a.spec}: H={h}, KV heads={kvh}, d={d}, {params}, fp32, cpu")
     print("| inputs | program | N | sparse s | selection s (share) | tiles visited | causal s | sparse / causal |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

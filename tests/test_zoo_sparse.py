@@ -290,3 +290,31 @@ def test_a_selection_per_query_block_is_listed_per_tile():
 def test_the_derived_backward_refuses_a_block_sparse_spec():
     with pytest.raises(UnsupportedError, match="backward of a block-sparse cascade is not built"):
         einattn.explain_backward("moba")
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("pack", [None, 1, 2, 4, 8])
+def test_lists_decided_per_gqa_group_equal_the_lists_per_head(groups, pack, monkeypatch):
+    """A selection read as Sel[b, h // r, ..] is decided once per group and spread to the heads or
+    the decode program's packs (backends/tiles._grouped_grid); the lists equal those made per head."""
+    from einattn.backends import tiles
+    from einattn.compiler.kernel_plan import make_kernel_plan
+    from einattn.compiler.selection import split
+    from einattn.ir import bind_sizes, eval_params
+    kp = make_kernel_plan(split(einattn.load_spec("nsa")).plan)
+    g = torch.Generator().manual_seed(groups)
+    b, h, n, d = 2, 8, 150, 4
+    x = {"Q": torch.randn(b, h, n, d, generator=g), "K": torch.randn(b, groups, n, d, generator=g),
+         "V": torch.randn(b, groups, n, d, generator=g), "Sel": (torch.rand(b, groups, n, 3, generator=g) < 0.3).float()}
+    x.update({k: torch.randn(b, h, n, generator=g) for k in ("Gc", "Gs", "Gw", "Oc")})
+    x["Oc"] = torch.randn(b, h, n, d, generator=g)
+    x = {t.name: x[t.name] for t in kp.cascade.inputs}
+    sz = bind_sizes(kp.cascade, {a: tuple(t.shape) for a, t in x.items()})
+    pr = eval_params(kp.cascade, sz, {"SB": 64, "W": 40})
+    assert tiles._grouped_grid(kp, pr) == ({"h": h // groups} if h // groups > 1 else {})
+    for bm in (1, 16):
+        got = tiles.visit_lists(kp, x, sz, pr, bm, 32, ("h", pack) if pack else None)
+        with monkeypatch.context() as mp:
+            mp.setattr(tiles, "_grouped_grid", lambda kp, params: {})
+            want = tiles.visit_lists(kp, x, sz, pr, bm, 32, ("h", pack) if pack else None)
+        assert got[2] < 1.0 and all(torch.equal(a, c) for a, c in zip(got[:2], want[:2])) and got[2] == want[2]
