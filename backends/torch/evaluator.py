@@ -208,6 +208,7 @@ def one_hot(s: Stmt, inner: list[Expr]) -> tuple[list[tuple[str, Expr, tuple[str
     red = set(s.reduced)
     hot: list[tuple[str, Expr, tuple[str, ...]]] = []
     out: list[Expr] = []
+    taken: set[str] = set()                 # each index in at most one map, as x or as e's index
     for f in inner:
         if not (f.op is Op.WHERE and f.src[1].op is Op.CONST and f.src[1].arg == 1.0
                 and f.src[2].op is Op.CONST and f.src[2].arg == 0.0):
@@ -225,11 +226,10 @@ def one_hot(s: Stmt, inner: list[Expr]) -> tuple[list[tuple[str, Expr, tuple[str
                         break
             (found if pick else rest).append(pick or a)
         others = [g for g in inner if g is not f]
-        taken: set[str] = set()
         for x, e, deps in found:
             elsewhere = {i for g in others for i in g.indices()} | {i for a in rest for i in a.indices()}
             elsewhere |= {i for y, e2, _ in found if y != x for i in e2.indices()} | {y for y, _, _ in found if y != x}
-            if x in elsewhere or x in taken or taken & set(deps) or any(y == x for y, _, _ in hot):
+            if x in elsewhere or x in taken or taken & set(deps):
                 rest.append(Expr(Op.EQ, (Expr(Op.INDEX, (), x), e)))
                 continue
             hot.append((x, e, deps))

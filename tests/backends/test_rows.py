@@ -44,6 +44,7 @@ ONE_HOT = [
     "A[b,h,j,d] = K[b,h,n,d] * where(n > j, 2.0, 1.0) * where(n // BS == j, 1.0, 0.0)",  # j read elsewhere: dense
     "A[b,h,j] = K[b,h,n,d] * where(n * d // 7 == j, 1.0, 0.0)",                # a map over two summed indices
     "A[b,g,j,d] = K[b,h,n,d] * where((h // r == g) & (n // BS == j), 1.0, 0.0) / 3",
+    "A[b,g,m,j] = P[b,h,m,c] * where(c * CS // SB == j, 1.0, 0.0) * where(c // 4 == g, 1.0, 0.0)",  # one c, two maps
 ]
 
 
