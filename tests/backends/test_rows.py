@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import einattn
@@ -114,3 +116,44 @@ outputs: [U]
     params = eval_params(c, sizes, None)
     torch.testing.assert_close(run_rows(c, x, sizes, params, budget=1)["U"], run_reference(c, x, sizes, params)["U"])
 
+
+
+@st.composite
+def one_hot_stmt(draw):
+    """A random sum with one-hot maps: j from an affine (floor-divided or divided) map of n, optionally g from h, an
+    optional extra condition, an optional second factor over n."""
+    a, off, dv = draw(st.integers(1, 3)), draw(st.integers(-4, 4)), draw(st.integers(1, 5))
+    div = draw(st.sampled_from(["//", "/"]))       # n / 2 == j: only even n have a j
+    e = f"(n * {a} + {off}) {div} {dv}" if off >= 0 else f"(n * {a} - {-off}) {div} {dv}"
+    atoms = [draw(st.sampled_from([f"{e} == j", f"j == {e}"]))]
+    grouped = draw(st.booleans())
+    if grouped:
+        atoms.append("h // r == g")
+    if draw(st.booleans()):
+        atoms.append(f"n > {draw(st.integers(0, 8))}")
+    draw(st.randoms()).shuffle(atoms)
+    factors = ["K[b,h,n,d]", "where(" + " & ".join(f"({x})" for x in atoms) + ", 1.0, 0.0)"]
+    if draw(st.booleans()):
+        factors.append(draw(st.sampled_from(["where(n < j * 4, 2.0, 1.0)", "exp(K[b,h,n,d])"])))
+    lhs = "A[b,g,j,d]" if grouped else "A[b,h,j,d]"
+    ranges = draw(st.sampled_from([None, {"n": (3, 17), "j": (1, 4)}, {"n": (0, 5), "j": (2, 3)}]))
+    return f"{lhs} = " + " * ".join(factors), ranges
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None)
+@given(one_hot_stmt())
+def test_random_one_hot_sums_equal_the_dense_product(case):
+    stmt, ranges = case
+    c = parse_spec(HEAD + f"  - {stmt}\noutputs: [A]\n")
+    g = torch.Generator().manual_seed(len(stmt))
+    x = {"P": torch.randn(2, 4, 6, 9, generator=g, dtype=torch.float64),
+         "K": torch.randn(2, 4, 19, 3, generator=g, dtype=torch.float64)}
+    s = c.stmts[0]
+    got = eval_stmt(s, _frame(c, x, ranges))
+    orig = evaluator.one_hot
+    try:
+        evaluator.one_hot = lambda s, inner: ([], inner)
+        want = eval_stmt(s, _frame(c, x, ranges))
+    finally:
+        evaluator.one_hot = orig
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=stmt)
