@@ -25,7 +25,7 @@ def row_index(c: Cascade, sizes: dict) -> str | None:
     """The largest index every row-carrying statement can be sliced along, or None."""
     names = {s.name: s for s in c.stmts}
     best = None
-    for i in sorted({i for s in c.stmts for i in s.indices}, key=lambda i: -sizes.get(i, 0)):
+    for i in sorted({i for s in c.stmts for i in s.indices}, key=lambda i: (-sizes.get(i, 0), i)):
         if _sliceable(c, names, i) and any(i in names[o].indices for o in c.outputs):
             best = i
             break
@@ -33,9 +33,10 @@ def row_index(c: Cascade, sizes: dict) -> str | None:
 
 
 def _sliceable(c: Cascade, names: dict, i: str) -> bool:
-    """No selection along ``i`` and no statement without ``i`` reading one with it (a sum over the
-    rows). Intermediates are read with the indices they were defined with (``ir.verify``), and a
-    block read ``T[.., i // B]`` of a value without ``i`` picks absolute rows of the whole value."""
+    """No selection along ``i`` (its amount is a number or a param, evaluated over full sizes), and
+    no statement without ``i`` reading one with it (a sum over the rows). Intermediates are read
+    with the indices they were defined with (``ir.verify``), and a block read ``T[.., i // B]`` of a
+    value without ``i`` picks absolute rows of the whole value."""
     rows = {s.name for s in c.stmts if i in s.indices}
     return not any(s.select and s.indices[-1] == i or s.name not in rows and set(s.expr.reads()) & rows
                    for s in c.stmts)
