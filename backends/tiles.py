@@ -62,13 +62,11 @@ def visit_lists(kp, inputs: dict, sizes: dict, params: dict, block_m: int, block
         p = pack[1] if pack is not None and pack[0] == a else 1
         if p > 1 and r % p == 0:                # every head of a pack in one group
             visit = visit.index_select(j, torch.arange(0, size, p) // r)
-        elif p > 1 and p % r == 0 and size % p == 0:      # a pack of whole groups: their union
-            v = visit.movedim(j, 0)
-            visit = v.reshape(size // p, p // r, *v.shape[1:]).any(1).movedim(0, j)
+            pack = None
+        elif p > 1 and p % r == 0:              # a pack of whole groups: the pack step below, over groups
+            pack = (a, p // r)
         else:
             visit = visit.index_select(j, torch.arange(size) // r)
-            continue
-        pack = None
     if pack is not None and pack[1] > 1:
         j, p = kp.grid.index(pack[0]), pack[1]
         v = visit.movedim(j, 0)

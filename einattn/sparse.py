@@ -1,6 +1,7 @@
 """Block-sparse variants (spec v1.1): the kernel ``einattn.compile`` returns for a cascade that
 selects key blocks. Stage A (``compiler/selection.py``) runs on the host with the torch
-evaluator, a slice of query rows at a time (``backends/torch/rows.py``); stage B, a plain v1 cascade, is compiled for the target like any other spec."""
+evaluator, a slice of query rows at a time (``backends/torch/rows.py``); stage B, a plain v1
+cascade, is compiled for the target like any other spec."""
 from __future__ import annotations
 
 import torch

@@ -222,15 +222,15 @@ def one_hot(s: Stmt, inner: list[Expr]) -> tuple[list[tuple[str, Expr, tuple[str
                     deps = tuple(i for i in s.reduced if i in e.indices())
                     if (x.op is Op.INDEX and x.arg in s.indices and not e.reads() and deps
                             and set(e.indices()) <= red):
-                        pick = (x.arg, e, deps)
+                        pick = (x.arg, e, deps, a)
                         break
             (found if pick else rest).append(pick or a)
         others = [g for g in inner if g is not f]
-        for x, e, deps in found:
+        for x, e, deps, atom in found:
             elsewhere = {i for g in others for i in g.indices()} | {i for a in rest for i in a.indices()}
-            elsewhere |= {i for y, e2, _ in found if y != x for i in e2.indices()} | {y for y, _, _ in found if y != x}
+            elsewhere |= {i for y, e2, _, _ in found if y != x for i in (y, *e2.indices())}
             if x in elsewhere or x in taken or taken & set(deps):
-                rest.append(Expr(Op.EQ, (Expr(Op.INDEX, (), x), e)))
+                rest.append(atom)
                 continue
             hot.append((x, e, deps))
             taken |= {x, *deps}

@@ -23,16 +23,12 @@ BUDGET = 1 << 22        # elements of the largest slice of one statement (16 MiB
 
 def row_index(c: Cascade, sizes: dict) -> str | None:
     """The largest index every row-carrying statement can be sliced along, or None."""
-    names = {s.name: s for s in c.stmts}
-    best = None
-    for i in sorted({i for s in c.stmts for i in s.indices}, key=lambda i: (-sizes.get(i, 0), i)):
-        if _sliceable(c, names, i) and any(i in names[o].indices for o in c.outputs):
-            best = i
-            break
-    return best
+    outs = [i for s in c.stmts if s.name in c.outputs for i in s.indices]
+    return next((i for i in sorted({i for s in c.stmts for i in s.indices}, key=lambda i: (-sizes.get(i, 0), i))
+                 if i in outs and _sliceable(c, i)), None)
 
 
-def _sliceable(c: Cascade, names: dict, i: str) -> bool:
+def _sliceable(c: Cascade, i: str) -> bool:
     """No selection along ``i`` (its amount is a number or a param, evaluated over full sizes), and
     no statement without ``i`` reading one with it (a sum over the rows). Intermediates are read
     with the indices they were defined with (``ir.verify``), and a block read ``T[.., i // B]`` of a
